@@ -1,0 +1,31 @@
+//! dive-engine: durable DAG runs. Workflow files become plans; plans run with PostgreSQL
+//! checkpoints, retries, circuit breakers, rollback and locks. Knows nothing about Docker or
+//! Keycloak: phase types live in other crates and register themselves with typetag.
+
+pub mod breakers;
+pub mod error;
+pub mod events;
+pub mod interpolate;
+pub mod phase;
+pub mod plan;
+mod runconn;
+pub mod runner;
+pub mod services;
+pub mod state;
+pub mod store;
+pub mod workflow;
+
+pub use breakers::BreakerPolicy;
+pub use error::EngineError;
+pub use events::{Event, EventSink};
+pub use phase::{Phase, PhaseContext, PhaseError};
+pub use plan::{Plan, PlannedPhase, RetryPolicy};
+pub use runner::{Engine, RunOptions, RunOutcome};
+pub use services::Services;
+pub use state::{PhaseState, RunState};
+pub use store::Store;
+pub use workflow::{InvalidWorkflow, Workflow};
+
+// Re-exported so phase crates register with the same versions the engine deserialises with.
+pub use async_trait::async_trait;
+pub use typetag;

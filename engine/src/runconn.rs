@@ -1,0 +1,360 @@
+//! The connection a run keeps for its whole life: it holds the run's advisory lock and carries
+//! every checkpoint write. When the database goes away, writes wait and retry; after a reconnect
+//! the lock is taken again before anything else is written, and if another run took it
+//! meanwhile this run stops.
+
+use crate::error::EngineError;
+use crate::events::{Event, EventSink};
+use crate::plan::Plan;
+use crate::state::{PhaseState, RunState};
+use crate::store::connect_options;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// One checkpoint row, as written in a batch.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PhaseRow {
+    pub phase_id: String,
+    pub state: PhaseState,
+    pub attempt: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// A durable write; each is one round trip and one commit.
+pub(crate) enum Op<'a> {
+    /// Upserts checkpoint rows (no phase twice in one batch).
+    Phases(&'a [PhaseRow]),
+    /// Moves one phase to a compensation state, keeping its output.
+    PhaseState {
+        phase_id: &'a str,
+        state: PhaseState,
+        error: Option<&'a str>,
+    },
+    RunState {
+        state: RunState,
+        error: Option<&'a str>,
+        finished: bool,
+    },
+    Breakers(&'a [(String, String, DateTime<Utc>)]),
+    /// Reads whether an operator asked this run to stop (and proves the connection alive).
+    PollCancel,
+}
+
+const UPSERT_PHASES: &str = "INSERT INTO phases AS p (run_id, phase_id, state, attempt, started_at, finished_at, output, error) \
+     SELECT $1, r.phase_id, r.state, r.attempt, r.started_at, r.finished_at, r.output, r.error \
+     FROM jsonb_to_recordset($2) AS r(phase_id text, state text, attempt int, started_at timestamptz, \
+          finished_at timestamptz, output jsonb, error text) \
+     ON CONFLICT (run_id, phase_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt, \
+          started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, output = EXCLUDED.output, \
+          error = EXCLUDED.error";
+
+pub(crate) struct RunConn {
+    url: String,
+    conn: Option<PgConnection>,
+    pub lock_key: String,
+    pub run_id: Uuid,
+    events: EventSink,
+    cancel: CancellationToken,
+}
+
+/// Whether an error means the connection (or server) is gone, so a retry on a new one can help.
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+impl RunConn {
+    /// Connects and takes the lock, failing at once if another run holds it.
+    pub async fn acquire(
+        url: &str,
+        lock_key: &str,
+        run_id: Uuid,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> Result<RunConn, EngineError> {
+        let mut conn = PgConnection::connect_with(&connect_options(url)?).await?;
+        if !take_lock(&mut conn, lock_key, run_id).await? {
+            let holder = lock_holder(&mut conn, lock_key).await?;
+            return Err(EngineError::LockHeld {
+                key: lock_key.to_string(),
+                holder,
+            });
+        }
+        Ok(RunConn {
+            url: url.to_string(),
+            conn: Some(conn),
+            lock_key: lock_key.to_string(),
+            run_id,
+            events,
+            cancel,
+        })
+    }
+
+    /// Records a new run.
+    pub async fn create_run(&mut self, plan: &Plan, no_rollback: bool) -> Result<(), EngineError> {
+        let conn = self.conn.as_mut().expect("connected after acquire");
+        sqlx::query(
+            "INSERT INTO runs (id, workflow, lock_key, state, params, plan, no_rollback) \
+             VALUES ($1, $2, $3, 'running', $4, $5, $6)",
+        )
+        .bind(self.run_id)
+        .bind(&plan.workflow)
+        .bind(&plan.lock_key)
+        .bind(serde_json::to_value(&plan.params).expect("params serialise"))
+        .bind(serde_json::to_value(plan).expect("plan serialises"))
+        .bind(no_rollback)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Performs `op`, waiting out database outages. Returns whether a cancel was requested (for
+    /// [`Op::PollCancel`]; false otherwise).
+    pub async fn write(&mut self, op: Op<'_>) -> Result<bool, EngineError> {
+        let mut attempt = 0u32;
+        let mut delays = backoff();
+        loop {
+            if let Err(e) = self.connect().await {
+                return Err(e);
+            }
+            let conn = self.conn.as_mut().expect("connected");
+            match apply(conn, self.run_id, &op).await {
+                Ok(cancel) => {
+                    if attempt > 0 {
+                        self.events.emit(Event::DatabaseRestored);
+                    }
+                    return Ok(cancel);
+                }
+                Err(e) if is_connection_error(&e) => {
+                    self.conn = None;
+                    attempt += 1;
+                    self.wait(attempt, &e, &mut delays).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Releases the lock (the connection closing would too).
+    pub async fn release(mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            let _ = sqlx::query("DELETE FROM locks WHERE key = $1 AND run_id = $2")
+                .bind(&self.lock_key)
+                .bind(self.run_id)
+                .execute(&mut *conn)
+                .await;
+            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind(&self.lock_key)
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+
+    /// Reconnects if needed, and takes the lock again on the new session.
+    async fn connect(&mut self) -> Result<(), EngineError> {
+        let mut attempt = 0u32;
+        let mut delays = backoff();
+        while self.conn.is_none() {
+            let result = async {
+                let mut conn = PgConnection::connect_with(&connect_options(&self.url)?).await?;
+                let got = take_lock(&mut conn, &self.lock_key, self.run_id).await?;
+                Ok::<_, EngineError>((conn, got))
+            }
+            .await;
+            match result {
+                Ok((conn, true)) => {
+                    self.conn = Some(conn);
+                    if attempt > 0 {
+                        self.events.emit(Event::DatabaseRestored);
+                    }
+                }
+                Ok((mut conn, false)) => {
+                    let holder = lock_holder(&mut conn, &self.lock_key).await.ok().flatten();
+                    // Our own row still says running; say why it stopped. It stays resumable.
+                    let _ = sqlx::query(
+                        "UPDATE runs SET state = 'failed', error = $2 WHERE id = $1 AND state = 'running'",
+                    )
+                    .bind(self.run_id)
+                    .bind(format!(
+                        "lost lock `{}` during a database outage to run {}",
+                        self.lock_key,
+                        holder.map(|h| h.to_string()).unwrap_or_else(|| "(unknown)".into())
+                    ))
+                    .execute(&mut conn)
+                    .await;
+                    return Err(EngineError::LockLost {
+                        key: self.lock_key.clone(),
+                        holder,
+                        run: self.run_id,
+                    });
+                }
+                Err(EngineError::Store(e)) if is_connection_error(&e) => {
+                    attempt += 1;
+                    self.wait(attempt, &e, &mut delays).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait(
+        &self,
+        attempt: u32,
+        error: &sqlx::Error,
+        delays: &mut impl Iterator<Item = Duration>,
+    ) -> Result<(), EngineError> {
+        let retry_in = delays.next().unwrap_or(Duration::from_secs(5));
+        tracing::warn!(attempt, error = %error, ?retry_in, "state database unavailable; checkpoint write waits");
+        self.events.emit(Event::DatabaseUnavailable {
+            attempt,
+            error: error.to_string(),
+            retry_in,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => Ok(()),
+            _ = self.cancel.cancelled() => Err(EngineError::Interrupted(self.run_id)),
+        }
+    }
+}
+
+/// Reconnect delays: quick at first, then every few seconds, for as long as it takes.
+fn backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn apply(conn: &mut PgConnection, run_id: Uuid, op: &Op<'_>) -> Result<bool, sqlx::Error> {
+    match op {
+        Op::Phases(rows) => {
+            sqlx::query(UPSERT_PHASES)
+                .bind(run_id)
+                .bind(serde_json::to_value(rows).expect("rows serialise"))
+                .execute(conn)
+                .await?;
+        }
+        Op::PhaseState {
+            phase_id,
+            state,
+            error,
+        } => {
+            sqlx::query(
+                "UPDATE phases SET state = $3, error = $4 WHERE run_id = $1 AND phase_id = $2",
+            )
+            .bind(run_id)
+            .bind(phase_id)
+            .bind(state.as_str())
+            .bind(error)
+            .execute(conn)
+            .await?;
+        }
+        Op::RunState {
+            state,
+            error,
+            finished,
+        } => {
+            sqlx::query(
+                "UPDATE runs SET state = $2, error = $3, cancel_requested = false, \
+                 finished_at = CASE WHEN $4 THEN now() END WHERE id = $1",
+            )
+            .bind(run_id)
+            .bind(state.as_str())
+            .bind(error)
+            .bind(finished)
+            .execute(conn)
+            .await?;
+        }
+        Op::Breakers(events) => {
+            let keys: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+            let transitions: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+            let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.2).collect();
+            sqlx::query(
+                "INSERT INTO breaker_events (run_id, breaker, transition, at) \
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[])",
+            )
+            .bind(run_id)
+            .bind(keys)
+            .bind(transitions)
+            .bind(ats)
+            .execute(conn)
+            .await?;
+        }
+        Op::PollCancel => {
+            return sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(conn)
+                .await
+                .map(|c| c.unwrap_or(false));
+        }
+    }
+    Ok(false)
+}
+
+/// Tries the advisory lock and, when it is ours, records us as its holder.
+async fn take_lock(conn: &mut PgConnection, key: &str, run_id: Uuid) -> Result<bool, EngineError> {
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+    if got {
+        record_holder(conn, key, run_id).await?;
+    }
+    Ok(got)
+}
+
+async fn record_holder(
+    conn: &mut PgConnection,
+    key: &str,
+    run_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO locks (key, run_id, pid, host) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (key) DO UPDATE SET run_id = EXCLUDED.run_id, pid = EXCLUDED.pid, \
+         host = EXCLUDED.host, acquired_at = now()",
+    )
+    .bind(key)
+    .bind(run_id)
+    .bind(std::process::id() as i32)
+    .bind(hostname())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn lock_holder(conn: &mut PgConnection, key: &str) -> Result<Option<Uuid>, EngineError> {
+    Ok(
+        sqlx::query_scalar("SELECT run_id FROM locks WHERE key = $1")
+            .bind(key)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,460 @@
+//! The state database: runs, checkpoints, history, breaker transitions and lock holders.
+//! Queries for the CLI go through a small pool; a running run writes through its own
+//! [`crate::runconn::RunConn`], which also holds the run's advisory lock.
+
+use crate::error::EngineError;
+use crate::plan::Plan;
+use crate::state::{PhaseState, RunState};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use std::str::FromStr;
+use uuid::Uuid;
+
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Matches a held session advisory lock for `lock_key` in this database.
+const LOCK_HELD: &str = "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+     AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(lock_key, 0))";
+
+/// A run as listed by `dive runs list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub workflow: String,
+    pub state: RunState,
+    pub lock_key: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Present (true) when the run is active in the database but no process holds its lock.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub orphaned: bool,
+    pub error: Option<String>,
+}
+
+/// One attempt of a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub state: PhaseState,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// The compensation of a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompensationRecord {
+    pub state: PhaseState,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// A phase as `dive runs show` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseRecord {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub state: PhaseState,
+    pub attempts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub output: Option<Value>,
+    pub history: Vec<AttemptRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<CompensationRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerRecord {
+    pub breaker: String,
+    pub transition: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Everything stored about a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: Uuid,
+    pub workflow: String,
+    pub state: RunState,
+    pub params: Value,
+    pub lock_key: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub orphaned: bool,
+    pub phases: Vec<PhaseRecord>,
+    pub breaker_events: Vec<BreakerRecord>,
+    #[serde(skip)]
+    pub plan: Plan,
+    #[serde(skip)]
+    pub no_rollback: bool,
+}
+
+/// A lock key and who holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockRecord {
+    pub key: String,
+    pub run_id: Uuid,
+    pub pid: i32,
+    pub host: String,
+    pub acquired_at: DateTime<Utc>,
+    /// Whether a live session still holds the advisory lock; a row that is not held is stale.
+    pub held: bool,
+    pub run_state: Option<RunState>,
+}
+
+/// A migration and whether it is applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+}
+
+/// What `dive runs cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The live process was asked to stop; it rolls back or stops as its flags say.
+    Requested,
+    /// No process was running it (orphaned): marked cancelled, resumable.
+    MarkedCancelled,
+}
+
+fn parse_state<T: FromStr<Err = String>>(run: Uuid, s: &str) -> Result<T, EngineError> {
+    s.parse().map_err(|why| EngineError::Corrupt { run, why })
+}
+
+/// Connection options for `url`, with statement logging quietened (it would drown the progress view).
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, EngineError> {
+    use sqlx::ConnectOptions;
+    Ok(PgConnectOptions::from_str(url)?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .application_name("dive"))
+}
+
+/// The state database, for everything except a run's own writes.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    url: String,
+}
+
+impl Store {
+    /// Connects without touching the schema.
+    pub async fn connect(url: &str) -> Result<Store, EngineError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(connect_options(url)?)
+            .await?;
+        Ok(Store {
+            pool,
+            url: url.to_string(),
+        })
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Store, EngineError> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), EngineError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn migration_status(&self) -> Result<Vec<MigrationStatus>, EngineError> {
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default();
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| MigrationStatus {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: applied.contains(&m.version),
+            })
+            .collect())
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunSummary>, EngineError> {
+        let rows = sqlx::query(sql_run_list())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: Uuid = r.get("id");
+                Ok(RunSummary {
+                    id,
+                    workflow: r.get("workflow"),
+                    state: parse_state(id, r.get("state"))?,
+                    lock_key: r.get("lock_key"),
+                    started_at: r.get("started_at"),
+                    finished_at: r.get("finished_at"),
+                    orphaned: r.get("orphaned"),
+                    error: r.get("error"),
+                })
+            })
+            .collect()
+    }
+
+    /// A run with its phases (pending ones included, from the plan), history and breaker events.
+    pub async fn load_run(&self, id: Uuid) -> Result<RunRecord, EngineError> {
+        let run = sqlx::query(sql_run_one())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(EngineError::RunNotFound(id))?;
+        let plan: Plan =
+            serde_json::from_value(run.get("plan")).map_err(|e| EngineError::Corrupt {
+                run: id,
+                why: format!("stored plan: {e}"),
+            })?;
+        let phase_rows = sqlx::query(
+            "SELECT phase_id, state, attempt, started_at, finished_at, output, error \
+             FROM phases WHERE run_id = $1",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let attempt_rows = sqlx::query(
+            "SELECT phase_id, attempt, state, started_at, finished_at, error \
+             FROM phase_attempts WHERE run_id = $1 ORDER BY phase_id, attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let comp_rows = sqlx::query(
+            "SELECT phase_id, state, started_at, finished_at, error FROM compensations WHERE run_id = $1",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let breaker_rows = sqlx::query(
+            "SELECT breaker, transition, at FROM breaker_events WHERE run_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let mut phases = Vec::with_capacity(plan.phases.len());
+        for p in &plan.phases {
+            let row = phase_rows
+                .iter()
+                .find(|r| r.get::<&str, _>("phase_id") == p.id);
+            let history = attempt_rows
+                .iter()
+                .filter(|r| r.get::<&str, _>("phase_id") == p.id)
+                .map(|r| {
+                    Ok(AttemptRecord {
+                        attempt: r.get::<i32, _>("attempt") as u32,
+                        state: parse_state(id, r.get("state"))?,
+                        started_at: r.get("started_at"),
+                        finished_at: r.get("finished_at"),
+                        error: r.get("error"),
+                    })
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?;
+            let compensation = comp_rows
+                .iter()
+                .find(|r| r.get::<&str, _>("phase_id") == p.id)
+                .map(|r| {
+                    Ok::<_, EngineError>(CompensationRecord {
+                        state: parse_state(id, r.get("state"))?,
+                        started_at: r.get("started_at"),
+                        finished_at: r.get("finished_at"),
+                        error: r.get("error"),
+                    })
+                })
+                .transpose()?;
+            phases.push(match row {
+                Some(r) => PhaseRecord {
+                    id: p.id.clone(),
+                    kind: p.kind.clone(),
+                    state: parse_state(id, r.get("state"))?,
+                    attempts: r.get::<i32, _>("attempt") as u32,
+                    started_at: r.get("started_at"),
+                    finished_at: r.get("finished_at"),
+                    error: r.get("error"),
+                    output: r.get("output"),
+                    history,
+                    compensation,
+                },
+                None => PhaseRecord {
+                    id: p.id.clone(),
+                    kind: p.kind.clone(),
+                    state: PhaseState::Pending,
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    error: None,
+                    output: None,
+                    history,
+                    compensation,
+                },
+            });
+        }
+        Ok(RunRecord {
+            id,
+            workflow: run.get("workflow"),
+            state: parse_state(id, run.get("state"))?,
+            params: run.get("params"),
+            lock_key: run.get("lock_key"),
+            started_at: run.get("started_at"),
+            finished_at: run.get("finished_at"),
+            error: run.get("error"),
+            orphaned: run.get("orphaned"),
+            no_rollback: run.get("no_rollback"),
+            phases,
+            breaker_events: breaker_rows
+                .iter()
+                .map(|r| BreakerRecord {
+                    breaker: r.get("breaker"),
+                    transition: r.get("transition"),
+                    at: r.get("at"),
+                })
+                .collect(),
+            plan,
+        })
+    }
+
+    /// Asks the process running `id` to stop, or marks an orphaned run cancelled.
+    pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, EngineError> {
+        let run = self.load_run(id).await?;
+        if !run.state.is_active() {
+            return Err(EngineError::NotResumable {
+                run: id,
+                state: run.state.to_string(),
+                why: "only a running run can be cancelled".into(),
+            });
+        }
+        if !run.orphaned {
+            sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(CancelOutcome::Requested);
+        }
+        // Orphaned: take its lock so no resume races us, then mark it.
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&run.lock_key)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !got {
+            sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            return Ok(CancelOutcome::Requested);
+        }
+        let result = sqlx::query(
+            "UPDATE runs SET state = 'cancelled', error = 'cancelled by operator', finished_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await;
+        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&run.lock_key)
+            .execute(&mut *conn)
+            .await?;
+        result?;
+        Ok(CancelOutcome::MarkedCancelled)
+    }
+
+    /// Lock holders, with whether each lock is really held.
+    pub async fn locks(&self) -> Result<Vec<LockRecord>, EngineError> {
+        let rows = sqlx::query(sql_locks()).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let run_id: Uuid = r.get("run_id");
+                Ok(LockRecord {
+                    key: r.get("key"),
+                    run_id,
+                    pid: r.get("pid"),
+                    host: r.get("host"),
+                    acquired_at: r.get("acquired_at"),
+                    held: r.get("held"),
+                    run_state: r
+                        .get::<Option<&str>, _>("run_state")
+                        .map(|s| parse_state(run_id, s))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes lock rows whose advisory lock nobody holds; returns their keys.
+    pub async fn clean_locks(&self) -> Result<Vec<String>, EngineError> {
+        Ok(sqlx::query_scalar(sql_clean_locks())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Counts for `dive db status`.
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, EngineError> {
+        let rows =
+            sqlx::query("SELECT state, count(*) AS n FROM runs GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|r| (r.get("state"), r.get("n"))).collect())
+    }
+}
+
+// The queries that embed LOCK_HELD are assembled once; sqlx wants `&'static str`.
+macro_rules! with_lock_held {
+    ($name:ident, $before:literal, $after:literal) => {
+        fn $name() -> &'static str {
+            static Q: std::sync::LazyLock<String> =
+                std::sync::LazyLock::new(|| format!("{}{}{}", $before, LOCK_HELD, $after));
+            Q.as_str()
+        }
+    };
+}
+with_lock_held!(
+    sql_run_list,
+    "SELECT id, workflow, state, lock_key, started_at, finished_at, error, \
+     (state IN ('running', 'rolling_back') AND NOT ",
+    ") AS orphaned FROM runs ORDER BY started_at DESC, id DESC LIMIT $1"
+);
+with_lock_held!(
+    sql_run_one,
+    "SELECT id, workflow, state, params, plan, lock_key, started_at, finished_at, error, no_rollback, \
+     (state IN ('running', 'rolling_back') AND NOT ",
+    ") AS orphaned FROM runs WHERE id = $1"
+);
+with_lock_held!(
+    sql_locks,
+    "SELECT k.key, k.run_id, k.pid, k.host, k.acquired_at, r.state AS run_state, ",
+    " AS held FROM locks k LEFT JOIN runs r ON r.id = k.run_id, LATERAL (SELECT k.key AS lock_key) x ORDER BY k.key"
+);
+with_lock_held!(
+    sql_clean_locks,
+    "DELETE FROM locks k USING (SELECT key AS lock_key FROM locks) x WHERE x.lock_key = k.key AND NOT ",
+    " RETURNING k.key"
+);

@@ -1,0 +1,502 @@
+//! Workflow files: YAML parsed into typed phases and checked before anything runs.
+//! Every problem names the file, the phase and what is wrong.
+
+use crate::interpolate::{self, Reference};
+use crate::plan::{self, Dag, DagError, Plan, PlannedPhase, RetryPolicy};
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+static NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9._-]*$").expect("static regex"));
+static PARAM_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").expect("static regex"));
+
+/// Keys every phase has; everything else belongs to the phase type.
+const COMMON_KEYS: [&str; 6] = ["id", "after", "retry", "timeout", "breaker", "description"];
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One problem in a workflow file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub phase: Option<String>,
+    pub message: String,
+}
+
+/// A workflow that cannot be used, with everything wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidWorkflow {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for InvalidWorkflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match &p.phase {
+                Some(id) => write!(f, "{}: phase `{id}`: {}", self.file, p.message)?,
+                None => write!(f, "{}: {}", self.file, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A parameter a workflow accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    #[serde(default, deserialize_with = "scalar_string")]
+    pub default: Option<String>,
+    #[serde(default, with = "serde_regex_opt")]
+    pub pattern: Option<Regex>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+mod serde_regex_opt {
+    use regex::Regex;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Regex>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                Regex::new(&s).map_err(|e| serde::de::Error::custom(format!("bad pattern: {e}")))
+            })
+            .transpose()
+    }
+}
+
+fn scalar_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
+        Some(_) => {
+            return Err(serde::de::Error::custom(
+                "expected a string, number or boolean",
+            ));
+        }
+    })
+}
+
+/// Retry settings as written in a file; missing fields come from the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrySpec {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    initial_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_delay: Option<Duration>,
+    multiplier: Option<f32>,
+    jitter: Option<bool>,
+}
+
+impl RetrySpec {
+    fn over(&self, base: &RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            initial_delay: self.initial_delay.unwrap_or(base.initial_delay),
+            max_delay: self.max_delay.unwrap_or(base.max_delay),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            jitter: self.jitter.unwrap_or(base.jitter),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_attempts == Some(0) {
+            return Err("retry.max_attempts must be at least 1".into());
+        }
+        if self
+            .multiplier
+            .is_some_and(|m| !(m >= 1.0 && m.is_finite()))
+        {
+            return Err("retry.multiplier must be a number >= 1.0".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    #[serde(default)]
+    retry: RetrySpec,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowFile {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    lock: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, ParamSpec>,
+    #[serde(default)]
+    defaults: Defaults,
+    phases: Vec<Value>,
+}
+
+/// A parsed, checked workflow, not yet bound to parameters.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub source: String,
+    pub lock: String,
+    pub params: BTreeMap<String, ParamSpec>,
+    pub phases: Vec<PlannedPhase>,
+}
+
+impl Workflow {
+    /// Parses and checks a workflow. `source` names the file in messages.
+    pub fn parse(source: &str, text: &str) -> Result<Workflow, InvalidWorkflow> {
+        let fail = |phase: Option<&str>, message: String| InvalidWorkflow {
+            file: source.to_string(),
+            problems: vec![Problem {
+                phase: phase.map(str::to_string),
+                message,
+            }],
+        };
+        let raw: Value = serde_yaml_ng::from_str(text).map_err(|e| fail(None, e.to_string()))?;
+        let file: WorkflowFile =
+            serde_json::from_value(raw).map_err(|e| fail(None, e.to_string()))?;
+        let mut problems = Vec::new();
+        macro_rules! problem {
+            ($phase:expr, $message:expr $(,)?) => {
+                problems.push(Problem {
+                    phase: $phase.map(|p: &str| p.to_string()),
+                    message: $message,
+                })
+            };
+        }
+        if !NAME.is_match(&file.name) {
+            problem!(
+                None,
+                format!(
+                    "name `{}` must be lower case letters, digits, `.`, `_` or `-`",
+                    file.name
+                ),
+            );
+        }
+        for (name, spec) in &file.params {
+            if !PARAM_NAME.is_match(name) {
+                problem!(
+                    None,
+                    format!("parameter name `{name}` is not an identifier")
+                );
+            }
+            if let (Some(d), Some(p)) = (&spec.default, &spec.pattern)
+                && !p.is_match(d)
+            {
+                problem!(
+                    None,
+                    format!(
+                        "parameter `{name}`: default `{d}` does not match pattern `{}`",
+                        p.as_str()
+                    ),
+                );
+            }
+        }
+        if let Err(e) = file.defaults.retry.check() {
+            problem!(None, format!("defaults: {e}"));
+        }
+        let base_retry = file.defaults.retry.over(&RetryPolicy::default());
+        let base_timeout = file.defaults.timeout.unwrap_or(DEFAULT_TIMEOUT);
+
+        let mut phases = Vec::new();
+        for (n, raw) in file.phases.into_iter().enumerate() {
+            match parse_phase(raw, &base_retry, base_timeout) {
+                Ok(p) => phases.push(p),
+                Err((id, message)) => problem!(
+                    Some(id.as_deref().unwrap_or(&format!("#{}", n + 1))),
+                    message,
+                ),
+            }
+        }
+        if phases.is_empty() && problems.is_empty() {
+            problem!(None, "a workflow needs at least one phase".into());
+        }
+
+        let lock = file.lock.unwrap_or_else(|| file.name.clone());
+        let check_refs = |problems: &mut Vec<Problem>,
+                          phase: Option<&str>,
+                          value: &Value,
+                          ancestors: Option<&[String]>| {
+            let mut problem = |message: String| {
+                problems.push(Problem {
+                    phase: phase.map(str::to_string),
+                    message,
+                })
+            };
+            let refs = match interpolate::references_in(value) {
+                Ok(r) => r,
+                Err(e) => return problem(e),
+            };
+            for r in refs {
+                match r {
+                    Reference::Param(name) if !file.params.contains_key(&name) => problem(format!(
+                        "`${{params.{name}}}` refers to an undeclared parameter"
+                    )),
+                    Reference::Output { phase: dep, .. } => match ancestors {
+                        None => {
+                            problem(format!("`${{phases.{dep}.output...}}` cannot be used here"))
+                        }
+                        Some(a) if !a.contains(&dep) => problem(format!(
+                            "`${{phases.{dep}.output...}}` refers to `{dep}`, which is not an ancestor of this phase (add it to `after`)"
+                        )),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        };
+        check_refs(&mut problems, None, &Value::String(lock.clone()), None);
+        match Dag::new(phases.iter().map(|p| (p.id.as_str(), p.after.as_slice()))) {
+            Ok(dag) => {
+                for (i, p) in phases.iter().enumerate() {
+                    let ancestors: Vec<String> = dag
+                        .ancestors(i)
+                        .into_iter()
+                        .map(|j| dag.ids[j].clone())
+                        .collect();
+                    check_refs(&mut problems, Some(&p.id), &p.spec, Some(&ancestors));
+                }
+            }
+            Err(DagError::DuplicateId(id)) => {
+                problem!(Some(id.as_str()), "phase id is used more than once".into())
+            }
+            Err(DagError::MissingDependency { phase, missing }) => problem!(
+                Some(phase.as_str()),
+                format!("`after` names `{missing}`, which is not a phase of this workflow"),
+            ),
+            Err(DagError::Cycle { phase }) => problem!(
+                Some(phase.as_str()),
+                "dependency cycle: this phase depends on itself through `after`".into(),
+            ),
+        }
+        if !problems.is_empty() {
+            return Err(InvalidWorkflow {
+                file: source.to_string(),
+                problems,
+            });
+        }
+        let workflow = Workflow {
+            name: file.name,
+            description: file.description,
+            source: source.to_string(),
+            lock,
+            params: file.params,
+            phases,
+        };
+        // Type-check every phase now, with default parameter values where there are some.
+        let defaults = workflow
+            .params
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.default.clone()?)))
+            .collect();
+        workflow.check_types(&defaults)?;
+        Ok(workflow)
+    }
+
+    /// Binds parameters (`--param k=v`) and produces the plan a run stores.
+    pub fn plan(&self, given: &BTreeMap<String, String>) -> Result<Plan, InvalidWorkflow> {
+        let mut problems = Vec::new();
+        for name in given.keys() {
+            if !self.params.contains_key(name) {
+                let known: Vec<_> = self.params.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "unknown parameter `{name}` (this workflow takes: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        let mut params = BTreeMap::new();
+        for (name, spec) in &self.params {
+            match given.get(name).or(spec.default.as_ref()) {
+                None => problems.push(format!(
+                    "parameter `{name}` is required (--param {name}=VALUE)"
+                )),
+                Some(v) => match &spec.pattern {
+                    Some(p) if !p.is_match(v) => problems.push(format!(
+                        "parameter `{name}`: value `{v}` does not match pattern `{}`",
+                        p.as_str()
+                    )),
+                    _ => {
+                        params.insert(name.clone(), v.clone());
+                    }
+                },
+            }
+        }
+        if !problems.is_empty() {
+            return Err(InvalidWorkflow {
+                file: self.source.clone(),
+                problems: problems
+                    .into_iter()
+                    .map(|message| Problem {
+                        phase: None,
+                        message,
+                    })
+                    .collect(),
+            });
+        }
+        let bind = |value: &Value| bind_params(value, &params);
+        let plan = Plan {
+            workflow: self.name.clone(),
+            description: self
+                .description
+                .as_ref()
+                .map(|d| as_text(bind(&d.clone().into()))),
+            source: self.source.clone(),
+            lock_key: as_text(bind(&Value::String(self.lock.clone()))),
+            params: params.clone(),
+            phases: self
+                .phases
+                .iter()
+                .map(|p| PlannedPhase {
+                    spec: bind(&p.spec),
+                    breaker: p.breaker.as_ref().map(|b| as_text(bind(&b.clone().into()))),
+                    ..p.clone()
+                })
+                .collect(),
+        };
+        self.check_types(&params)?;
+        Ok(plan)
+    }
+
+    /// Deserialises every phase into its type, parameters bound where known.
+    fn check_types(&self, params: &BTreeMap<String, String>) -> Result<(), InvalidWorkflow> {
+        let problems: Vec<Problem> = self
+            .phases
+            .iter()
+            .filter_map(|p| {
+                let spec = bind_params(&p.spec, params);
+                let unbound = interpolate::references_in(&spec)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| matches!(r, Reference::Param(_)));
+                if unbound {
+                    return None;
+                }
+                plan::typed(&spec).err().map(|message| Problem {
+                    phase: Some(p.id.clone()),
+                    message: describe_type_error(&p.kind, message),
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidWorkflow {
+                file: self.source.clone(),
+                problems,
+            })
+        }
+    }
+}
+
+fn bind_params(value: &Value, params: &BTreeMap<String, String>) -> Value {
+    interpolate::substitute_all(value, &mut |r| match r {
+        Reference::Param(name) => Ok(params.get(name).cloned().map(Value::String)),
+        Reference::Output { .. } => Ok(None),
+    })
+    .unwrap_or_else(|_| value.clone())
+}
+
+fn as_text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn describe_type_error(kind: &str, message: String) -> String {
+    if message.starts_with("unknown variant") {
+        let known = message.split("expected one of ").nth(1).unwrap_or("");
+        format!("unknown phase type `{kind}` (known types: {known})")
+    } else {
+        format!("type `{kind}`: {message}")
+    }
+}
+
+/// Splits one phase mapping into its common fields and its type's own spec.
+fn parse_phase(
+    raw: Value,
+    base_retry: &RetryPolicy,
+    base_timeout: Duration,
+) -> Result<PlannedPhase, (Option<String>, String)> {
+    let Value::Object(mut map) = raw else {
+        return Err((None, "a phase must be a mapping".into()));
+    };
+    let id = match map.remove("id") {
+        Some(Value::String(id)) => id,
+        Some(_) => return Err((None, "`id` must be a string".into())),
+        None => return Err((None, "phase has no `id`".into())),
+    };
+    let err = |m: String| (Some(id.clone()), m);
+    if !NAME.is_match(&id) {
+        return Err(err(
+            "id must be lower case letters, digits, `.`, `_` or `-`".into(),
+        ));
+    }
+    let kind = match map.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => return Err(err("`type` must be a string".into())),
+        None => return Err(err("phase has no `type`".into())),
+    };
+    let field = |map: &mut Map<String, Value>, key: &str| map.remove(key).unwrap_or(Value::Null);
+    let after: Vec<String> = Option::<Vec<String>>::deserialize(field(&mut map, "after"))
+        .map_err(|e| err(format!("after: {e} (expected a list of phase ids)")))?
+        .unwrap_or_default();
+    let retry: RetrySpec = Option::<RetrySpec>::deserialize(field(&mut map, "retry"))
+        .map_err(|e| err(format!("retry: {e}")))?
+        .unwrap_or_default();
+    retry.check().map_err(err)?;
+    let timeout = match field(&mut map, "timeout") {
+        Value::Null => base_timeout,
+        Value::String(s) => humantime::parse_duration(&s).map_err(|e| {
+            err(format!(
+                "timeout: `{s}` is not a duration ({e}); write e.g. 30s, 2m, 500ms"
+            ))
+        })?,
+        other => {
+            return Err(err(format!(
+                "timeout: `{other}` is not a duration; write e.g. 30s, 2m, 500ms"
+            )));
+        }
+    };
+    if timeout.is_zero() {
+        return Err(err("timeout must be greater than zero".into()));
+    }
+    let breaker = Option::<String>::deserialize(field(&mut map, "breaker"))
+        .map_err(|e| err(format!("breaker: {e}")))?;
+    let description = Option::<String>::deserialize(field(&mut map, "description"))
+        .map_err(|e| err(format!("description: {e}")))?;
+    debug_assert!(COMMON_KEYS.iter().all(|k| !map.contains_key(*k)));
+    Ok(PlannedPhase {
+        id,
+        kind,
+        description,
+        after,
+        retry: retry.over(base_retry),
+        timeout,
+        breaker,
+        spec: Value::Object(map),
+    })
+}

@@ -1,0 +1,9 @@
+//! dive-phases: the phase types dive workflows are made of. Each type is one struct registered
+//! with typetag; the engine finds it by its `type:` name.
+
+pub mod exec;
+pub mod noop;
+pub mod sleep;
+
+/// Forces this crate to be linked so its phase types are registered with typetag.
+pub fn register() {}

@@ -1,0 +1,166 @@
+//! Command-line definitions (clap), apart from the code that runs them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// dive deploys coalition identity stacks and keeps their federation healthy. Every operation is
+/// a workflow: a DAG of typed phases run with PostgreSQL checkpoints, retries, circuit breakers
+/// and automatic rollback. Kill a run at any point and `dive resume` it.
+///
+/// State lives in DIVE_DATABASE_URL, or (when unset) in a private PostgreSQL cluster that dive
+/// starts under DIVE_HOME (default ~/.local/share/dive).
+///
+/// Exit codes: 0 success; 1 run failed or rolled back; 2 invalid input; 3 lock held by another run.
+#[derive(Debug, Parser)]
+#[command(name = "dive", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run something (a workflow).
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Continue a run that stopped (crash, kill, database outage, --no-rollback failure).
+    /// Succeeded phases are not run again; their stored outputs are reused.
+    Resume {
+        run_id: Uuid,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// List, inspect and cancel runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// List, show and validate workflow definitions.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Manage the state database.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Inspect and clean run locks.
+    #[command(subcommand)]
+    Locks(LocksCommand),
+    /// Benchmarks that print figures as JSON.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Run a workflow by built-in name or file path.
+    Workflow {
+        /// Built-in workflow name (see `dive workflow list`) or path to a YAML file.
+        workflow: String,
+        /// Workflow parameter, repeatable.
+        #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// On failure, leave the run `failed` and resumable instead of rolling back.
+        #[arg(long)]
+        no_rollback: bool,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+}
+
+/// Options shared by commands that execute a run.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Print the run as one JSON document on stdout when it ends.
+    #[arg(long)]
+    pub json: bool,
+    /// Most phases running at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first; active runs that no process holds are marked orphaned.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many runs.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One run: phases, attempts, compensations and breaker transitions.
+    Show {
+        run_id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running run: its process stops scheduling, then rolls back (or leaves it
+    /// resumable if it was started with --no-rollback). An orphaned run is marked cancelled.
+    Cancel { run_id: Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Built-in workflows.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A workflow's phases and dependencies.
+    Show {
+        workflow: String,
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+        /// Parameters to bind (defaults are used otherwise).
+        #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
+    /// Check a workflow file without running anything (exit 2 if it is invalid).
+    Validate { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShowFormat {
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply pending migrations (every command does this on its own too).
+    Migrate,
+    /// Where the state database is, its migrations and run counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the embedded PostgreSQL cluster (no-op with DIVE_DATABASE_URL).
+    Stop,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocksCommand {
+    /// Lock keys with their holder and whether the lock is really held.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget holders of locks nobody holds any more.
+    Clean,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Engine overhead: a chain of `noop` phases and a fan of 100 ms `sleep` phases.
+    Engine {
+        /// Phases in the chain.
+        #[arg(long, default_value_t = 1000)]
+        chain: usize,
+        /// Independent sleep phases.
+        #[arg(long, default_value_t = 80)]
+        parallel: usize,
+        /// Concurrency for the parallel case.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+}

@@ -1,0 +1,107 @@
+//! `dive bench engine`: engine overhead against the configured state database, as JSON.
+
+use crate::cli::BenchCommand;
+use crate::commands::print_json;
+use crate::{database, exit};
+use anyhow::{Context, Result, bail};
+use dive_engine::{Engine, RunOptions, RunState, Workflow};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Instant;
+
+pub async fn bench(cmd: BenchCommand) -> Result<u8> {
+    let BenchCommand::Engine {
+        chain,
+        parallel,
+        concurrency,
+    } = cmd;
+    let engine = Engine::new(database::open().await?);
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+
+    let mut yaml = format!("name: bench-chain\nlock: \"bench:{tag}:chain\"\nphases:\n");
+    for i in 0..chain {
+        let _ = writeln!(
+            yaml,
+            "  - {{ id: p{i}, type: noop{} }}",
+            if i > 0 {
+                format!(", after: [p{}]", i - 1)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let (chain_wall, run_id) = timed_run(&engine, &yaml, 1).await?;
+    let run = engine.store().load_run(run_id).await?;
+    let mut steps: Vec<f64> = run
+        .phases
+        .windows(2)
+        .filter_map(|w| {
+            Some((w[1].finished_at? - w[0].finished_at?).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    steps.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        steps
+            .get(((steps.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+
+    let mut yaml = format!("name: bench-parallel\nlock: \"bench:{tag}:parallel\"\nphases:\n");
+    for i in 0..parallel {
+        let _ = writeln!(yaml, "  - {{ id: s{i}, type: sleep, duration: 100ms }}");
+    }
+    let (parallel_wall, _) = timed_run(&engine, &yaml, concurrency).await?;
+    let ideal_ms = parallel.div_ceil(concurrency.max(1)) as f64 * 100.0;
+
+    print_json(&json!({
+        "chain": {
+            "phases": chain,
+            "wall_ms": round(chain_wall),
+            "per_phase_ms": round(chain_wall / chain.max(1) as f64),
+            "median_step_ms": round(pct(0.5)),
+            "p95_step_ms": round(pct(0.95)),
+        },
+        "parallel": {
+            "phases": parallel,
+            "concurrency": concurrency,
+            "wall_ms": round(parallel_wall),
+            "ideal_ms": ideal_ms,
+            "ratio_to_ideal": round(parallel_wall / ideal_ms),
+        },
+        "peak_rss_mb": peak_rss_mb()?,
+    }))?;
+    Ok(exit::OK)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+async fn timed_run(engine: &Engine, yaml: &str, concurrency: usize) -> Result<(f64, uuid::Uuid)> {
+    let plan = Workflow::parse("bench (generated)", yaml)?.plan(&BTreeMap::new())?;
+    let opts = RunOptions {
+        concurrency,
+        ..RunOptions::default()
+    };
+    let start = Instant::now();
+    let outcome = engine.start(&plan, &opts).await?;
+    let wall = start.elapsed().as_secs_f64() * 1000.0;
+    if outcome.state != RunState::Succeeded {
+        bail!("benchmark run {} ended {}", outcome.run_id, outcome.state);
+    }
+    Ok((wall, outcome.run_id))
+}
+
+/// Peak resident set size of this process (VmHWM).
+fn peak_rss_mb() -> Result<f64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(round(kb / 1024.0))
+}

@@ -1,0 +1,45 @@
+//! One function per command; each returns the process exit code.
+
+mod bench;
+mod db;
+mod locks;
+mod run;
+mod runs;
+mod workflow;
+
+use crate::InvalidInput;
+use crate::cli::Command;
+use anyhow::Result;
+use std::collections::BTreeMap;
+
+pub async fn dispatch(command: Command) -> Result<u8> {
+    match command {
+        Command::Run(cmd) => run::run(cmd).await,
+        Command::Resume { run_id, exec } => run::resume(run_id, exec).await,
+        Command::Runs(cmd) => runs::runs(cmd).await,
+        Command::Workflow(cmd) => workflow::workflow(cmd),
+        Command::Db(cmd) => db::db(cmd).await,
+        Command::Locks(cmd) => locks::locks(cmd).await,
+        Command::Bench(cmd) => bench::bench(cmd).await,
+    }
+}
+
+/// `--param k=v` arguments as a map; a malformed or repeated one is invalid input.
+pub fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    for item in raw {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(InvalidInput(format!("--param `{item}`: expected KEY=VALUE")).into());
+        };
+        if params.insert(k.trim().to_string(), v.to_string()).is_some() {
+            return Err(InvalidInput(format!("--param `{k}` given twice")).into());
+        }
+    }
+    Ok(params)
+}
+
+/// Prints `value` as one JSON document on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `dive run workflow` and `dive resume`.
+
+use crate::cli::{ExecArgs, RunCommand};
+use crate::commands::{parse_params, print_json};
+use crate::{database, exit, progress, workflows};
+use anyhow::Result;
+use dive_engine::{Engine, Plan, RunOptions, RunState};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub async fn run(cmd: RunCommand) -> Result<u8> {
+    let RunCommand::Workflow {
+        workflow,
+        params,
+        no_rollback,
+        exec,
+    } = cmd;
+    // Everything is checked before the database is touched: invalid input writes nothing.
+    let params = parse_params(&params)?;
+    let plan = workflows::load(&workflow)?.plan(&params)?;
+    let engine = Engine::new(database::open().await?);
+    execute(&engine, &exec, no_rollback, Target::Start(&plan)).await
+}
+
+pub async fn resume(run_id: Uuid, exec: ExecArgs) -> Result<u8> {
+    let engine = Engine::new(database::open().await?);
+    execute(&engine, &exec, false, Target::Resume(run_id)).await
+}
+
+enum Target<'p> {
+    Start(&'p Plan),
+    Resume(Uuid),
+}
+
+async fn execute(
+    engine: &Engine,
+    exec: &ExecArgs,
+    no_rollback: bool,
+    target: Target<'_>,
+) -> Result<u8> {
+    let (events, view) = progress::start();
+    let cancel = CancellationToken::new();
+    tokio::spawn(watch_signals(cancel.clone()));
+    let opts = RunOptions {
+        concurrency: exec.concurrency as usize,
+        no_rollback,
+        events,
+        cancel,
+    };
+    let outcome = match target {
+        Target::Start(plan) => engine.start(plan, &opts).await,
+        Target::Resume(id) => engine.resume(id, &opts).await,
+    };
+    drop(opts);
+    let _ = view.await;
+    let outcome = outcome?;
+    if exec.json {
+        print_json(&engine.store().load_run(outcome.run_id).await?)?;
+    }
+    if outcome.state == RunState::Succeeded {
+        return Ok(exit::OK);
+    }
+    if outcome.state.is_resumable() {
+        eprintln!("resume it with: dive resume {}", outcome.run_id);
+    }
+    Ok(exit::RUN_FAILED)
+}
+
+/// First Ctrl-C or SIGTERM cancels the run cleanly; a second one exits at once.
+async fn watch_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    let Ok(mut int) = signal(SignalKind::interrupt()) else {
+        return;
+    };
+    for round in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if round > 0 {
+            eprintln!("second interrupt: exiting now; the run stays resumable");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: stopping the run (press Ctrl-C again to exit at once)");
+        cancel.cancel();
+    }
+}

@@ -1,0 +1,88 @@
+//! The `dive` command line: parses arguments, runs the command, maps outcomes to exit codes.
+
+mod cli;
+mod commands;
+mod database;
+mod output;
+mod progress;
+mod workflows;
+
+use clap::Parser;
+use dive_engine::{EngineError, InvalidWorkflow};
+use std::fmt;
+use std::process::ExitCode;
+
+/// Input the operator can fix (exit code 2).
+#[derive(Debug)]
+pub struct InvalidInput(pub String);
+
+impl fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidInput {}
+
+/// Exit codes of the CLI contract.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const RUN_FAILED: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const LOCKED: u8 = 3;
+}
+
+fn exit_code_for(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<EngineError>() {
+        if matches!(e, EngineError::LockHeld { .. }) {
+            return exit::LOCKED;
+        }
+        if e.is_invalid_input() {
+            return exit::INVALID;
+        }
+    }
+    if err.is::<InvalidInput>() || err.is::<InvalidWorkflow>() {
+        return exit::INVALID;
+    }
+    exit::RUN_FAILED
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::INVALID
+            } else {
+                exit::OK
+            });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
+    dive_phases::register();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::RUN_FAILED);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code_for(&err))
+        }
+    }
+}
