@@ -6,15 +6,16 @@ use dive_engine::{
     Engine, Phase, PhaseContext, PhaseError, PhaseState, RunOptions, RunState, Store, Workflow,
     async_trait, typetag,
 };
-use dive_pgcluster::{Cluster, StopMode};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{LazyLock, Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+mod common;
 
 /// What probes did, per test scope: (event, phase) in the order it happened.
 #[derive(Default)]
@@ -88,27 +89,8 @@ impl Phase for Probe {
     }
 }
 
-struct Db {
-    _cluster: Cluster,
-    url: String,
-}
-
-/// One fresh cluster per test process.
-fn db() -> &'static Db {
-    static DB: OnceLock<Db> = OnceLock::new();
-    DB.get_or_init(|| {
-        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dag-props-pg");
-        let cluster = Cluster::new(&root);
-        let _ = cluster.stop(StopMode::Immediate);
-        let _ = std::fs::remove_dir_all(&root);
-        cluster.ensure_running().expect("test cluster starts");
-        cluster.create_database("props").expect("test database");
-        let url = cluster.url("props").expect("url");
-        Db {
-            _cluster: cluster,
-            url,
-        }
-    })
+fn db() -> &'static common::Db {
+    common::db("dag-props")
 }
 
 /// A DAG: for each phase, its dependencies (all with lower index).

@@ -1,0 +1,470 @@
+//! End-to-end: runs that end on their own — retries, timeouts, rollback, `--no-rollback` and
+//! resume, circuit breakers — and the CLI's listing and JSON contract.
+
+mod common;
+
+use common::{TestEnv, history, phase, state_of};
+use serde_json::Value;
+use std::time::Duration;
+
+#[test]
+fn retry_then_success() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "retry.yaml",
+        r#"
+name: retry-then-success
+phases:
+  - id: flaky
+    type: exec
+    command: ["sh", "-c", "echo x >> @DIR@/flaky.count; n=$(wc -l < @DIR@/flaky.count); echo attempt-$n; [ $n -ge 3 ]"]
+    retry: { max_attempts: 3, initial_delay: 50ms }
+"#,
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(0);
+    let run = out.json();
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let flaky = phase(&run, "flaky");
+    assert_eq!(flaky["state"], "succeeded");
+    assert_eq!(flaky["attempts"], 3);
+    assert_eq!(flaky["output"]["stdout"], "attempt-3");
+    assert_eq!(flaky["output"]["exit_code"], 0);
+    assert_eq!(env.count("flaky.count"), 3, "the command ran 3 times");
+
+    let shown = env.show(&out.run_id());
+    let flaky = phase(&shown, "flaky");
+    assert_eq!(
+        history(flaky),
+        [
+            (1, "failed".to_string()),
+            (2, "failed".to_string()),
+            (3, "succeeded".to_string())
+        ]
+    );
+    for attempt in &flaky["history"].as_array().unwrap()[..2] {
+        let error = attempt["error"].as_str().unwrap_or_default();
+        assert!(error.contains("exit status: 1"), "attempt error: {error}");
+    }
+    assert!(flaky["history"][2]["error"].is_null());
+    assert!(out.stderr.contains("flaky: attempt 1 failed"), "{}", out.stderr);
+}
+
+#[test]
+fn timeout_stops_a_phase_and_rolls_back() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "timeout.yaml",
+        r#"
+name: timeout
+phases:
+  - id: slow
+    type: sleep
+    duration: 10s
+    timeout: 300ms
+    retry: { max_attempts: 1 }
+"#,
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(1);
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "took {:?}: the timeout did not stop the phase",
+        out.elapsed
+    );
+    assert!(
+        out.stderr.contains("timed out after 300ms"),
+        "stderr: {}",
+        out.stderr
+    );
+    let run = out.json();
+    assert_eq!(run["state"], "rolled_back", "{run:#}");
+    let slow = phase(&run, "slow");
+    assert_eq!(slow["state"], "failed");
+    assert_eq!(slow["attempts"], 1);
+    assert!(
+        slow["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out after 300ms")),
+        "{slow:#}"
+    );
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("slow") && e.contains("timed out after 300ms")),
+        "{run:#}"
+    );
+}
+
+/// a → b → c → d → e; b and c have compensations that append to `log`; d always fails.
+fn rollback_workflow(b_compensation: &str) -> String {
+    format!(
+        r#"
+name: rollback
+phases:
+  - id: a
+    type: exec
+    command: ["sh", "-c", "echo a >> @DIR@/a.count"]
+  - id: b
+    type: exec
+    after: [a]
+    command: ["sh", "-c", "echo made-b"]
+    compensate: ["sh", "-c", "{b_compensation}"]
+    retry: {{ max_attempts: 1 }}
+  - id: c
+    type: exec
+    after: [b]
+    command: ["sh", "-c", "echo made-c"]
+    compensate: ["sh", "-c", "[ \"$DIVE_PHASE_STDOUT\" = made-c ] && echo c >> @DIR@/log"]
+  - id: d
+    type: exec
+    after: [c]
+    command: ["sh", "-c", "echo d >> @DIR@/d.count; echo d is broken >&2; exit 1"]
+    retry: {{ max_attempts: 1 }}
+  - id: e
+    type: noop
+    after: [d]
+"#
+    )
+}
+
+#[test]
+fn failure_compensates_in_reverse_order() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "rollback.yaml",
+        &rollback_workflow("echo b >> @DIR@/log"),
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(1);
+    assert_eq!(env.lines("log"), ["c", "b"], "compensations in reverse order");
+    assert_eq!(env.count("d.count"), 1, "d ran once (max_attempts 1)");
+
+    let run = out.json();
+    assert_eq!(run["state"], "rolled_back", "{run:#}");
+    assert_eq!(state_of(&run, "a"), "succeeded", "a has no compensation");
+    assert_eq!(state_of(&run, "b"), "compensated");
+    assert_eq!(state_of(&run, "c"), "compensated");
+    assert_eq!(state_of(&run, "d"), "failed");
+    assert_eq!(state_of(&run, "e"), "skipped");
+    assert!(
+        phase(&run, "d")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("d is broken")),
+        "{run:#}"
+    );
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("phase `d` failed")),
+        "{run:#}"
+    );
+
+    let shown = env.show(&out.run_id());
+    assert!(phase(&shown, "a").get("compensation").is_none());
+    for id in ["b", "c"] {
+        assert_eq!(
+            phase(&shown, id)["compensation"]["state"],
+            "compensated",
+            "{shown:#}"
+        );
+    }
+    // Compensation of c finished before b's started.
+    let c_done = phase(&shown, "c")["compensation"]["finished_at"].clone();
+    let b_start = phase(&shown, "b")["compensation"]["started_at"].clone();
+    assert!(
+        c_done.as_str() <= b_start.as_str(),
+        "c compensated at {c_done}, b started at {b_start}"
+    );
+}
+
+#[test]
+fn failed_compensation_ends_rollback_failed_naming_the_phase() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "rollback-fails.yaml",
+        &rollback_workflow("echo b >> @DIR@/log; echo cannot remove b >&2; exit 7"),
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(1);
+    assert_eq!(env.lines("log"), ["c", "b"]);
+    let run = out.json();
+    assert_eq!(run["state"], "rollback_failed", "{run:#}");
+    assert_eq!(state_of(&run, "b"), "compensation_failed");
+    assert_eq!(state_of(&run, "c"), "compensated");
+    assert_eq!(state_of(&run, "a"), "succeeded");
+    assert_eq!(state_of(&run, "d"), "failed");
+    assert_eq!(state_of(&run, "e"), "skipped");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("rollback left behind: b (") && error.contains("cannot remove b"),
+        "run error: {error}"
+    );
+    assert!(
+        out.stderr.contains("rollback left behind: b ("),
+        "stderr: {}",
+        out.stderr
+    );
+    let shown = env.show(&out.run_id());
+    let comp = &phase(&shown, "b")["compensation"];
+    assert_eq!(comp["state"], "compensation_failed", "{shown:#}");
+    assert!(
+        comp["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot remove b")),
+        "{comp:#}"
+    );
+}
+
+#[test]
+fn no_rollback_then_fix_then_resume() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "resume.yaml",
+        r#"
+name: fix-and-resume
+phases:
+  - id: a
+    type: exec
+    command: ["sh", "-c", "echo x >> @DIR@/a.count; echo from-a"]
+  - id: b
+    type: exec
+    after: [a]
+    command: ["sh", "-c", "echo x >> @DIR@/b.count; echo b-got-${phases.a.output.stdout}"]
+    compensate: ["sh", "-c", "echo b >> @DIR@/log"]
+  - id: c
+    type: exec
+    after: [b]
+    command: ["sh", "-c", "echo x >> @DIR@/c.count; [ -e @DIR@/marker ] || { echo no marker >&2; exit 1; }"]
+    retry: { max_attempts: 1 }
+  - id: d
+    type: exec
+    after: [c]
+    command: ["sh", "-c", "echo x >> @DIR@/d.count; echo d-got-${phases.b.output.stdout}"]
+"#,
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--no-rollback", "--json"]);
+    out.assert_code(1);
+    let id = out.run_id();
+    let run = out.json();
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(state_of(&run, "a"), "succeeded");
+    assert_eq!(state_of(&run, "b"), "succeeded", "no compensation ran");
+    assert_eq!(state_of(&run, "c"), "failed");
+    assert_eq!(state_of(&run, "d"), "pending");
+    assert!(
+        out.stderr.contains(&format!("dive resume {id}")),
+        "stderr should say how to resume: {}",
+        out.stderr
+    );
+    assert!(env.lines("log").is_empty(), "--no-rollback compensated");
+
+    env.touch("marker");
+    let resumed = env.dive(&["resume", &id, "--json"]);
+    resumed.assert_code(0);
+    let run = resumed.json();
+    assert_eq!(run["id"], id.as_str());
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(env.count("a.count"), 1, "a ran once");
+    assert_eq!(env.count("b.count"), 1, "b ran once");
+    assert_eq!(env.count("c.count"), 2, "c ran twice (failed, then ok)");
+    assert_eq!(env.count("d.count"), 1, "d ran once");
+    assert_eq!(
+        phase(&run, "d")["output"]["stdout"],
+        "d-got-b-got-from-a",
+        "stored outputs are reused across the resume"
+    );
+    assert_eq!(
+        history(phase(&run, "c")),
+        [(1, "failed".to_string()), (2, "succeeded".to_string())]
+    );
+    assert_eq!(phase(&run, "a")["attempts"], 1);
+    assert!(env.lines("log").is_empty());
+}
+
+#[test]
+fn circuit_breaker_opens_after_three_failures() {
+    let env = TestEnv::new();
+    // jitter off: six attempts then finish well inside the breaker's 2 s cool-down.
+    let wf = env.workflow(
+        "breaker.yaml",
+        r#"
+name: breaker
+phases:
+  - id: call
+    type: exec
+    breaker: flaky
+    command: ["sh", "-c", "echo x >> @DIR@/calls; echo service down >&2; exit 1"]
+    retry: { max_attempts: 6, initial_delay: 100ms, max_delay: 200ms, jitter: false }
+"#,
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(1);
+    assert_eq!(
+        env.count("calls"),
+        3,
+        "the command ran only until the breaker opened"
+    );
+    let id = out.run_id();
+    let run = env.show(&id);
+    assert_eq!(run["state"], "rolled_back");
+    let call = phase(&run, "call");
+    assert_eq!(call["state"], "failed");
+    assert_eq!(call["attempts"], 6);
+    let attempts = call["history"].as_array().expect("history");
+    assert_eq!(attempts.len(), 6, "{call:#}");
+    for a in attempts {
+        let error = a["error"].as_str().unwrap_or_default();
+        assert_eq!(a["state"], "failed");
+        if a["attempt"].as_u64() <= Some(3) {
+            assert!(error.contains("service down"), "attempt {a}");
+        } else {
+            assert!(error.contains("circuit open for flaky"), "attempt {a}");
+        }
+    }
+    let events = run["breaker_events"].as_array().expect("breaker_events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["breaker"] == "flaky" && e["transition"] == "open"),
+        "no `open` transition in {events:#?}"
+    );
+    let opened = events
+        .iter()
+        .position(|e| e["transition"] == "open")
+        .unwrap();
+    assert!(
+        events[opened + 1..]
+            .iter()
+            .any(|e| e["breaker"] == "flaky" && e["transition"] == "rejected"),
+        "calls after the opening should be rejected: {events:#?}"
+    );
+
+    let text = env.dive(&["runs", "show", &id]);
+    text.assert_code(0);
+    let section = text
+        .stdout
+        .split("BREAKER TRANSITIONS")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no BREAKER TRANSITIONS section:\n{}", text.stdout));
+    assert!(
+        section
+            .lines()
+            .any(|l| l.contains("flaky") && l.trim_end().ends_with("open")),
+        "{section}"
+    );
+}
+
+#[test]
+fn demo_runs_and_cli_listings() {
+    let env = TestEnv::new();
+    let list = env.dive(&["workflow", "list"]);
+    list.assert_code(0);
+    assert!(
+        list.stdout.lines().any(|l| l.split_whitespace().next() == Some("demo")),
+        "{}",
+        list.stdout
+    );
+
+    // The documented --json shape.
+    let first = env.dive(&["run", "workflow", "demo", "--json"]);
+    first.assert_code(0);
+    let run = first.json();
+    for key in [
+        "id",
+        "workflow",
+        "state",
+        "params",
+        "started_at",
+        "finished_at",
+        "phases",
+    ] {
+        assert!(run.get(key).is_some(), "no `{key}` in {run:#}");
+    }
+    assert_eq!(run["workflow"], "demo");
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(run["params"], serde_json::json!({"code": "FRA"}));
+    assert!(run["finished_at"].is_string());
+    let phases = run["phases"].as_array().expect("phases array");
+    let ids: Vec<_> = phases.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["prepare", "database", "identity-provider", "configure", "verify"]
+    );
+    let types: Vec<_> = phases.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["exec", "sleep", "sleep", "exec", "noop"]);
+    for p in phases {
+        for key in [
+            "id",
+            "type",
+            "state",
+            "attempts",
+            "started_at",
+            "finished_at",
+            "error",
+            "output",
+        ] {
+            assert!(p.get(key).is_some(), "no `{key}` in {p:#}");
+        }
+        assert_eq!(p["state"], "succeeded");
+        assert_eq!(p["attempts"], 1);
+        assert!(p["error"].is_null());
+        assert!(p["started_at"].is_string() && p["finished_at"].is_string());
+    }
+    assert_eq!(phase(&run, "prepare")["output"]["stdout"], "prepared-FRA");
+    assert_eq!(
+        phase(&run, "configure")["output"]["stdout"],
+        "configured prepared-FRA"
+    );
+    // Independent branches ran at the same time.
+    let db = phase(&run, "database");
+    let idp = phase(&run, "identity-provider");
+    assert!(
+        idp["started_at"].as_str() < db["finished_at"].as_str()
+            && db["started_at"].as_str() < idp["finished_at"].as_str(),
+        "database and identity-provider did not overlap: {db:#} {idp:#}"
+    );
+
+    let second = env.dive(&["run", "workflow", "demo", "--param", "code=GBR", "--json"]);
+    second.assert_code(0);
+    assert_eq!(second.json()["params"]["code"], "GBR");
+
+    let runs = env.list();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert_eq!(runs[0]["id"], second.run_id().as_str(), "newest first");
+    assert_eq!(runs[1]["id"], first.run_id().as_str());
+    for r in &runs {
+        for key in ["id", "workflow", "state", "started_at", "finished_at"] {
+            assert!(r.get(key).is_some(), "no `{key}` in {r:#}");
+        }
+        assert_eq!(r["workflow"], "demo");
+        assert_eq!(r["state"], "succeeded");
+        assert!(r["finished_at"].is_string());
+        assert!(r.get("orphaned").is_none_or(|o| o == false), "{r:#}");
+    }
+    assert!(runs[0]["started_at"].as_str() >= runs[1]["started_at"].as_str());
+
+    // workflow show in every format.
+    let show = |format: &str| {
+        let out = env.dive(&["workflow", "show", "demo", "--format", format]);
+        out.assert_code(0);
+        out.stdout
+    };
+    let json: Value = serde_json::from_str(&show("json")).expect("show --format json parses");
+    assert_eq!(json["workflow"], "demo");
+    assert_eq!(json["phases"].as_array().map(Vec::len), Some(5));
+    assert_eq!(json["lock_key"], "demo:FRA");
+    let dot = show("dot");
+    assert!(dot.trim_start().starts_with("digraph"), "{dot}");
+    assert!(dot.trim_end().ends_with('}'), "{dot}");
+    assert!(dot.contains("\"prepare\" -> \"database\""), "{dot}");
+    let mermaid = show("mermaid");
+    assert!(mermaid.starts_with("flowchart"), "{mermaid}");
+    assert!(mermaid.contains("configure --> verify"), "{mermaid}");
+    let text = show("text");
+    for id in ["prepare", "database", "identity-provider", "configure", "verify"] {
+        assert!(text.contains(id), "{text}");
+    }
+    let pos = |id: &str| text.find(&format!("  {id} ")).expect(id);
+    assert!(pos("prepare") < pos("configure") && pos("configure") < pos("verify"));
+}
