@@ -32,7 +32,7 @@ CREATE TABLE phases (
     output      jsonb,
     error       text,
     PRIMARY KEY (run_id, phase_id),
-    CHECK (state <> 'succeeded' OR output IS NOT NULL)
+    CONSTRAINT succeeded_has_output CHECK (state <> 'succeeded' OR output IS NOT NULL)
 );
 
 -- Every attempt of every phase, kept by trigger from the checkpoint rows.

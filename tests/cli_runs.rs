@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestEnv, history, phase, state_of};
+use common::{TestEnv, history, phase, state_of, ts};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -47,7 +47,11 @@ phases:
         assert!(error.contains("exit status: 1"), "attempt error: {error}");
     }
     assert!(flaky["history"][2]["error"].is_null());
-    assert!(out.stderr.contains("flaky: attempt 1 failed"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("flaky: attempt 1 failed"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -131,13 +135,14 @@ phases:
 #[test]
 fn failure_compensates_in_reverse_order() {
     let env = TestEnv::new();
-    let wf = env.workflow(
-        "rollback.yaml",
-        &rollback_workflow("echo b >> @DIR@/log"),
-    );
+    let wf = env.workflow("rollback.yaml", &rollback_workflow("echo b >> @DIR@/log"));
     let out = env.dive(&["run", "workflow", &wf, "--json"]);
     out.assert_code(1);
-    assert_eq!(env.lines("log"), ["c", "b"], "compensations in reverse order");
+    assert_eq!(
+        env.lines("log"),
+        ["c", "b"],
+        "compensations in reverse order"
+    );
     assert_eq!(env.count("d.count"), 1, "d ran once (max_attempts 1)");
 
     let run = out.json();
@@ -170,10 +175,10 @@ fn failure_compensates_in_reverse_order() {
         );
     }
     // Compensation of c finished before b's started.
-    let c_done = phase(&shown, "c")["compensation"]["finished_at"].clone();
-    let b_start = phase(&shown, "b")["compensation"]["started_at"].clone();
+    let c_done = ts(&phase(&shown, "c")["compensation"]["finished_at"]);
+    let b_start = ts(&phase(&shown, "b")["compensation"]["started_at"]);
     assert!(
-        c_done.as_str() <= b_start.as_str(),
+        c_done <= b_start,
         "c compensated at {c_done}, b started at {b_start}"
     );
 }
@@ -361,7 +366,9 @@ fn demo_runs_and_cli_listings() {
     let list = env.dive(&["workflow", "list"]);
     list.assert_code(0);
     assert!(
-        list.stdout.lines().any(|l| l.split_whitespace().next() == Some("demo")),
+        list.stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("demo")),
         "{}",
         list.stdout
     );
@@ -389,7 +396,13 @@ fn demo_runs_and_cli_listings() {
     let ids: Vec<_> = phases.iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
-        ["prepare", "database", "identity-provider", "configure", "verify"]
+        [
+            "prepare",
+            "database",
+            "identity-provider",
+            "configure",
+            "verify"
+        ]
     );
     let types: Vec<_> = phases.iter().map(|p| p["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["exec", "sleep", "sleep", "exec", "noop"]);
@@ -420,8 +433,8 @@ fn demo_runs_and_cli_listings() {
     let db = phase(&run, "database");
     let idp = phase(&run, "identity-provider");
     assert!(
-        idp["started_at"].as_str() < db["finished_at"].as_str()
-            && db["started_at"].as_str() < idp["finished_at"].as_str(),
+        ts(&idp["started_at"]) < ts(&db["finished_at"])
+            && ts(&db["started_at"]) < ts(&idp["finished_at"]),
         "database and identity-provider did not overlap: {db:#} {idp:#}"
     );
 
@@ -442,7 +455,7 @@ fn demo_runs_and_cli_listings() {
         assert!(r["finished_at"].is_string());
         assert!(r.get("orphaned").is_none_or(|o| o == false), "{r:#}");
     }
-    assert!(runs[0]["started_at"].as_str() >= runs[1]["started_at"].as_str());
+    assert!(ts(&runs[0]["started_at"]) >= ts(&runs[1]["started_at"]));
 
     // workflow show in every format.
     let show = |format: &str| {
@@ -462,7 +475,13 @@ fn demo_runs_and_cli_listings() {
     assert!(mermaid.starts_with("flowchart"), "{mermaid}");
     assert!(mermaid.contains("configure --> verify"), "{mermaid}");
     let text = show("text");
-    for id in ["prepare", "database", "identity-provider", "configure", "verify"] {
+    for id in [
+        "prepare",
+        "database",
+        "identity-provider",
+        "configure",
+        "verify",
+    ] {
         assert!(text.contains(id), "{text}");
     }
     let pos = |id: &str| text.find(&format!("  {id} ")).expect(id);

@@ -32,6 +32,13 @@ pub enum EngineError {
     Store(#[from] sqlx::Error),
     #[error("state database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A bug guard: the engine tried a transition its state machine forbids.
+    #[error("{what}: transition {from} -> {to} is not allowed")]
+    IllegalTransition {
+        what: String,
+        from: String,
+        to: String,
+    },
     #[error("stored data of run {run} is unreadable: {why}")]
     Corrupt { run: Uuid, why: String },
 }

@@ -163,6 +163,7 @@ struct Runner<'a> {
     services: Arc<Services>,
     breakers: Arc<Breakers>,
     breaker_rx: mpsc::UnboundedReceiver<Transition>,
+    run_state: RunState,
     /// Latest checkpoint state of each phase.
     state: Vec<PhaseState>,
     /// Latest attempt number written for each phase (counts across resumes).
@@ -199,6 +200,7 @@ impl<'a> Runner<'a> {
             services: engine.services.clone(),
             breakers: Arc::new(Breakers::new(engine.breaker_policy, tx)),
             breaker_rx,
+            run_state: RunState::Running,
             state: vec![PhaseState::Pending; n],
             attempt: vec![0; n],
             tries: vec![0; n],
@@ -236,6 +238,7 @@ impl<'a> Runner<'a> {
 
     /// Loads checkpoints of a stopped run.
     fn restore(&mut self, record: &RunRecord) {
+        self.run_state = record.state;
         for (i, p) in record.phases.iter().enumerate() {
             self.state[i] = p.state;
             self.attempt[i] = p.attempts;
@@ -249,20 +252,14 @@ impl<'a> Runner<'a> {
     /// Resumes the forward path: interrupted attempts are closed, then everything not
     /// succeeded runs.
     async fn continue_run(&mut self) -> Result<RunOutcome, EngineError> {
-        self.conn
-            .write(Op::RunState {
-                state: RunState::Running,
-                error: None,
-                finished: false,
-            })
-            .await?;
+        self.set_run(RunState::Running, None, false).await?;
         for i in 0..self.state.len() {
             match self.state[i] {
                 PhaseState::Succeeded => self.opts.events.emit(Event::PhaseReused {
                     phase: self.dag.ids[i].clone(),
                 }),
                 PhaseState::Running => {
-                    self.state[i] = PhaseState::Failed;
+                    self.advance(i, PhaseState::Failed)?;
                     self.rows.push(self.row(
                         i,
                         PhaseState::Failed,
@@ -297,7 +294,7 @@ impl<'a> Runner<'a> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.failure.is_none() && self.cancelled.is_none() {
-                self.schedule();
+                self.schedule()?;
             }
             self.flush().await?;
             for i in std::mem::take(&mut self.to_spawn) {
@@ -308,9 +305,9 @@ impl<'a> Runner<'a> {
             }
             tokio::select! {
                 Some(joined) = self.tasks.join_next_with_id() => {
-                    self.on_joined(joined);
+                    self.on_joined(joined)?;
                     while let Some(joined) = self.tasks.try_join_next_with_id() {
-                        self.on_joined(joined);
+                        self.on_joined(joined)?;
                     }
                 }
                 Some(Ok(i)) = self.timers.join_next() => {
@@ -350,7 +347,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Moves ready phases to `running` (written before they are spawned).
-    fn schedule(&mut self) {
+    fn schedule(&mut self) -> Result<(), EngineError> {
         while self.tasks.len() + self.to_spawn.len() < self.opts.concurrency.max(1) {
             let Some(i) = self.ready.pop_front() else {
                 break;
@@ -359,7 +356,7 @@ impl<'a> Runner<'a> {
             self.busy[i] = true;
             self.tries[i] += 1;
             self.attempt[i] += 1;
-            self.state[i] = PhaseState::Running;
+            self.advance(i, PhaseState::Running)?;
             self.started_at[i] = Some(Utc::now());
             self.clock[i] = Some(Instant::now());
             if self.delays[i].is_none() {
@@ -368,6 +365,21 @@ impl<'a> Runner<'a> {
             self.rows.push(self.row(i, PhaseState::Running, None, None));
             self.to_spawn.push(i);
         }
+        Ok(())
+    }
+
+    /// Moves phase `i` to `next`, refusing a transition the state machine does not allow.
+    fn advance(&mut self, i: usize, next: PhaseState) -> Result<(), EngineError> {
+        let from = self.state[i];
+        if !from.can_become(next) {
+            return Err(EngineError::IllegalTransition {
+                what: format!("phase `{}` of run {}", self.dag.ids[i], self.run_id()),
+                from: from.to_string(),
+                to: next.to_string(),
+            });
+        }
+        self.state[i] = next;
+        Ok(())
     }
 
     fn row(
@@ -450,7 +462,10 @@ impl<'a> Runner<'a> {
         self.task_phase.insert(handle.id(), i);
     }
 
-    fn on_joined(&mut self, joined: Result<(Id, (usize, Result<Value, PhaseError>)), JoinError>) {
+    fn on_joined(
+        &mut self,
+        joined: Result<(Id, (usize, Result<Value, PhaseError>)), JoinError>,
+    ) -> Result<(), EngineError> {
         let (i, result) = match joined {
             Ok((id, result)) => {
                 self.task_phase.remove(&id);
@@ -458,7 +473,7 @@ impl<'a> Runner<'a> {
             }
             Err(e) => {
                 let Some(i) = self.task_phase.remove(&e.id()) else {
-                    return;
+                    return Ok(());
                 };
                 let why = if e.is_cancelled() {
                     "cancelled".to_string()
@@ -474,7 +489,7 @@ impl<'a> Runner<'a> {
         match result {
             Ok(output) => {
                 self.busy[i] = false;
-                self.state[i] = PhaseState::Succeeded;
+                self.advance(i, PhaseState::Succeeded)?;
                 self.rows
                     .push(self.row(i, PhaseState::Succeeded, Some(output.clone()), None));
                 self.outputs.insert(id.clone(), output);
@@ -488,7 +503,7 @@ impl<'a> Runner<'a> {
                 }
             }
             Err(error) => {
-                self.state[i] = PhaseState::Failed;
+                self.advance(i, PhaseState::Failed)?;
                 self.rows
                     .push(self.row(i, PhaseState::Failed, None, Some(error.to_string())));
                 let may_retry = error.is_retryable()
@@ -521,6 +536,7 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        Ok(())
     }
 
     fn cancel(&mut self, reason: &str) {
@@ -580,13 +596,7 @@ impl<'a> Runner<'a> {
         state: RunState,
         error: Option<String>,
     ) -> Result<RunOutcome, EngineError> {
-        self.conn
-            .write(Op::RunState {
-                state,
-                error: error.as_deref(),
-                finished: true,
-            })
-            .await?;
+        self.set_run(state, error.as_deref(), true).await?;
         tracing::info!(run.id = %self.run_id(), %state, "run finished");
         self.opts.events.emit(Event::RunFinished {
             state,
@@ -602,16 +612,11 @@ impl<'a> Runner<'a> {
     /// Compensates succeeded phases in reverse dependency order; phases that never started are
     /// marked skipped.
     async fn rollback(&mut self, reason: String) -> Result<RunOutcome, EngineError> {
-        self.conn
-            .write(Op::RunState {
-                state: RunState::RollingBack,
-                error: Some(&reason),
-                finished: false,
-            })
+        self.set_run(RunState::RollingBack, Some(&reason), false)
             .await?;
         for i in 0..self.state.len() {
             if self.state[i] == PhaseState::Pending {
-                self.state[i] = PhaseState::Skipped;
+                self.advance(i, PhaseState::Skipped)?;
                 self.rows.push(self.row(i, PhaseState::Skipped, None, None));
                 self.opts.events.emit(Event::PhaseSkipped {
                     phase: self.dag.ids[i].clone(),
@@ -681,13 +686,38 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Moves the run to `next` (checked against the state machine) and records it.
+    async fn set_run(
+        &mut self,
+        next: RunState,
+        error: Option<&str>,
+        finished: bool,
+    ) -> Result<(), EngineError> {
+        if !self.run_state.can_become(next) {
+            return Err(EngineError::IllegalTransition {
+                what: format!("run {}", self.run_id()),
+                from: self.run_state.to_string(),
+                to: next.to_string(),
+            });
+        }
+        self.conn
+            .write(Op::RunState {
+                state: next,
+                error,
+                finished,
+            })
+            .await?;
+        self.run_state = next;
+        Ok(())
+    }
+
     async fn set_phase(
         &mut self,
         i: usize,
         state: PhaseState,
         error: Option<&str>,
     ) -> Result<(), EngineError> {
-        self.state[i] = state;
+        self.advance(i, state)?;
         self.conn
             .write(Op::PhaseState {
                 phase_id: &self.dag.ids[i],

@@ -34,8 +34,7 @@ pub fn fresh_cluster(dir: PathBuf) -> Cluster {
         if let Err(e) = cluster.stop(StopMode::Immediate) {
             panic!("stopping the leftover server in {}: {e}", dir.display());
         }
-        std::fs::remove_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
     }
     if let Err(e) = cluster.ensure_running() {
         panic!("starting PostgreSQL in {}: {e}", dir.display());
@@ -445,4 +444,15 @@ pub fn state_of(run: &Value, id: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("phase `{id}` has no state"))
         .to_string()
+}
+
+/// A timestamp of a run document (RFC 3339) as a time, for ordering checks.
+#[track_caller]
+pub fn ts(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("timestamp `{text}`: {e}"))
+        .to_utc()
 }

@@ -1,0 +1,104 @@
+//! The state database enforces the run and phase state machines itself, so a bug in the engine
+//! (or a hand-edited row) cannot record an impossible history.
+
+use dive_engine::Store;
+use uuid::Uuid;
+
+mod common;
+
+async fn exec(store: &Store, sql: &'static str, run: Uuid) -> Result<(), String> {
+    sqlx::query(sql)
+        .bind(run)
+        .execute(store.pool())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_rejected_by_the_database() {
+    let store = Store::open(&common::db("schema").url).await.unwrap();
+    let run = Uuid::now_v7();
+    exec(
+        &store,
+        "INSERT INTO runs (id, workflow, lock_key, state, params, plan) \
+         VALUES ($1, 'w', 'k', 'running', '{}', '{}')",
+        run,
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &store,
+        "INSERT INTO phases (run_id, phase_id, state, attempt, output) VALUES ($1, 'a', 'succeeded', 1, '{}')",
+        run,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("cannot be created in state succeeded"),
+        "{err}"
+    );
+
+    exec(
+        &store,
+        "INSERT INTO phases (run_id, phase_id, state, attempt) VALUES ($1, 'a', 'running', 1)",
+        run,
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &store,
+        "UPDATE phases SET state = 'compensated' WHERE run_id = $1",
+        run,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("transition running -> compensated is not allowed"),
+        "{err}"
+    );
+    let err = exec(
+        &store,
+        "UPDATE phases SET state = 'succeeded' WHERE run_id = $1",
+        run,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("output"),
+        "a succeeded phase needs its output: {err}"
+    );
+    exec(
+        &store,
+        "UPDATE phases SET state = 'succeeded', output = '{}' WHERE run_id = $1",
+        run,
+    )
+    .await
+    .unwrap();
+    let attempts: Vec<(i32, String)> =
+        sqlx::query_as("SELECT attempt, state FROM phase_attempts WHERE run_id = $1")
+            .bind(run)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(attempts, vec![(1, "succeeded".to_string())]);
+
+    exec(
+        &store,
+        "UPDATE runs SET state = 'succeeded' WHERE id = $1",
+        run,
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &store,
+        "UPDATE runs SET state = 'running' WHERE id = $1",
+        run,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("transition succeeded -> running is not allowed"),
+        "{err}"
+    );
+}
