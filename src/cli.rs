@@ -1,6 +1,7 @@
 //! Command-line definitions (clap), apart from the code that runs them.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dive_phases::runtime::RuntimeKind;
 use std::path::PathBuf;
 use uuid::Uuid;
 
@@ -46,6 +47,9 @@ pub enum Command {
     /// Benchmarks that print figures as JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// List stored secrets and read one (values only with --reveal).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +78,14 @@ pub struct ExecArgs {
     /// Most phases running at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    /// Where services run: `local` processes or `docker` containers. A resumed run keeps the
+    /// runtime it started with.
+    #[arg(long, env = "DIVE_RUNTIME", value_parser = parse_runtime)]
+    pub runtime: Option<RuntimeKind>,
+}
+
+fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
+    s.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,5 +174,25 @@ pub enum BenchCommand {
         /// Concurrency for the parallel case.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Secret names with their versions and dates; never values.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A secret's metadata, or with --reveal its value alone on stdout.
+    Show {
+        /// e.g. usa/keycloak/admin-password
+        name: String,
+        /// Print the value (the latest version unless --version is given).
+        #[arg(long)]
+        reveal: bool,
+        /// Which version to reveal.
+        #[arg(long, requires = "reveal")]
+        version: Option<u32>,
     },
 }

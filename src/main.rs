@@ -5,6 +5,7 @@ mod commands;
 mod database;
 mod output;
 mod progress;
+mod services;
 mod workflows;
 
 use clap::Parser;
@@ -48,6 +49,11 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when stdout is a closed pipe (`| head`).
+    // SAFETY: resetting a signal disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -487,3 +487,245 @@ fn demo_runs_and_cli_listings() {
     let pos = |id: &str| text.find(&format!("  {id} ")).expect(id);
     assert!(pos("prepare") < pos("configure") && pos("configure") < pos("verify"));
 }
+
+#[test]
+fn rollback_failed_is_resumed_until_rolled_back() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "rollback-resume.yaml",
+        &rollback_workflow(
+            "echo b >> @DIR@/log; [ -e @DIR@/fixed ] || { echo b is stuck >&2; exit 1; }",
+        ),
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(1);
+    let id = out.run_id();
+    assert_eq!(out.json()["state"], "rollback_failed");
+    assert!(
+        out.stderr.contains(&format!("dive resume {id}")),
+        "a rollback_failed run is resumable; stderr should say how: {}",
+        out.stderr
+    );
+
+    env.touch("fixed");
+    let resumed = env.dive(&["resume", &id, "--json"]);
+    resumed.assert_code(1);
+    let run = resumed.json();
+    assert_eq!(run["state"], "rolled_back", "{run:#}");
+    assert_eq!(state_of(&run, "b"), "compensated");
+    assert_eq!(state_of(&run, "c"), "compensated");
+    assert_eq!(state_of(&run, "a"), "succeeded");
+    assert_eq!(state_of(&run, "d"), "failed");
+    assert_eq!(state_of(&run, "e"), "skipped");
+    assert_eq!(
+        env.lines("log"),
+        ["c", "b", "b"],
+        "only the compensation that failed runs again"
+    );
+    assert_eq!(
+        env.count("a.count"),
+        1,
+        "resuming a rollback runs nothing forward"
+    );
+    assert_eq!(env.count("d.count"), 1);
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        !error.contains("left behind"),
+        "the finished rollback still reports leftovers: {error}"
+    );
+}
+
+#[test]
+fn fatal_errors_are_not_retried() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "fatal.yaml",
+        r#"
+name: fatal
+phases:
+  - id: missing-program
+    type: exec
+    command: ["/nonexistent/dive-e2e-program"]
+    breaker: tool
+    retry: { max_attempts: 5, initial_delay: 10ms }
+"#,
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(1);
+    let run = out.json();
+    assert_eq!(run["state"], "rolled_back");
+    let p = phase(&run, "missing-program");
+    assert_eq!(p["state"], "failed");
+    assert_eq!(p["attempts"], 1, "a fatal error was retried: {p:#}");
+    assert!(
+        p["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot start `/nonexistent/dive-e2e-program`")),
+        "{p:#}"
+    );
+    let transitions: Vec<_> = run["breaker_events"]
+        .as_array()
+        .expect("breaker_events")
+        .iter()
+        .map(|e| e["transition"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        !transitions.iter().any(|t| *t == "open" || *t == "rejected"),
+        "a fatal error says nothing about the dependency's health: {transitions:?}"
+    );
+}
+
+#[test]
+fn concurrency_limit_is_respected() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "fan.yaml",
+        r#"
+name: fan
+phases:
+  - { id: s1, type: sleep, duration: 400ms }
+  - { id: s2, type: sleep, duration: 400ms }
+  - { id: s3, type: sleep, duration: 400ms }
+"#,
+    );
+    let spans = |run: &Value| {
+        let mut spans: Vec<_> = ["s1", "s2", "s3"]
+            .iter()
+            .map(|id| {
+                let p = phase(run, id);
+                (ts(&p["started_at"]), ts(&p["finished_at"]))
+            })
+            .collect();
+        spans.sort();
+        spans
+    };
+    let serial = env.dive(&["run", "workflow", &wf, "--concurrency", "1", "--json"]);
+    serial.assert_code(0);
+    let s = spans(&serial.json());
+    assert!(
+        s[0].1 <= s[1].0 && s[1].1 <= s[2].0,
+        "with --concurrency 1 phases overlapped: {s:?}"
+    );
+
+    let parallel = env.dive(&["run", "workflow", &wf, "--json"]);
+    parallel.assert_code(0);
+    let p = spans(&parallel.json());
+    assert!(
+        p[1].0 < p[0].1 && p[2].0 < p[0].1,
+        "independent phases did not run in parallel: {p:?}"
+    );
+    assert!(
+        parallel.elapsed < serial.elapsed,
+        "parallel {:?} vs serial {:?}",
+        parallel.elapsed,
+        serial.elapsed
+    );
+}
+
+#[test]
+fn a_breaker_that_never_trips_records_no_transition() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "quiet-breaker.yaml",
+        r#"
+name: quiet-breaker
+phases:
+  - { id: call, type: exec, breaker: healthy, command: ["echo", "fine"] }
+"#,
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(0);
+    let run = env.show(&out.run_id());
+    assert_eq!(
+        run["breaker_events"],
+        serde_json::json!([]),
+        "the breaker never changed state, yet transitions were recorded"
+    );
+    let text = env.dive(&["runs", "show", &out.run_id()]);
+    text.assert_code(0);
+    assert!(
+        !text.stdout.contains("BREAKER TRANSITIONS"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn exec_timeout_kills_the_command() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "exec-timeout.yaml",
+        r#"
+name: exec-timeout
+phases:
+  - id: hang
+    type: exec
+    command: ["sh", "-c", "echo $$ > @DIR@/hang.pid; sleep 20; echo late >> @DIR@/late"]
+    timeout: 300ms
+"#,
+    );
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(1);
+    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+    let run = out.json();
+    assert_eq!(run["state"], "rolled_back");
+    assert!(
+        phase(&run, "hang")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out after 300ms")),
+        "{run:#}"
+    );
+    let pgid: i32 = std::fs::read_to_string(env.path("hang.pid"))
+        .expect("hang.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) with signal 0 only checks whether the process group exists.
+    let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+    if alive {
+        // SAFETY: as above; clean up before failing.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+    assert!(
+        !alive,
+        "the timed-out command's processes are still running"
+    );
+}
+
+/// Each exec phase checks, from inside its command, that its own `running` checkpoint for this
+/// very attempt is already committed.
+#[test]
+fn running_checkpoint_is_committed_before_the_phase_runs() {
+    let env = TestEnv::new();
+    let psql = ["/usr/bin/psql", "/usr/lib/postgresql/15/bin/psql"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("psql");
+    let check = "s=$(\\\"$PSQL\\\" -XAtq -d \\\"$URL\\\" -c \\\"SELECT state || '/' || attempt FROM phases WHERE run_id = '$DIVE_RUN_ID' AND phase_id = '$DIVE_PHASE_ID'\\\"); echo $DIVE_PHASE_ID:$s >> @DIR@/seen; [ \\\"$s\\\" = running/$DIVE_ATTEMPT ]";
+    let yaml = format!(
+        r#"
+name: checkpoint-first
+phases:
+  - id: one
+    type: exec
+    env: {{ PSQL: "{psql}", URL: "{url}" }}
+    command: ["sh", "-c", "{check}"]
+  - id: two
+    type: exec
+    after: [one]
+    env: {{ PSQL: "{psql}", URL: "{url}" }}
+    command: ["sh", "-c", "{check} && [ $DIVE_ATTEMPT -ge 2 ]"]
+    retry: {{ max_attempts: 2, initial_delay: 10ms }}
+"#,
+        url = env.url
+    );
+    let wf = env.workflow("checkpoint.yaml", &yaml);
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(0);
+    assert_eq!(
+        env.lines("seen"),
+        ["one:running/1", "two:running/1", "two:running/2"]
+    );
+}

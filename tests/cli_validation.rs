@@ -271,3 +271,39 @@ fn rejected_before_the_database_is_touched() {
     );
     assert_eq!(env.runs_count(), None, "the runs table was created");
 }
+
+#[test]
+fn usage_errors_and_unknown_names_exit_2() {
+    let env = env();
+    let cases: [(&[&str], &str); 5] = [
+        (&["run", "workflow"], "Usage"),
+        (&["frobnicate"], "unrecognized subcommand"),
+        (
+            &["run", "workflow", "no-such-workflow"],
+            "no built-in workflow `no-such-workflow`",
+        ),
+        (
+            &["run", "workflow", "demo", "--param", "code"],
+            "expected KEY=VALUE",
+        ),
+        (
+            &["resume", "01890a5d-ac96-774b-bcce-b302099a8057"],
+            "run 01890a5d-ac96-774b-bcce-b302099a8057 not found",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = env.dive(args);
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains(needle),
+            "`{}`: stderr lacks `{needle}`: {}",
+            out.what,
+            out.stderr
+        );
+    }
+    let missing = env.path("missing.yaml").display().to_string();
+    let out = env.dive(&["workflow", "validate", &missing]);
+    out.assert_code(2);
+    assert!(out.stderr.contains(&missing), "{}", out.stderr);
+    assert_eq!(env.runs_count(), Some(0));
+}

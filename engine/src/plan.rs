@@ -109,6 +109,9 @@ pub struct Plan {
     pub source: String,
     pub lock_key: String,
     pub params: BTreeMap<String, String>,
+    /// Settings of the caller that a resume must reuse (e.g. the runtime); opaque to the engine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, String>,
     pub phases: Vec<PlannedPhase>,
 }
 

@@ -366,6 +366,7 @@ impl Workflow {
             source: self.source.clone(),
             lock_key: as_text(bind(&Value::String(self.lock.clone()))),
             params: params.clone(),
+            context: BTreeMap::new(),
             phases: self
                 .phases
                 .iter()

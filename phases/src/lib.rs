@@ -2,7 +2,12 @@
 //! with typetag; the engine finds it by its `type:` name.
 
 pub mod exec;
+pub mod late;
 pub mod noop;
+pub mod postgres_database;
+pub mod runtime;
+pub mod secrets;
+pub mod service;
 pub mod sleep;
 
 /// Forces this crate to be linked so its phase types are registered with typetag.

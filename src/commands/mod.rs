@@ -5,6 +5,7 @@ mod db;
 mod locks;
 mod run;
 mod runs;
+pub mod secrets;
 mod workflow;
 
 use crate::InvalidInput;
@@ -21,6 +22,7 @@ pub async fn dispatch(command: Command) -> Result<u8> {
         Command::Db(cmd) => db::db(cmd).await,
         Command::Locks(cmd) => locks::locks(cmd).await,
         Command::Bench(cmd) => bench::bench(cmd).await,
+        Command::Secrets(cmd) => secrets::secrets(cmd).await,
     }
 }
 

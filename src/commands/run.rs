@@ -2,9 +2,10 @@
 
 use crate::cli::{ExecArgs, RunCommand};
 use crate::commands::{parse_params, print_json};
-use crate::{database, exit, progress, workflows};
+use crate::{InvalidInput, database, exit, progress, services, workflows};
 use anyhow::Result;
 use dive_engine::{Engine, Plan, RunOptions, RunState};
+use dive_phases::runtime::RuntimeKind;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -17,13 +18,31 @@ pub async fn run(cmd: RunCommand) -> Result<u8> {
     } = cmd;
     // Everything is checked before the database is touched: invalid input writes nothing.
     let params = parse_params(&params)?;
-    let plan = workflows::load(&workflow)?.plan(&params)?;
-    let engine = Engine::new(database::open().await?);
+    let mut plan = workflows::load(&workflow)?.plan(&params)?;
+    let kind = exec.runtime.unwrap_or(RuntimeKind::Local);
+    plan.context.insert(RUNTIME.into(), kind.to_string());
+    let store = database::open().await?;
+    let engine = Engine::new(store.clone()).with_services(services::build(&store, kind).await?);
     execute(&engine, &exec, no_rollback, Target::Start(&plan)).await
 }
 
+/// The plan context key that records the runtime, so a resume uses the same one.
+const RUNTIME: &str = "runtime";
+
 pub async fn resume(run_id: Uuid, exec: ExecArgs) -> Result<u8> {
-    let engine = Engine::new(database::open().await?);
+    let store = database::open().await?;
+    let record = store.load_run(run_id).await?;
+    let kind = match record.plan.context.get(RUNTIME) {
+        Some(k) => k.parse().map_err(|e: String| InvalidInput(e))?,
+        None => exec.runtime.unwrap_or(RuntimeKind::Local),
+    };
+    if exec.runtime.is_some_and(|r| r != kind) {
+        return Err(InvalidInput(format!(
+            "run {run_id} started on the {kind} runtime; it resumes there (drop --runtime)"
+        ))
+        .into());
+    }
+    let engine = Engine::new(store.clone()).with_services(services::build(&store, kind).await?);
     execute(&engine, &exec, false, Target::Resume(run_id)).await
 }
 

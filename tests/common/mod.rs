@@ -377,17 +377,23 @@ impl TestEnv {
         }
     }
 
-    /// Waits until the state database shows a run (of any workflow) and returns its id.
+    /// Waits until the state database shows a running run of `workflow`; returns its id.
     #[track_caller]
     pub fn wait_for_run(&self, workflow: &str) -> String {
+        self.wait_for_run_in(workflow, "running")
+    }
+
+    /// Waits until the state database shows a run of `workflow` in `state`; returns its id.
+    #[track_caller]
+    pub fn wait_for_run_in(&self, workflow: &str, state: &str) -> String {
         let mut id = String::new();
         wait_until(
-            &format!("a run of `{workflow}` is recorded"),
+            &format!("a run of `{workflow}` is {state}"),
             Duration::from_secs(20),
             || {
                 id = self
                     .try_psql(&format!(
-                        "SELECT id FROM runs WHERE workflow = '{workflow}' AND state = 'running'"
+                        "SELECT id FROM runs WHERE workflow = '{workflow}' AND state = '{state}'"
                     ))
                     .unwrap_or_default();
                 !id.is_empty()

@@ -1,0 +1,41 @@
+//! `secret.ensure`: makes sure a secret exists, generating a random value when it does not.
+//! Output `{name, version, created}`; the value stays in the store. Idempotency and the absence
+//! of a compensation are explained in the [module docs](super).
+
+use super::secret::Alphabet;
+use super::store::SecretStore;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+fn default_length() -> usize {
+    32
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretEnsure {
+    /// e.g. `usa/keycloak/admin-password`.
+    pub name: String,
+    /// Characters in a generated value (8..=4096, default 32). Ignored when the secret exists.
+    #[serde(default = "default_length")]
+    pub length: usize,
+    /// Characters a generated value is made of (default `alphanumeric`).
+    #[serde(default)]
+    pub alphabet: Alphabet,
+}
+
+#[typetag::serde(name = "secret.ensure")]
+#[async_trait]
+impl Phase for SecretEnsure {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let store = ctx.services.get::<SecretStore>().ok_or_else(|| {
+            PhaseError::fatal(
+                "no secret store is available: the engine was built without a SecretStore in \
+                 its services",
+            )
+        })?;
+        let (version, created) = store.ensure(&self.name, self.length, self.alphabet).await?;
+        Ok(json!({ "name": self.name, "version": version, "created": created }))
+    }
+}

@@ -1,0 +1,275 @@
+//! `service`: ensures a service runs on the run's runtime (local processes or Docker), from a
+//! generic spec or a built-in template (`template: postgres`).
+//!
+//! Idempotency: ensure semantics — an identical running service is left alone (output
+//! `ensured: unchanged`), a changed spec is recreated, a stopped one started; readiness is
+//! checked every time. Compensation: removes the service; its data only with `remove_data: true`
+//! (data outlives a failed deploy unless asked, so a retry finds it again).
+
+use crate::late::Late;
+use crate::runtime::{
+    DataMount, Health, InitSpec, PortSpec, Runtime, RuntimeHandle, RuntimeKind, ServiceSpec,
+};
+use crate::secrets::SecretStore;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Image of the PostgreSQL template on Docker (built by `scripts/images build`).
+pub const POSTGRES_IMAGE: &str = "dive-offline/postgres:15";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Template {
+    Postgres,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub instance: String,
+    pub name: String,
+    #[serde(default)]
+    pub template: Option<Template>,
+    /// Template `postgres`: the host port, and the secret holding the superuser password.
+    #[serde(default)]
+    pub port: Option<Late<u16>>,
+    #[serde(default)]
+    pub password_secret: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Environment variable -> secret name; values are read from the secret store.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub data: Vec<DataMount>,
+    #[serde(default)]
+    pub health: Option<Health>,
+    #[serde(default, with = "humantime_serde")]
+    pub ready_timeout: Option<Duration>,
+    #[serde(default)]
+    pub run_as: Option<String>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Compensation removes the data volumes too.
+    #[serde(default)]
+    pub remove_data: bool,
+}
+
+/// The run's runtime, or a fatal error naming what is missing.
+pub fn runtime(ctx: &PhaseContext) -> Result<Arc<dyn Runtime>, PhaseError> {
+    ctx.services
+        .get::<RuntimeHandle>()
+        .map(|h| h.0.clone())
+        .ok_or_else(|| PhaseError::fatal("no runtime configured for this run"))
+}
+
+/// The secret store, or a fatal error.
+pub fn secrets(ctx: &PhaseContext) -> Result<Arc<SecretStore>, PhaseError> {
+    ctx.services
+        .get::<SecretStore>()
+        .ok_or_else(|| PhaseError::fatal("no secret store configured for this run"))
+}
+
+/// Reads a secret that must exist.
+pub async fn secret_value(store: &SecretStore, name: &str) -> Result<String, PhaseError> {
+    match store.get(name).await {
+        Ok(Some((value, _))) => Ok(value.expose().to_string()),
+        Ok(None) => Err(PhaseError::fatal(format!(
+            "secret `{name}` does not exist (add a secret.ensure phase before this one)"
+        ))),
+        Err(e) if e.is_retryable() => Err(PhaseError::retryable(e.to_string())),
+        Err(e) => Err(PhaseError::fatal(e.to_string())),
+    }
+}
+
+impl Service {
+    fn code(&self) -> String {
+        self.instance.to_ascii_lowercase()
+    }
+
+    async fn spec(&self, ctx: &PhaseContext, kind: RuntimeKind) -> Result<ServiceSpec, PhaseError> {
+        let store = secrets(ctx)?;
+        let mut secret_env = BTreeMap::new();
+        for (var, name) in &self.secret_env {
+            secret_env.insert(var.clone(), secret_value(&store, name).await?);
+        }
+        let mut spec = ServiceSpec {
+            instance: self.code(),
+            name: self.name.clone(),
+            image: self.image.clone().unwrap_or_default(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            secret_env,
+            ports: self.ports.clone(),
+            data: self.data.clone(),
+            health: self.health.clone(),
+            ready_timeout: self.ready_timeout.unwrap_or(Duration::from_secs(120)),
+            run_as: self.run_as.clone(),
+            init: None,
+            networks: self.networks.clone(),
+        };
+        match self.template {
+            None => {
+                if spec.image.is_empty() && kind == RuntimeKind::Docker {
+                    return Err(PhaseError::fatal(
+                        "`image` is required on the docker runtime",
+                    ));
+                }
+                if spec.command.is_empty() && kind == RuntimeKind::Local {
+                    return Err(PhaseError::fatal(
+                        "`command` is required on the local runtime",
+                    ));
+                }
+            }
+            Some(Template::Postgres) => {
+                let port = self
+                    .port
+                    .as_ref()
+                    .ok_or_else(|| PhaseError::fatal("template postgres needs `port`"))?
+                    .get("port")?;
+                let secret = self.password_secret.as_deref().ok_or_else(|| {
+                    PhaseError::fatal("template postgres needs `password_secret`")
+                })?;
+                let password = secret_value(&store, secret).await?;
+                postgres_template(&mut spec, kind, port, password)?;
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Fills in a PostgreSQL 15 server: initdb + postgres from the machine's binaries locally
+/// (password auth, its own data directory and port), the offline image on Docker.
+fn postgres_template(
+    spec: &mut ServiceSpec,
+    kind: RuntimeKind,
+    port: u16,
+    password: String,
+) -> Result<(), PhaseError> {
+    spec.ports = vec![PortSpec {
+        name: "postgres".into(),
+        container: 5432,
+        host: port,
+    }];
+    spec.data = vec![DataMount {
+        volume: "pgdata".into(),
+        target: "/var/lib/postgresql/data".into(),
+    }];
+    match kind {
+        RuntimeKind::Local => {
+            let bin =
+                dive_pgcluster::find_bin_dir().map_err(|e| PhaseError::fatal(e.to_string()))?;
+            let tool = |t: &str| bin.join(t).display().to_string();
+            spec.command = vec![
+                tool("postgres"),
+                "-D".into(),
+                "{data:pgdata}".into(),
+                "-p".into(),
+                "{port:postgres}".into(),
+                "-k".into(),
+                "{data:pgdata}".into(),
+                "-c".into(),
+                "listen_addresses=127.0.0.1".into(),
+            ];
+            spec.run_as = Some("postgres".into());
+            spec.init = Some(InitSpec {
+                command: vec![
+                    tool("initdb"),
+                    "-D".into(),
+                    "{data:pgdata}".into(),
+                    "--username=postgres".into(),
+                    "--auth=scram-sha-256".into(),
+                    "--pwfile={file:pwfile}".into(),
+                    "--encoding=UTF8".into(),
+                    "--no-locale".into(),
+                ],
+                creates: "{data:pgdata}/PG_VERSION".into(),
+                secret_files: BTreeMap::from([("pwfile".to_string(), password)]),
+            });
+            spec.health = Some(Health::Command {
+                command: vec![
+                    tool("pg_isready"),
+                    "-q".into(),
+                    "-h".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    "{port:postgres}".into(),
+                    "-U".into(),
+                    "postgres".into(),
+                ],
+            });
+        }
+        RuntimeKind::Docker => {
+            if spec.image.is_empty() {
+                spec.image = POSTGRES_IMAGE.into();
+            }
+            spec.env
+                .insert("PGDATA".into(), "/var/lib/postgresql/data/pgdata".into());
+            spec.secret_env.insert("POSTGRES_PASSWORD".into(), password);
+            spec.health = Some(Health::Command {
+                command: vec![
+                    "pg_isready".into(),
+                    "-q".into(),
+                    "-h".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    "5432".into(),
+                    "-U".into(),
+                    "postgres".into(),
+                ],
+            });
+        }
+    }
+    Ok(())
+}
+
+#[typetag::serde(name = "service")]
+#[async_trait]
+impl Phase for Service {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let rt = runtime(ctx)?;
+        let spec = self.spec(ctx, rt.kind()).await?;
+        let ensured = rt.ensure_service(&spec).await?;
+        let ports: BTreeMap<&str, u16> = spec
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.host))
+            .collect();
+        Ok(json!({
+            "instance": spec.instance,
+            "name": spec.name,
+            "runtime": rt.kind().to_string(),
+            "ensured": ensured,
+            "ports": ports,
+        }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
+        let rt = runtime(ctx)?;
+        let mut volumes: Vec<String> = self.data.iter().map(|d| d.volume.clone()).collect();
+        if self.template == Some(Template::Postgres) {
+            volumes.push("pgdata".into());
+        }
+        let data = if self.remove_data {
+            volumes
+        } else {
+            Vec::new()
+        };
+        rt.remove(&self.code(), &self.name, &data).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,32 @@
+//! What phases of a run get from the CLI: the secret store and the runtime (`--runtime`).
+
+use crate::commands::secrets::secret_store;
+use crate::database;
+use anyhow::{Context, Result};
+use dive_engine::{Services, Store};
+use dive_phases::runtime::docker::DockerRuntime;
+use dive_phases::runtime::local::LocalRuntime;
+use dive_phases::runtime::{Runtime, RuntimeHandle, RuntimeKind};
+use std::sync::Arc;
+
+/// The runtime of that kind; Docker is reached (and its API version negotiated) here.
+pub async fn runtime(kind: RuntimeKind) -> Result<Arc<dyn Runtime>> {
+    Ok(match kind {
+        RuntimeKind::Local => Arc::new(LocalRuntime::new(database::dive_home())),
+        RuntimeKind::Docker => Arc::new(DockerRuntime::connect().await?),
+    })
+}
+
+/// Services for a run; the master key is checked against the stored secrets before anything
+/// runs, so a wrong key stops the run before it writes anything.
+pub async fn build(store: &Store, kind: RuntimeKind) -> Result<Services> {
+    let secrets = secret_store(store)?;
+    secrets
+        .verify_key()
+        .await
+        .context("checking the master key")?;
+    let mut services = Services::default();
+    services.insert(secrets);
+    services.insert(RuntimeHandle(runtime(kind).await?));
+    Ok(services)
+}
