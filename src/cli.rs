@@ -44,6 +44,19 @@ pub enum Command {
     /// Inspect and clean run locks.
     #[command(subcommand)]
     Locks(LocksCommand),
+    /// Remove what dive created (services, containers, volumes, networks, data, stale locks)
+    /// on both runtimes. Lists what it would remove and asks, unless --force.
+    Cleanup {
+        /// Everything dive created.
+        #[arg(long, conflicts_with = "instance")]
+        all: bool,
+        /// Only what belongs to this instance code.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
     /// Benchmarks that print figures as JSON.
     #[command(subcommand)]
     Bench(BenchCommand),

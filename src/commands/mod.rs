@@ -1,6 +1,7 @@
 //! One function per command; each returns the process exit code.
 
 mod bench;
+mod cleanup;
 mod db;
 mod locks;
 mod run;
@@ -22,6 +23,11 @@ pub async fn dispatch(command: Command) -> Result<u8> {
         Command::Db(cmd) => db::db(cmd).await,
         Command::Locks(cmd) => locks::locks(cmd).await,
         Command::Bench(cmd) => bench::bench(cmd).await,
+        Command::Cleanup {
+            all,
+            instance,
+            force,
+        } => cleanup::cleanup(all, instance, force).await,
         Command::Secrets(cmd) => secrets::secrets(cmd).await,
     }
 }

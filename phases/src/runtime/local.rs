@@ -284,14 +284,20 @@ impl LocalRuntime {
             ),
         })?;
         let pid = child.id() as i32;
+        let Some(start_time) = proc_start_time(pid) else {
+            let _ = child.wait();
+            return Err(RuntimeError::Service {
+                service: spec.name.clone(),
+                message: format!(
+                    "exited at once; last log lines:\n{}",
+                    self.log_tail(&spec.instance, &spec.name, 15)
+                ),
+            });
+        };
         // Reap it if it exits while we live, so it never lingers as a zombie.
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        let start_time = proc_start_time(pid).ok_or_else(|| RuntimeError::Service {
-            service: spec.name.clone(),
-            message: format!("exited at once; see {}", log_path.display()),
-        })?;
         let pf = PidFile {
             pid,
             start_time,

@@ -3,13 +3,25 @@
 //! of a compensation are explained in the [module docs](super).
 
 use super::secret::Alphabet;
-use super::store::SecretStore;
+use super::store::{MAX_LENGTH, MIN_LENGTH, SecretStore};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
 fn default_length() -> usize {
     32
+}
+
+/// Checks the range when the workflow is validated rather than when the phase runs.
+fn length<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if (MIN_LENGTH..=MAX_LENGTH).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "length {n} is out of range: it must be between {MIN_LENGTH} and {MAX_LENGTH}"
+        )))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -18,7 +30,7 @@ pub struct SecretEnsure {
     /// e.g. `usa/keycloak/admin-password`.
     pub name: String,
     /// Characters in a generated value (8..=4096, default 32). Ignored when the secret exists.
-    #[serde(default = "default_length")]
+    #[serde(default = "default_length", deserialize_with = "length")]
     pub length: usize,
     /// Characters a generated value is made of (default `alphanumeric`).
     #[serde(default)]

@@ -2,8 +2,9 @@
 
 use super::error::SecretError;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
+use std::str::FromStr;
 use zeroize::Zeroizing;
 
 /// A secret value. `Debug` and `Display` print `[redacted]`; [`Secret::expose`] is the one way
@@ -87,7 +88,7 @@ pub fn validate_name(name: &str) -> Result<(), SecretError> {
 }
 
 /// The characters a generated secret is made of.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Alphabet {
     /// `A-Z a-z 0-9` (62 characters, about 5.95 bits each).
@@ -104,6 +105,24 @@ pub enum Alphabet {
 }
 
 impl Alphabet {
+    pub const ALL: [Alphabet; 5] = [
+        Alphabet::Alphanumeric,
+        Alphabet::Lowercase,
+        Alphabet::Hex,
+        Alphabet::Base64url,
+        Alphabet::Digits,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alphabet::Alphanumeric => "alphanumeric",
+            Alphabet::Lowercase => "lowercase",
+            Alphabet::Hex => "hex",
+            Alphabet::Base64url => "base64url",
+            Alphabet::Digits => "digits",
+        }
+    }
+
     pub fn chars(self) -> &'static [u8] {
         match self {
             Alphabet::Alphanumeric => {
@@ -131,6 +150,30 @@ impl Alphabet {
     }
 }
 
+impl FromStr for Alphabet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Alphabet, String> {
+        Alphabet::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Alphabet::ALL.iter().map(|a| a.name()).collect();
+                format!("alphabet `{s}` is not one of {}", names.join(", "))
+            })
+    }
+}
+
+// By hand rather than derived: serde's "unknown variant" wording is what the engine reads as an
+// unknown phase type.
+impl<'de> Deserialize<'de> for Alphabet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Alphabet, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,13 +198,9 @@ mod tests {
 
     #[test]
     fn generated_values_use_their_alphabet() {
-        for a in [
-            Alphabet::Alphanumeric,
-            Alphabet::Lowercase,
-            Alphabet::Hex,
-            Alphabet::Base64url,
-            Alphabet::Digits,
-        ] {
+        for a in Alphabet::ALL {
+            assert_eq!(a.name().parse(), Ok(a));
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name());
             let s = a.generate(200);
             assert_eq!(s.len(), 200);
             assert!(s.expose().bytes().all(|b| a.chars().contains(&b)), "{a:?}");
