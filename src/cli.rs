@@ -204,8 +204,8 @@ pub enum SecretsCommand {
         /// Print the value (the latest version unless --version is given).
         #[arg(long)]
         reveal: bool,
-        /// Which version to reveal.
-        #[arg(long, requires = "reveal")]
-        version: Option<u32>,
+        /// Which version to reveal (`--version` is the program's own).
+        #[arg(long, value_name = "N", requires = "reveal")]
+        secret_version: Option<u32>,
     },
 }

@@ -428,7 +428,9 @@ fn as_text(v: Value) -> String {
 }
 
 fn describe_type_error(kind: &str, message: String) -> String {
-    if message.starts_with("unknown variant") {
+    // typetag reports an unknown `type` as an unknown variant naming it; an enum field inside
+    // a known type says "unknown variant" too, but names its own value.
+    if message.starts_with(&format!("unknown variant `{kind}`")) {
         let known = message.split("expected one of ").nth(1).unwrap_or("");
         format!("unknown phase type `{kind}` (known types: {known})")
     } else {

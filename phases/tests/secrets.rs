@@ -692,8 +692,11 @@ fn secret_ensure_fields_are_checked_when_the_workflow_is_parsed() {
         Workflow::parse("s.yaml", &yaml).unwrap_err().to_string()
     };
     assert!(bad("    value: hunter2\n").contains("unknown field `value`"));
-    assert!(bad("    alphabet: emoji\n").contains("unknown variant `emoji`"));
-    assert!(bad("    length: -3\n").contains("length"));
+    assert!(bad("    alphabet: emoji\n").contains(
+        "alphabet `emoji` is not one of alphanumeric, lowercase, hex, base64url, digits"
+    ));
+    assert!(bad("    length: -3\n").contains("expected usize"));
+    assert!(bad("    length: 4\n").contains("length 4 is out of range"));
     let ok = "name: s\nphases:\n  - id: a\n    type: secret.ensure\n    name: x\n";
     Workflow::parse("s.yaml", ok).unwrap();
 }

@@ -42,14 +42,16 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
         SecretsCommand::Show {
             name,
             reveal,
-            version,
+            secret_version: version,
         } => {
             let missing = || InvalidInput(format!("no secret named `{name}`"));
             if !reveal {
                 let info = secrets.info(&name).await.map_err(classify)?;
                 let info = info.ok_or_else(missing)?;
                 print!("{}", details(&info));
-                eprintln!("the value is not shown: add --reveal to print it on stdout");
+                eprintln!(
+                    "the value is not shown: add --reveal to print it on stdout (and --secret-version N for an older version)"
+                );
                 return Ok(exit::OK);
             }
             let value = match version {

@@ -339,7 +339,8 @@ impl SecretStore {
     }
 
     async fn infos(&self, name: Option<&str>) -> Result<Vec<SecretInfo>, SecretError> {
-        let rows: Vec<(String, i64, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        type Row = (String, i64, i32, DateTime<Utc>, DateTime<Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT name, count(*), max(version), min(created_at), \
                     (array_agg(created_at ORDER BY version DESC))[1] \
              FROM secrets WHERE $1::text IS NULL OR name = $1 GROUP BY name ORDER BY name",
