@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{PrivateCluster, TestEnv, history, phase, state_of, wait_until};
+use common::{
+    PrivateCluster, TestEnv, history, kill_group, live_in_group, phase, read_pgid, state_of,
+    wait_until,
+};
 use dive_pgcluster::StopMode;
 use std::time::{Duration, Instant};
 
@@ -37,15 +40,8 @@ phases:
     let killed = dive.wait(Duration::from_secs(10));
     assert_eq!(killed.code, None, "dive should have died of SIGKILL");
     // The exec phase runs its command in its own process group, which outlives dive: end it.
-    let pgid: i32 = std::fs::read_to_string(env.path("b.pid"))
-        .expect("b.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    // SAFETY: kill(2) on the process group our phase created; no memory is involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
+    let pgid = read_pgid(&env.path("b.pid"));
+    kill_group(pgid);
 
     // The database notices the dead session and frees the lock: the run is orphaned.
     let mut listed = serde_json::Value::Null;
@@ -71,31 +67,6 @@ phases:
         "{}",
         table.stdout
     );
-
-    // The dead run's lock holder row is stale: listed as not held, and `locks clean` drops it.
-    let locks = env.dive(&["locks", "list", "--json"]).assert_code(0).json();
-    assert_eq!(
-        locks,
-        serde_json::json!([{
-            "key": "kill-resume",
-            "run_id": run_id,
-            "pid": locks[0]["pid"],
-            "host": locks[0]["host"],
-            "acquired_at": locks[0]["acquired_at"],
-            "held": false,
-            "run_state": "running",
-        }]),
-    );
-    let clean = env.dive(&["locks", "clean"]);
-    clean.assert_code(0);
-    assert!(
-        clean
-            .stderr
-            .contains("removed stale lock holder `kill-resume`"),
-        "{}",
-        clean.stderr
-    );
-    assert_eq!(env.psql("SELECT count(*) FROM locks"), "0");
 
     env.touch("fast");
     let resumed = env.dive(&["resume", &run_id, "--json"]);
@@ -162,31 +133,7 @@ phases:
     assert!(second.stderr.contains("e2e:shared"), "{}", second.stderr);
     assert!(second.stdout.is_empty(), "{}", second.stdout);
 
-    let listed = env.list();
-    assert_eq!(listed.len(), 1, "{listed:#?}");
-    assert_eq!(listed[0]["id"], first_id.as_str());
-    assert_eq!(listed[0]["state"], "running");
-    assert!(
-        listed[0].get("orphaned").is_none_or(|o| o == false),
-        "a run whose process holds the lock is not orphaned: {listed:#?}"
-    );
-
-    let locks = env.dive(&["locks", "list", "--json"]).assert_code(0).json();
-    let held: Vec<_> = locks
-        .as_array()
-        .expect("locks array")
-        .iter()
-        .filter(|l| l["key"] == "e2e:shared")
-        .collect();
-    assert_eq!(held.len(), 1, "{locks:#}");
-    assert_eq!(held[0]["run_id"], first_id.as_str());
-    assert_eq!(held[0]["held"], true);
-
-    // Resuming the live run is refused the same way.
-    let resume = env.dive(&["resume", &first_id]);
-    resume.assert_code(3);
-    assert!(resume.stderr.contains(&first_id), "{}", resume.stderr);
-
+    // A different lock key runs meanwhile.
     let concurrent = env.dive(&["run", "workflow", &other, "--json"]);
     concurrent.assert_code(0);
     assert_eq!(concurrent.json()["state"], "succeeded");
@@ -194,6 +141,23 @@ phases:
         first.is_running(),
         "the other lock key should have run while the first run held its lock"
     );
+
+    let listed = env.list();
+    assert_eq!(listed.len(), 2, "{listed:#?}");
+    let listed_first = listed
+        .iter()
+        .find(|r| r["id"] == first_id.as_str())
+        .expect("the first run is listed");
+    assert_eq!(listed_first["state"], "running");
+    assert!(
+        listed_first.get("orphaned").is_none_or(|o| o == false),
+        "a run whose process holds the lock is not orphaned: {listed:#?}"
+    );
+
+    // Resuming the live run is refused the same way.
+    let resume = env.dive(&["resume", &first_id]);
+    resume.assert_code(3);
+    assert!(resume.stderr.contains(&first_id), "{}", resume.stderr);
 
     let first = first.wait(Duration::from_secs(30));
     first.assert_code(0);
@@ -203,15 +167,6 @@ phases:
         env.psql("SELECT count(*) FROM runs WHERE workflow = 'lock-holder'"),
         "1",
         "the refused run wrote nothing"
-    );
-    let locks = env.dive(&["locks", "list", "--json"]).assert_code(0).json();
-    assert!(
-        locks
-            .as_array()
-            .expect("locks array")
-            .iter()
-            .all(|l| l["held"] == false),
-        "a finished run still holds its lock: {locks:#}"
     );
 }
 
@@ -419,16 +374,12 @@ phases:
         out.stderr
     );
     // The cancelled command's process group was killed with it.
-    let pgid: i32 = std::fs::read_to_string(env.path("long.pid"))
-        .expect("long.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    wait_until(
-        "the cancelled command's processes are gone",
-        Duration::from_secs(5),
-        // SAFETY: kill(2) with signal 0 only checks whether the group exists.
-        || unsafe { libc::kill(-pgid, 0) } != 0,
+    let pgid = read_pgid(&env.path("long.pid"));
+    let alive = live_in_group(pgid);
+    kill_group(pgid);
+    assert!(
+        alive.is_empty(),
+        "the cancelled command's processes {alive:?} are still running"
     );
 
     env.touch("fast");
@@ -476,15 +427,8 @@ phases:
     let run_id = env.wait_for_run_in("kill-rollback", "rolling_back");
     dive.signal(libc::SIGKILL);
     assert_eq!(dive.wait(Duration::from_secs(10)).code, None);
-    let pgid: i32 = std::fs::read_to_string(env.path("comp.pid"))
-        .expect("comp.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    // SAFETY: kill(2) on the process group the compensation created; no memory is involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
+    let pgid = read_pgid(&env.path("comp.pid"));
+    kill_group(pgid);
     wait_until("the run is orphaned", Duration::from_secs(10), || {
         env.show(&run_id)["orphaned"] == true
     });
@@ -528,15 +472,8 @@ phases:
     let run_id = env.wait_for_run("orphan-cancel");
     dive.signal(libc::SIGKILL);
     assert_eq!(dive.wait(Duration::from_secs(10)).code, None);
-    let pgid: i32 = std::fs::read_to_string(env.path("long.pid"))
-        .expect("long.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    // SAFETY: kill(2) on the process group the phase created; no memory is involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
+    let pgid = read_pgid(&env.path("long.pid"));
+    kill_group(pgid);
     wait_until("the run is orphaned", Duration::from_secs(10), || {
         env.show(&run_id)["orphaned"] == true
     });
@@ -558,4 +495,67 @@ phases:
     assert_eq!(resumed.json()["state"], "succeeded");
     assert_eq!(env.count("long.count"), 2);
     assert_eq!(env.count("next.count"), 1);
+}
+
+#[test]
+fn locks_list_and_clean_show_holders() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "locks.yaml",
+        r#"
+name: locks
+lock: "e2e:locks"
+phases:
+  - { id: hold, type: sleep, duration: 30s }
+"#,
+    );
+    let dive = env.spawn(&["run", "workflow", &wf]);
+    let run_id = env.wait_for_run("locks");
+
+    // While the run lives, its lock is held and names it.
+    let locks = env.dive(&["locks", "list", "--json"]);
+    locks.assert_code(0);
+    let locks = locks.json();
+    assert_eq!(locks.as_array().map(Vec::len), Some(1), "{locks:#}");
+    assert_eq!(locks[0]["key"], "e2e:locks");
+    assert_eq!(locks[0]["run_id"], run_id.as_str());
+    assert_eq!(locks[0]["held"], true);
+    assert_eq!(locks[0]["run_state"], "running");
+    assert_eq!(locks[0]["pid"], dive.pid());
+    let text = env.dive(&["locks", "list"]);
+    text.assert_code(0);
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("e2e:locks") && l.contains(&run_id) && l.contains("held")),
+        "{}",
+        text.stdout
+    );
+    let clean = env.dive(&["locks", "clean"]);
+    clean.assert_code(0);
+    assert!(clean.stderr.contains("no stale locks"), "{}", clean.stderr);
+
+    // Once its process is killed the database frees the lock: the holder row is stale.
+    dive.signal(libc::SIGKILL);
+    assert_eq!(dive.wait(Duration::from_secs(10)).code, None);
+    wait_until("the lock is free", Duration::from_secs(10), || {
+        env.dive(&["locks", "list", "--json"]).json()[0]["held"] == false
+    });
+    let locks = env.dive(&["locks", "list", "--json"]).json();
+    assert_eq!(locks[0]["run_id"], run_id.as_str());
+    assert_eq!(locks[0]["run_state"], "running");
+    let clean = env.dive(&["locks", "clean"]);
+    clean.assert_code(0);
+    assert!(
+        clean
+            .stderr
+            .contains("removed stale lock holder `e2e:locks`"),
+        "{}",
+        clean.stderr
+    );
+    assert_eq!(env.psql("SELECT count(*) FROM locks"), "0");
+    assert_eq!(
+        env.dive(&["locks", "list", "--json"]).json(),
+        serde_json::json!([])
+    );
 }

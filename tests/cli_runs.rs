@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestEnv, history, phase, state_of, ts};
+use common::{TestEnv, history, kill_group, live_in_group, phase, read_pgid, state_of, ts};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -675,22 +675,13 @@ phases:
             .is_some_and(|e| e.contains("timed out after 300ms")),
         "{run:#}"
     );
-    let pgid: i32 = std::fs::read_to_string(env.path("hang.pid"))
-        .expect("hang.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    // SAFETY: kill(2) with signal 0 only checks whether the process group exists.
-    let alive = unsafe { libc::kill(-pgid, 0) } == 0;
-    if alive {
-        // SAFETY: as above; clean up before failing.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
+    // Killed, not merely abandoned: nothing of the command runs once dive has exited.
+    let pgid = read_pgid(&env.path("hang.pid"));
+    let alive = live_in_group(pgid);
+    kill_group(pgid);
     assert!(
-        !alive,
-        "the timed-out command's processes are still running"
+        alive.is_empty(),
+        "the timed-out command's processes {alive:?} are still running"
     );
 }
 

@@ -9,7 +9,8 @@ use failsafe::futures::CircuitBreaker;
 use failsafe::{Config, FailurePredicate, Instrument, StateMachine, backoff};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -37,6 +38,9 @@ impl Default for BreakerPolicy {
 struct Recorder {
     key: String,
     tx: UnboundedSender<Transition>,
+    /// Whether the breaker has left `closed`: failsafe also calls `on_closed` when a breaker is
+    /// created, which is not a transition and must not be recorded.
+    tripped: Arc<AtomicBool>,
 }
 
 impl Recorder {
@@ -52,13 +56,17 @@ impl Instrument for Recorder {
         self.send("rejected");
     }
     fn on_open(&self) {
+        self.tripped.store(true, Ordering::Relaxed);
         self.send("open");
     }
     fn on_half_open(&self) {
+        self.tripped.store(true, Ordering::Relaxed);
         self.send("half_open");
     }
     fn on_closed(&self) {
-        self.send("closed");
+        if self.tripped.swap(false, Ordering::Relaxed) {
+            self.send("closed");
+        }
     }
 }
 
@@ -104,6 +112,7 @@ impl Breakers {
                     .instrument(Recorder {
                         key: key.to_string(),
                         tx: self.tx.clone(),
+                        tripped: Arc::new(AtomicBool::new(false)),
                     })
                     .build()
             })

@@ -132,9 +132,7 @@ impl RunConn {
         let mut attempt = 0u32;
         let mut delays = backoff();
         loop {
-            if let Err(e) = self.connect().await {
-                return Err(e);
-            }
+            self.connect().await?;
             let conn = self.conn.as_mut().expect("connected");
             match apply(conn, self.run_id, &op).await {
                 Ok(cancel) => {

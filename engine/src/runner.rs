@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+/// Joins a run's failure reason and the phases a rollback could not compensate.
+const LEFT_BEHIND: &str = "; rollback left behind: ";
+
 /// How often a run checks for `dive runs cancel` (and proves its connection alive).
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -130,10 +133,11 @@ impl Engine {
         runner.announce(true);
         let outcome = match record.state {
             RunState::RollingBack | RunState::RollbackFailed => {
-                let reason = record
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "rollback resumed".into());
+                // The original failure, without what an earlier rollback attempt left behind.
+                let reason = match record.error.as_deref() {
+                    Some(e) => e.split(LEFT_BEHIND).next().unwrap_or(e).to_string(),
+                    None => "rollback resumed".into(),
+                };
                 runner.rollback(reason).await
             }
             _ => runner.continue_run().await,
@@ -154,6 +158,9 @@ fn check_resumable(record: &RunRecord) -> Result<(), EngineError> {
         })
     }
 }
+
+/// What a phase task returns: its index and its result.
+type TaskResult = (usize, Result<Value, PhaseError>);
 
 struct Runner<'a> {
     plan: &'a Plan,
@@ -180,7 +187,7 @@ struct Runner<'a> {
     outputs: HashMap<String, Value>,
     rows: Vec<PhaseRow>,
     to_spawn: Vec<usize>,
-    tasks: JoinSet<(usize, Result<Value, PhaseError>)>,
+    tasks: JoinSet<TaskResult>,
     task_phase: HashMap<Id, usize>,
     timers: JoinSet<usize>,
     phase_cancel: CancellationToken,
@@ -464,7 +471,7 @@ impl<'a> Runner<'a> {
 
     fn on_joined(
         &mut self,
-        joined: Result<(Id, (usize, Result<Value, PhaseError>)), JoinError>,
+        joined: Result<(Id, TaskResult), JoinError>,
     ) -> Result<(), EngineError> {
         let (i, result) = match joined {
             Ok((id, result)) => {
@@ -681,7 +688,7 @@ impl<'a> Runner<'a> {
         if left.is_empty() {
             self.end(RunState::RolledBack, Some(reason)).await
         } else {
-            let error = format!("{reason}; rollback left behind: {}", left.join(", "));
+            let error = format!("{reason}{LEFT_BEHIND}{}", left.join(", "));
             self.end(RunState::RollbackFailed, Some(error)).await
         }
     }

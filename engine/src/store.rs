@@ -450,8 +450,9 @@ with_lock_held!(
 );
 with_lock_held!(
     sql_locks,
-    "SELECT k.key, k.run_id, k.pid, k.host, k.acquired_at, r.state AS run_state, ",
-    " AS held FROM locks k LEFT JOIN runs r ON r.id = k.run_id, LATERAL (SELECT k.key AS lock_key) x ORDER BY k.key"
+    "SELECT k.key, k.run_id, k.pid, k.host, k.acquired_at, \
+     (SELECT r.state FROM runs r WHERE r.id = k.run_id) AS run_state, ",
+    " AS held FROM locks k, LATERAL (SELECT k.key AS lock_key) x ORDER BY k.key"
 );
 with_lock_held!(
     sql_clean_locks,

@@ -462,3 +462,41 @@ pub fn ts(value: &Value) -> chrono::DateTime<chrono::Utc> {
         .unwrap_or_else(|e| panic!("timestamp `{text}`: {e}"))
         .to_utc()
 }
+
+/// Processes of process group `pgid` that are still alive (zombies waiting to be reaped do not
+/// count: they have stopped running).
+pub fn live_in_group(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?;
+            let pgrp: i32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == pgid && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
+}
+
+/// The pid a phase command wrote (`echo $$ > FILE`): its process group, since exec phases run
+/// their command in a group of its own.
+#[track_caller]
+pub fn read_pgid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Kills process group `pgid` (what a phase command left behind when dive was killed).
+pub fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) on a process group a phase created; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}

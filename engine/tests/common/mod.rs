@@ -4,7 +4,8 @@ use dive_pgcluster::{Cluster, StopMode};
 use std::sync::OnceLock;
 
 pub struct Db {
-    pub cluster: Cluster,
+    /// Kept so the cluster's handle lives as long as the tests.
+    pub _cluster: Cluster,
     pub url: String,
 }
 
@@ -19,6 +20,9 @@ pub fn db(name: &str) -> &'static Db {
         cluster.ensure_running().expect("test cluster starts");
         cluster.create_database("engine").expect("test database");
         let url = cluster.url("engine").expect("url");
-        Db { cluster, url }
+        Db {
+            _cluster: cluster,
+            url,
+        }
     })
 }
