@@ -1,0 +1,103 @@
+//! `dive cleanup --all` removes everything dive created on both runtimes and nothing else.
+//! One test in its own binary: it removes every `dive.managed` resource on the machine, so it
+//! must not run beside other tests (cargo runs test binaries one after another).
+
+mod common;
+
+use common::TestEnv;
+use std::process::Command;
+
+fn docker(args: &[&str]) -> bool {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI")
+        .status
+        .success()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn cleanup_all_removes_what_dive_made_and_nothing_else() {
+    let env = TestEnv::new();
+    let code = "cln";
+    let stack = |runtime: &str, port: u16| {
+        format!(
+            r#"name: c-{runtime}
+phases:
+  - {{ id: pw, type: secret.ensure, name: {code}/pg }}
+  - id: pg
+    type: service
+    after: [pw]
+    instance: {code}
+    name: pg-{runtime}
+    template: postgres
+    port: {port}
+    password_secret: {code}/pg
+"#
+        )
+    };
+    for runtime in ["local", "docker"] {
+        let wf = env.workflow(&format!("{runtime}.yaml"), &stack(runtime, free_port()));
+        env.dive(&["run", "workflow", &wf, "--runtime", runtime])
+            .assert_code(0);
+    }
+    // Not ours, even with a dive-like name: no `dive.managed` label.
+    let stranger = "dive-cln-stranger";
+    let _ = docker(&["rm", "-f", stranger]);
+    assert!(docker(&[
+        "create",
+        "--name",
+        stranger,
+        "dive-offline/base:bookworm",
+        "true"
+    ]));
+
+    // Without --force and without a terminal: lists, refuses, removes nothing.
+    let refused = env.dive(&["cleanup", "--all"]);
+    refused.assert_code(2);
+    assert!(
+        refused.stderr.contains(&format!("dive-{code}-pg-docker")),
+        "{}",
+        refused.stderr
+    );
+    assert!(docker(&["inspect", &format!("dive-{code}-pg-docker")]));
+
+    env.dive(&["cleanup", "--all", "--force"]).assert_code(0);
+    assert!(
+        !docker(&["inspect", &format!("dive-{code}-pg-docker")]),
+        "container removed"
+    );
+    assert!(
+        !docker(&["volume", "inspect", &format!("dive-{code}-pgdata")]),
+        "volume removed"
+    );
+    assert!(
+        !docker(&["network", "inspect", &format!("dive-{code}")]),
+        "network removed"
+    );
+    assert!(
+        !env.home.path().join("instances").join(code).exists(),
+        "local instance removed"
+    );
+    assert!(
+        docker(&["inspect", stranger]),
+        "an unlabelled container survives"
+    );
+    assert!(docker(&["rm", "-f", stranger]));
+
+    let again = env.dive(&["cleanup", "--all", "--force"]);
+    again.assert_code(0);
+    assert!(
+        again.stderr.contains("nothing to remove"),
+        "{}",
+        again.stderr
+    );
+}
