@@ -17,6 +17,9 @@ pub enum EngineError {
         holder: Option<Uuid>,
         run: Uuid,
     },
+    /// Phases' prechecks refused the run; nothing was written.
+    #[error("{}", .0.join("\n"))]
+    Precheck(Vec<String>),
     #[error("run {0} not found")]
     RunNotFound(Uuid),
     #[error("run {run} is {state}: {why}")]
@@ -49,6 +52,7 @@ impl EngineError {
         matches!(
             self,
             EngineError::InvalidWorkflow(_)
+                | EngineError::Precheck(_)
                 | EngineError::RunNotFound(_)
                 | EngineError::NotResumable { .. }
         )

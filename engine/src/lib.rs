@@ -6,6 +6,7 @@ pub mod breakers;
 pub mod error;
 pub mod events;
 pub mod interpolate;
+pub mod params;
 pub mod phase;
 pub mod plan;
 mod runconn;

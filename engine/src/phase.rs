@@ -87,6 +87,13 @@ pub trait Phase: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Checks, before a new run starts, what can be known without changing anything (a
+    /// required instance exists, say). A failure stops the run before anything is written and
+    /// is reported as invalid input. Phases whose fields use other phases' outputs are skipped.
+    async fn precheck(&self, _ctx: &PhaseContext) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Breaker group a phase type chooses for itself (e.g. `keycloak:FRA`); the workflow's
     /// `breaker:` field takes precedence.
     fn breaker_key(&self) -> Option<String> {

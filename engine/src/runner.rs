@@ -5,6 +5,7 @@
 use crate::breakers::{BreakerPolicy, Breakers, Transition};
 use crate::error::EngineError;
 use crate::events::{Event, EventSink};
+use crate::interpolate;
 use crate::phase::{PhaseContext, PhaseError};
 use crate::plan::{Dag, Plan};
 use crate::runconn::{Op, PhaseRow, RunConn};
@@ -92,6 +93,7 @@ impl Engine {
     /// Starts a new run of `plan`. Fails with [`EngineError::LockHeld`] at once if another
     /// run holds its lock key.
     pub async fn start(&self, plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
+        self.precheck(plan).await?;
         let run_id = Uuid::now_v7();
         let mut conn = RunConn::acquire(
             self.store.url(),
@@ -107,6 +109,38 @@ impl Engine {
         let outcome = runner.execute().await;
         runner.conn.release().await;
         outcome
+    }
+
+    /// Runs every phase's precheck that needs no other phase's output.
+    async fn precheck(&self, plan: &Plan) -> Result<(), EngineError> {
+        let mut problems = Vec::new();
+        for p in &plan.phases {
+            let needs_outputs = interpolate::references_in(&p.spec)
+                .unwrap_or_default()
+                .iter()
+                .any(|r| matches!(r, interpolate::Reference::Output { .. }));
+            if needs_outputs {
+                continue;
+            }
+            let Ok(phase) = p.instantiate(&HashMap::new()) else {
+                continue;
+            };
+            let ctx = PhaseContext {
+                run_id: Uuid::nil(),
+                phase_id: p.id.clone(),
+                attempt: 0,
+                cancel: CancellationToken::new(),
+                services: self.services.clone(),
+            };
+            if let Err(e) = phase.precheck(&ctx).await {
+                problems.push(format!("{}: phase `{}`: {e}", plan.source, p.id));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Precheck(problems))
+        }
     }
 
     /// Continues a run that stopped: succeeded phases keep their outputs and are not run again.

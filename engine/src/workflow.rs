@@ -2,6 +2,7 @@
 //! Every problem names the file, the phase and what is wrong.
 
 use crate::interpolate::{self, Reference};
+use crate::params;
 use crate::plan::{self, Dag, DagError, Plan, PlannedPhase, RetryPolicy};
 use regex::Regex;
 use serde::Deserialize;
@@ -59,6 +60,29 @@ pub struct ParamSpec {
     pub pattern: Option<Regex>,
     #[serde(default)]
     pub description: Option<String>,
+    /// A registered parameter type that checks and normalises the value.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+impl ParamSpec {
+    /// The value as the plan stores it, or what is wrong with it.
+    fn check(&self, name: &str, value: &str) -> Result<String, String> {
+        let value = match &self.kind {
+            Some(kind) => match params::param_type(kind) {
+                Some(check) => check(value).map_err(|e| format!("parameter `{name}`: {e}"))?,
+                None => return Err(format!("parameter `{name}`: unknown type `{kind}`")),
+            },
+            None => value.to_string(),
+        };
+        match &self.pattern {
+            Some(p) if !p.is_match(&value) => Err(format!(
+                "parameter `{name}`: value `{value}` does not match pattern `{}`",
+                p.as_str()
+            )),
+            _ => Ok(value),
+        }
+    }
 }
 
 mod serde_regex_opt {
@@ -198,16 +222,20 @@ impl Workflow {
                     format!("parameter name `{name}` is not an identifier")
                 );
             }
-            if let (Some(d), Some(p)) = (&spec.default, &spec.pattern)
-                && !p.is_match(d)
+            if let Some(kind) = &spec.kind
+                && params::param_type(kind).is_none()
             {
                 problem!(
                     None,
                     format!(
-                        "parameter `{name}`: default `{d}` does not match pattern `{}`",
-                        p.as_str()
-                    ),
+                        "parameter `{name}`: unknown type `{kind}` (known: {})",
+                        params::known_types().join(", ")
+                    )
                 );
+            } else if let Some(d) = &spec.default
+                && let Err(e) = spec.check(name, d)
+            {
+                problem!(None, format!("default: {e}"));
             }
         }
         if let Err(e) = file.defaults.retry.check() {
@@ -333,13 +361,10 @@ impl Workflow {
                 None => problems.push(format!(
                     "parameter `{name}` is required (--param {name}=VALUE)"
                 )),
-                Some(v) => match &spec.pattern {
-                    Some(p) if !p.is_match(v) => problems.push(format!(
-                        "parameter `{name}`: value `{v}` does not match pattern `{}`",
-                        p.as_str()
-                    )),
-                    _ => {
-                        params.insert(name.clone(), v.clone());
+                Some(v) => match spec.check(name, v) {
+                    Err(e) => problems.push(e),
+                    Ok(v) => {
+                        params.insert(name.clone(), v);
                     }
                 },
             }
@@ -502,4 +527,63 @@ fn parse_phase(
         breaker,
         spec: Value::Object(map),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upper3(v: &str) -> Result<String, String> {
+        if v.len() == 3 && v.chars().all(|c| c.is_ascii_alphabetic()) {
+            Ok(v.to_ascii_uppercase())
+        } else {
+            Err(format!("`{v}` is not a three-letter code"))
+        }
+    }
+
+    const WF: &str = "name: t\nparams:\n  code: { type: test-upper3 }\nphases:\n  - { id: a, type: unknown-here }\n";
+
+    #[test]
+    fn registered_parameter_types_check_and_normalise() {
+        crate::params::register_param_type("test-upper3", upper3);
+        let wf = Workflow {
+            name: "t".into(),
+            description: None,
+            source: "t.yaml".into(),
+            lock: "t:${params.code}".into(),
+            params: BTreeMap::from([(
+                "code".to_string(),
+                serde_json::from_value::<ParamSpec>(serde_json::json!({"type": "test-upper3"}))
+                    .unwrap(),
+            )]),
+            phases: vec![],
+        };
+        let plan = wf
+            .plan(&BTreeMap::from([("code".to_string(), "fra".to_string())]))
+            .unwrap();
+        assert_eq!(plan.params["code"], "FRA");
+        assert_eq!(plan.lock_key, "t:FRA");
+        let err = wf
+            .plan(&BTreeMap::from([(
+                "code".to_string(),
+                "fr4nce".to_string(),
+            )]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("parameter `code`: `fr4nce` is not a three-letter code"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_parameter_type_is_reported() {
+        let err = Workflow::parse("t.yaml", &WF.replace("test-upper3", "no-such-type"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("parameter `code`: unknown type `no-such-type`"),
+            "{err}"
+        );
+    }
 }
