@@ -97,21 +97,36 @@ fn assert_nowhere(env: &TestEnv, secrets: &[String], outputs: &[&str]) {
         .enumerate()
         .map(|(i, o)| (format!("command output #{i}"), o.to_string()))
         .collect();
-    for table in ["runs", "phases", "phase_attempts", "compensations", "secrets", "locks"] {
+    for table in [
+        "runs",
+        "phases",
+        "phase_attempts",
+        "compensations",
+        "secrets",
+        "locks",
+    ] {
         haystacks.push((
             format!("table {table}"),
-            env.psql(&format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM {table} t")),
+            env.psql(&format!(
+                "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM {table} t"
+            )),
         ));
     }
     for entry in walkdir(env.home.path()) {
         if let Ok(text) = std::fs::read(&entry) {
             // Data files of the PostgreSQL service hold a SCRAM verifier, never the password.
-            haystacks.push((entry.display().to_string(), String::from_utf8_lossy(&text).to_string()));
+            haystacks.push((
+                entry.display().to_string(),
+                String::from_utf8_lossy(&text).to_string(),
+            ));
         }
     }
     for secret in secrets {
         for (what, text) in &haystacks {
-            assert!(!text.contains(secret.as_str()), "a secret value appears in {what}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret value appears in {what}"
+            );
         }
     }
 }
@@ -133,7 +148,10 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -157,7 +175,10 @@ fn exercise(runtime: &str) {
     let admin = reveal(&env, &format!("{code}/postgres/password"));
     let owner = reveal(&env, &format!("{code}/postgres/app-password"));
     assert_eq!(owner_can_connect(port, &owner).as_deref(), Ok("app"));
-    assert!(owner_can_connect(port, "wrong-password").is_err(), "password auth is on");
+    assert!(
+        owner_can_connect(port, "wrong-password").is_err(),
+        "password auth is on"
+    );
 
     // Again: everything is already there.
     let again = env.dive(&["run", "workflow", &wf, "--runtime", runtime, "--json"]);
@@ -171,9 +192,16 @@ fn exercise(runtime: &str) {
         let name = format!("dive-{code}-postgres");
         let (ok, labels) = docker(&["inspect", "-f", "{{json .Config.Labels}}", &name]);
         assert!(ok, "container {name} exists");
-        assert!(labels.contains("\"dive.managed\":\"true\"") && labels.contains(&format!("\"dive.instance\":\"{code}\"")), "{labels}");
+        assert!(
+            labels.contains("\"dive.managed\":\"true\"")
+                && labels.contains(&format!("\"dive.instance\":\"{code}\"")),
+            "{labels}"
+        );
         let (_, bindings) = docker(&["inspect", "-f", "{{json .HostConfig.PortBindings}}", &name]);
-        assert!(bindings.contains("\"HostIp\":\"127.0.0.1\"") && bindings.contains(&port.to_string()), "{bindings}");
+        assert!(
+            bindings.contains("\"HostIp\":\"127.0.0.1\"") && bindings.contains(&port.to_string()),
+            "{bindings}"
+        );
     }
 
     let shown = env.dive(&["runs", "show", &first.run_id(), "--json"]);
@@ -181,19 +209,40 @@ fn exercise(runtime: &str) {
     assert_nowhere(
         &env,
         &[admin.clone(), owner.clone()],
-        &[&first.stdout, &first.stderr, &again.stdout, &again.stderr, &shown.stdout, &listed.stdout],
+        &[
+            &first.stdout,
+            &first.stderr,
+            &again.stdout,
+            &again.stderr,
+            &shown.stdout,
+            &listed.stdout,
+        ],
     );
 
     // A failure after the stack rolls it all back: database, role and server (with its data).
-    let broken = env.workflow("broken.yaml", &stack(&code, port, true).replace("stack:", "broken:"));
+    let broken = env.workflow(
+        "broken.yaml",
+        &stack(&code, port, true).replace("stack:", "broken:"),
+    );
     let failed = env.dive(&["run", "workflow", &broken, "--runtime", runtime, "--json"]);
     failed.assert_code(1);
     let doc = failed.json();
     assert_eq!(doc["state"], "rolled_back", "{doc}");
-    let by_id = |id: &str| doc["phases"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap().clone();
+    let by_id = |id: &str| {
+        doc["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_id("postgres")["state"], "compensated");
     assert_eq!(by_id("broken")["state"], "failed");
-    assert!(owner_can_connect(port, &owner).is_err(), "the server is gone after rollback");
+    assert!(
+        owner_can_connect(port, &owner).is_err(),
+        "the server is gone after rollback"
+    );
     match runtime {
         "docker" => {
             let (exists, _) = docker(&["inspect", &format!("dive-{code}-postgres")]);
@@ -203,12 +252,19 @@ fn exercise(runtime: &str) {
         }
         _ => {
             let inst = env.home.path().join("instances").join(&code);
-            assert!(!inst.join("services/postgres.json").exists(), "service removed");
-            assert!(!inst.join("data/pgdata").exists(), "data removed (remove_data: true)");
+            assert!(
+                !inst.join("services/postgres.json").exists(),
+                "service removed"
+            );
+            assert!(
+                !inst.join("data/pgdata").exists(),
+                "data removed (remove_data: true)"
+            );
         }
     }
     assert_nowhere(&env, &[admin, owner], &[&failed.stdout, &failed.stderr]);
-    env.dive(&["cleanup", "--instance", &code, "--force"]).assert_code(0);
+    env.dive(&["cleanup", "--instance", &code, "--force"])
+        .assert_code(0);
 }
 
 #[test]
@@ -239,9 +295,15 @@ fn a_wrong_master_key_is_refused_and_overwrites_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr.contains("master key does not match"), "{stderr}");
-    assert!(stderr.contains("DIVE_MASTER_KEY"), "names where the key came from: {stderr}");
+    assert!(
+        stderr.contains("DIVE_MASTER_KEY"),
+        "names where the key came from: {stderr}"
+    );
     assert!(!stderr.contains(other_key));
-    assert_eq!(env.psql("SELECT string_agg(t::text, ',') FROM secrets t"), before);
+    assert_eq!(
+        env.psql("SELECT string_agg(t::text, ',') FROM secrets t"),
+        before
+    );
     assert_eq!(env.runs_count(), runs_before, "no run was started");
 
     let mut reveal = env.command(&["secrets", "show", &format!("{code}/a"), "--reveal"]);

@@ -236,38 +236,6 @@ fn start_without_init_says_so() {
     assert!(c.port().is_err());
 }
 
-const HELPER_ROOT: &str = "DIVE_PGCLUSTER_TEST_HELPER_ROOT";
-
-/// Run by `server_outlives_the_process_that_started_it` in a child process.
-#[test]
-#[ignore = "helper: run by server_outlives_the_process_that_started_it"]
-fn helper_ensure_running_then_exit() {
-    let root = std::env::var_os(HELPER_ROOT).expect("set by the parent test");
-    Cluster::new(root).ensure_running().unwrap();
-}
-
-#[test]
-fn server_outlives_the_process_that_started_it() {
-    let c = TestCluster::new();
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_ensure_running_then_exit",
-            "--ignored",
-            "--quiet",
-        ])
-        .env(HELPER_ROOT, c.root())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        c.is_running(),
-        "server died with the process that started it"
-    );
-    c.create_database("still_here").unwrap();
-}
-
 /// As root the server runs as `postgres`, which must get through a 0700 `mktemp -d` directory:
 /// we add o+x to it, and nothing else.
 #[test]
