@@ -2,6 +2,7 @@
 //! with typetag; the engine finds it by its `type:` name.
 
 pub mod exec;
+pub mod keycloak_dist;
 pub mod late;
 pub mod noop;
 pub mod postgres_database;

@@ -25,6 +25,7 @@ pub const POSTGRES_IMAGE: &str = "dive-offline/postgres:15";
 #[serde(rename_all = "lowercase")]
 pub enum Template {
     Postgres,
+    Keycloak,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,11 +35,20 @@ pub struct Service {
     pub name: String,
     #[serde(default)]
     pub template: Option<Template>,
-    /// Template `postgres`: the host port, and the secret holding the superuser password.
+    /// Templates: the host port (Keycloak: HTTP), and the secret holding the superuser
+    /// (Keycloak: bootstrap admin) password.
     #[serde(default)]
     pub port: Option<Late<u16>>,
     #[serde(default)]
     pub password_secret: Option<String>,
+    /// Template `keycloak`: the management (health) port, and its database: the PostgreSQL
+    /// port on 127.0.0.1 (local runtime) and the secret of the `keycloak` role's password.
+    #[serde(default)]
+    pub management_port: Option<Late<u16>>,
+    #[serde(default)]
+    pub db_port: Option<Late<u16>>,
+    #[serde(default)]
+    pub db_password_secret: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
@@ -97,7 +107,8 @@ impl Service {
         self.instance.to_ascii_lowercase()
     }
 
-    async fn spec(&self, ctx: &PhaseContext, kind: RuntimeKind) -> Result<ServiceSpec, PhaseError> {
+    async fn spec(&self, ctx: &PhaseContext, rt: &dyn Runtime) -> Result<ServiceSpec, PhaseError> {
+        let kind = rt.kind();
         let store = secrets(ctx)?;
         let mut secret_env = BTreeMap::new();
         for (var, name) in &self.secret_env {
@@ -132,20 +143,159 @@ impl Service {
                 }
             }
             Some(Template::Postgres) => {
-                let port = self
-                    .port
-                    .as_ref()
-                    .ok_or_else(|| PhaseError::fatal("template postgres needs `port`"))?
-                    .get("port")?;
-                let secret = self.password_secret.as_deref().ok_or_else(|| {
-                    PhaseError::fatal("template postgres needs `password_secret`")
-                })?;
-                let password = secret_value(&store, secret).await?;
+                let port = need(&self.port, "postgres", "port")?;
+                let password = self
+                    .secret(&store, &self.password_secret, "postgres", "password_secret")
+                    .await?;
                 postgres_template(&mut spec, kind, port, password)?;
+            }
+            Some(Template::Keycloak) => {
+                let ports = (
+                    need(&self.port, "keycloak", "port")?,
+                    need(&self.management_port, "keycloak", "management_port")?,
+                );
+                let admin = self
+                    .secret(&store, &self.password_secret, "keycloak", "password_secret")
+                    .await?;
+                let db = self
+                    .secret(
+                        &store,
+                        &self.db_password_secret,
+                        "keycloak",
+                        "db_password_secret",
+                    )
+                    .await?;
+                let db_port = match kind {
+                    RuntimeKind::Local => need(&self.db_port, "keycloak", "db_port")?,
+                    RuntimeKind::Docker => 5432,
+                };
+                keycloak_template(&mut spec, rt, ports, db_port, admin, db).await?;
             }
         }
         Ok(spec)
     }
+
+    async fn secret(
+        &self,
+        store: &SecretStore,
+        field: &Option<String>,
+        template: &str,
+        name: &str,
+    ) -> Result<String, PhaseError> {
+        let secret = field
+            .as_deref()
+            .ok_or_else(|| PhaseError::fatal(format!("template {template} needs `{name}`")))?;
+        secret_value(store, secret).await
+    }
+}
+
+/// A required template field.
+fn need(field: &Option<Late<u16>>, template: &str, name: &str) -> Result<u16, PhaseError> {
+    field
+        .as_ref()
+        .ok_or_else(|| PhaseError::fatal(format!("template {template} needs `{name}`")))?
+        .get(name)
+}
+
+/// Keycloak image on Docker: `DIVE_KEYCLOAK_IMAGE`, else the official one (tests use the
+/// offline image built by `scripts/images build`).
+pub fn keycloak_image() -> String {
+    std::env::var("DIVE_KEYCLOAK_IMAGE")
+        .ok()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "quay.io/keycloak/keycloak:{}",
+                crate::keycloak_dist::version()
+            )
+        })
+}
+
+/// Fills in a Keycloak server for PostgreSQL: the built distribution from the cache locally
+/// (started `--optimized`), the configured image on Docker. Health is the management port's
+/// `/health/ready`; the admin token check comes after it.
+async fn keycloak_template(
+    spec: &mut ServiceSpec,
+    rt: &dyn Runtime,
+    (http, management): (u16, u16),
+    db_port: u16,
+    admin_password: String,
+    db_password: String,
+) -> Result<(), PhaseError> {
+    spec.ports = vec![
+        PortSpec {
+            name: "http".into(),
+            container: 8080,
+            host: http,
+        },
+        PortSpec {
+            name: "management".into(),
+            container: 9000,
+            host: management,
+        },
+    ];
+    let kind = rt.kind();
+    let db_host = match kind {
+        RuntimeKind::Local => "127.0.0.1",
+        RuntimeKind::Docker => "postgres",
+    };
+    spec.env.extend([
+        (
+            "KC_DB_URL".to_string(),
+            format!("jdbc:postgresql://{db_host}:{db_port}/keycloak"),
+        ),
+        ("KC_DB_USERNAME".to_string(), "keycloak".to_string()),
+        (
+            "KC_BOOTSTRAP_ADMIN_USERNAME".to_string(),
+            "admin".to_string(),
+        ),
+        ("KC_HOSTNAME_STRICT".to_string(), "false".to_string()),
+        ("KC_HTTP_ENABLED".to_string(), "true".to_string()),
+        (
+            "JAVA_OPTS_KC_HEAP".to_string(),
+            "-Xms64m -Xmx768m".to_string(),
+        ),
+    ]);
+    spec.secret_env.insert("KC_DB_PASSWORD".into(), db_password);
+    spec.secret_env
+        .insert("KC_BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password);
+    spec.health = Some(Health::Http {
+        port: "management".into(),
+        path: "/health/ready".into(),
+    });
+    if spec.ready_timeout < Duration::from_secs(300) {
+        spec.ready_timeout = Duration::from_secs(300);
+    }
+    match kind {
+        RuntimeKind::Local => {
+            let dir = rt
+                .instance_dir(&spec.instance)
+                .ok_or_else(|| PhaseError::fatal("the local runtime has no instance directory"))?;
+            let dist = crate::keycloak_dist::instance_copy(&dir).await?;
+            spec.command = vec![
+                dist.join("bin/kc.sh").display().to_string(),
+                "start".into(),
+                "--optimized".into(),
+                "--http-host=127.0.0.1".into(),
+                "--http-port={port:http}".into(),
+                "--http-management-port={port:management}".into(),
+            ];
+        }
+        RuntimeKind::Docker => {
+            if spec.image.is_empty() {
+                spec.image = keycloak_image();
+            }
+            let mut command = vec!["start".to_string()];
+            command.extend(
+                crate::keycloak_dist::BUILD_OPTIONS
+                    .iter()
+                    .map(|o| o.to_string()),
+            );
+            spec.command = command;
+            spec.networks.push("dive-federation".into());
+        }
+    }
+    Ok(())
 }
 
 /// Fills in a PostgreSQL 15 server: initdb + postgres from the machine's binaries locally
@@ -238,7 +388,7 @@ fn postgres_template(
 impl Phase for Service {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let rt = runtime(ctx)?;
-        let spec = self.spec(ctx, rt.kind()).await?;
+        let spec = self.spec(ctx, &*rt).await?;
         let ensured = rt.ensure_service(&spec).await?;
         let ports: BTreeMap<&str, u16> = spec
             .ports

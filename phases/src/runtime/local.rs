@@ -362,6 +362,10 @@ impl Runtime for LocalRuntime {
         RuntimeKind::Local
     }
 
+    fn instance_dir(&self, instance: &str) -> Option<PathBuf> {
+        Some(LocalRuntime::instance_dir(self, instance))
+    }
+
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
         // Local services share the host's loopback; there is nothing to create.
         check_name("network", name)

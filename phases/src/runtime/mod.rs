@@ -256,6 +256,10 @@ pub trait Runtime: Send + Sync {
     fn breaker_key(&self) -> Option<String> {
         None
     }
+    /// Where an instance's files live on this machine (local runtime only).
+    fn instance_dir(&self, _instance: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     /// The private network of an instance (and the shared federation network).
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError>;
     /// Persistent data for `instance`: a directory or a volume.
