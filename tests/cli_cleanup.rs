@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{TestEnv, free_port};
 use std::process::Command;
 
 fn docker(args: &[&str]) -> bool {
@@ -14,14 +14,6 @@ fn docker(args: &[&str]) -> bool {
         .expect("docker CLI")
         .status
         .success()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -4,16 +4,8 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{TestEnv, free_port};
 use std::process::Command;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn code() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
