@@ -38,6 +38,7 @@ fn describe(event: &Event) -> Option<String> {
             format!("{phase}: running (attempt {attempt})")
         }
         Event::PhaseStarted { phase, .. } => format!("{phase}: running"),
+        Event::PhaseNote { phase, message } => format!("{phase}: {message}"),
         Event::PhaseSucceeded { phase, elapsed, .. } => {
             format!("{phase}: succeeded in {}", secs(*elapsed))
         }
@@ -106,6 +107,12 @@ async fn render(mut rx: mpsc::UnboundedReceiver<Event>, live: bool) {
                     old.finish_and_clear();
                 }
             }
+            Event::PhaseNote { phase, .. } => match bars.get(phase) {
+                Some(bar) => bar.set_message(line),
+                None => {
+                    let _ = multi.println(line);
+                }
+            },
             Event::PhaseSucceeded { phase, .. } | Event::PhaseFailed { phase, .. } => {
                 let mark = if matches!(event, Event::PhaseSucceeded { .. }) {
                     "✓"

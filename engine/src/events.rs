@@ -21,6 +21,8 @@ pub enum Event {
         phase: String,
         attempt: u32,
     },
+    /// What a running phase is doing or waiting for.
+    PhaseNote { phase: String, message: String },
     PhaseSucceeded {
         phase: String,
         attempt: u32,

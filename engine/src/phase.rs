@@ -13,6 +13,7 @@
 //! - Errors say whether a retry can help ([`PhaseError::Retryable`]) or not ([`PhaseError::Fatal`]:
 //!   bad credentials, invalid configuration). Error text never contains a secret value.
 
+use crate::events::{Event, EventSink};
 use crate::services::Services;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -32,6 +33,18 @@ pub struct PhaseContext {
     pub cancel: CancellationToken,
     /// Shared resources (runtimes, clients) that phase types registered with the engine.
     pub services: Arc<Services>,
+    /// Where [`PhaseContext::note`] goes.
+    pub events: EventSink,
+}
+
+impl PhaseContext {
+    /// Tells the operator what a long phase is waiting for (shown in the progress view).
+    pub fn note(&self, message: impl Into<String>) {
+        self.events.emit(Event::PhaseNote {
+            phase: self.phase_id.clone(),
+            message: message.into(),
+        });
+    }
 }
 
 impl fmt::Debug for PhaseContext {

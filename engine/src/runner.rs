@@ -131,6 +131,7 @@ impl Engine {
                 attempt: 0,
                 cancel: CancellationToken::new(),
                 services: self.services.clone(),
+                events: EventSink::none(),
             };
             if let Err(e) = phase.precheck(&ctx).await {
                 problems.push(format!("{}: phase `{}`: {e}", plan.source, p.id));
@@ -479,6 +480,7 @@ impl<'a> Runner<'a> {
             attempt,
             cancel: self.phase_cancel.clone(),
             services: self.services.clone(),
+            events: self.opts.events.clone(),
         };
         let timeout = planned.timeout;
         let breakers = self.breakers.clone();
@@ -695,6 +697,7 @@ impl<'a> Runner<'a> {
                         attempt: self.attempt[i],
                         cancel: CancellationToken::new(),
                         services: self.services.clone(),
+                        events: self.opts.events.clone(),
                     };
                     compensate_with_retry(&*phase, &ctx, &output, planned).await
                 }

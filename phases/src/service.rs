@@ -389,6 +389,20 @@ impl Phase for Service {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let rt = runtime(ctx)?;
         let spec = self.spec(ctx, &*rt).await?;
+        ctx.note(match &spec.health {
+            Some(Health::Http { port, path }) => format!(
+                "starting {} on {}; waiting for http://127.0.0.1:{}{path} (up to {})",
+                spec.name,
+                rt.kind(),
+                spec.host_port(port).unwrap_or_default(),
+                humantime::format_duration(spec.ready_timeout)
+            ),
+            _ => format!(
+                "starting {} on {}; waiting until it is ready",
+                spec.name,
+                rt.kind()
+            ),
+        });
         let ensured = rt.ensure_service(&spec).await?;
         let ports: BTreeMap<&str, u16> = spec
             .ports
