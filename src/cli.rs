@@ -63,6 +63,85 @@ pub enum Command {
     /// List stored secrets and read one (values only with --reveal).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Deploy and operate the hub (code USA unless --code says otherwise).
+    #[command(subcommand)]
+    Hub(InstanceCommand<HubCode>),
+    /// Deploy and operate a national spoke (ISO 3166-1 alpha-3 code; needs a deployed hub).
+    #[command(subcommand)]
+    Spoke(InstanceCommand<SpokeCode>),
+}
+
+/// The hub's code: `--code`, default the registered hub's, else USA.
+#[derive(Debug, Clone, Args)]
+pub struct HubCode {
+    /// ISO 3166-1 alpha-3 code of the hub, any case [default: the registered hub, else USA].
+    #[arg(long)]
+    pub code: Option<String>,
+}
+
+/// A spoke's code.
+#[derive(Debug, Clone, Args)]
+pub struct SpokeCode {
+    /// ISO 3166-1 alpha-3 code of the spoke, any case (e.g. FRA, gbr).
+    pub code: String,
+}
+
+/// What `dive hub` and `dive spoke` do with an instance.
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand<C: Args> {
+    /// Deploy the instance: runs the built-in workflow `hub-deploy` / `spoke-deploy` with
+    /// `--param code=CODE`, exactly as `dive run workflow` would. Safe to run again.
+    Deploy {
+        #[command(flatten)]
+        code: C,
+        /// On failure, leave the run `failed` and resumable instead of rolling back.
+        #[arg(long)]
+        no_rollback: bool,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Start a deployed instance again: runs its deploy workflow once more, whose ensure
+    /// semantics start what is stopped and leave what runs alone. Uses the instance's runtime.
+    Up {
+        #[command(flatten)]
+        code: C,
+        /// On failure, leave the run `failed` and resumable instead of rolling back.
+        #[arg(long)]
+        no_rollback: bool,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Stop the instance's services, keeping their data (`up` starts them again).
+    Down {
+        #[command(flatten)]
+        code: C,
+        /// Print the instance's status as JSON afterwards.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the instance is deployed and its services run: `running`, `stopped`,
+    /// `partial` or `not deployed`.
+    Status {
+        #[command(flatten)]
+        code: C,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the instance: its services with their data, its secrets, its registration and
+    /// port block. Asks first, unless --yes.
+    Reset {
+        #[command(flatten)]
+        code: C,
+        /// Do not ask (required when there is no terminal to ask on).
+        #[arg(long)]
+        yes: bool,
+        /// Print what was removed as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Runtime to clean when the instance is not registered (a registered one uses its own).
+        #[arg(long, env = "DIVE_RUNTIME", value_parser = parse_runtime)]
+        runtime: Option<RuntimeKind>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,7 +162,7 @@ pub enum RunCommand {
 }
 
 /// Options shared by commands that execute a run.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
     /// Print the run as one JSON document on stdout when it ends.
     #[arg(long)]

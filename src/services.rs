@@ -27,6 +27,7 @@ pub async fn build(store: &Store, kind: RuntimeKind) -> Result<Services> {
         .context("checking the master key")?;
     let mut services = Services::default();
     services.insert(secrets);
+    services.insert(dive_phases::instance::Instances::new(store.pool().clone()));
     services.insert(RuntimeHandle(runtime(kind).await?));
     Ok(services)
 }

@@ -22,7 +22,10 @@ pub enum Event {
         attempt: u32,
     },
     /// What a running phase is doing or waiting for.
-    PhaseNote { phase: String, message: String },
+    PhaseNote {
+        phase: String,
+        message: String,
+    },
     PhaseSucceeded {
         phase: String,
         attempt: u32,

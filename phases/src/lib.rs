@@ -2,6 +2,7 @@
 //! with typetag; the engine finds it by its `type:` name.
 
 pub mod exec;
+pub mod instance;
 pub mod keycloak_dist;
 pub mod late;
 pub mod noop;
@@ -11,5 +12,8 @@ pub mod secrets;
 pub mod service;
 pub mod sleep;
 
-/// Forces this crate to be linked so its phase types are registered with typetag.
-pub fn register() {}
+/// Forces this crate to be linked so its phase types are registered with typetag, and registers
+/// its workflow parameter types (`country-code`).
+pub fn register() {
+    instance::register_param_types();
+}

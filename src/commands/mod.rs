@@ -3,6 +3,7 @@
 mod bench;
 mod cleanup;
 mod db;
+mod instance;
 mod locks;
 mod run;
 mod runs;
@@ -29,6 +30,8 @@ pub async fn dispatch(command: Command) -> Result<u8> {
             force,
         } => cleanup::cleanup(all, instance, force).await,
         Command::Secrets(cmd) => secrets::secrets(cmd).await,
+        Command::Hub(cmd) => instance::hub(cmd).await,
+        Command::Spoke(cmd) => instance::spoke(cmd).await,
     }
 }
 

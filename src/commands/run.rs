@@ -6,6 +6,7 @@ use crate::{InvalidInput, database, exit, progress, services, workflows};
 use anyhow::Result;
 use dive_engine::{Engine, Plan, RunOptions, RunState};
 use dive_phases::runtime::RuntimeKind;
+use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -16,14 +17,25 @@ pub async fn run(cmd: RunCommand) -> Result<u8> {
         no_rollback,
         exec,
     } = cmd;
-    // Everything is checked before the database is touched: invalid input writes nothing.
     let params = parse_params(&params)?;
-    let mut plan = workflows::load(&workflow)?.plan(&params)?;
+    run_named(&workflow, &params, no_rollback, &exec).await
+}
+
+/// Runs a workflow (built-in name or file path) with parameters, exactly as `dive run workflow`
+/// does; returns the exit code. Used by `dive hub|spoke deploy|up` too.
+pub async fn run_named(
+    workflow: &str,
+    params: &BTreeMap<String, String>,
+    no_rollback: bool,
+    exec: &ExecArgs,
+) -> Result<u8> {
+    // Everything is checked before the database is touched: invalid input writes nothing.
+    let mut plan = workflows::load(workflow)?.plan(params)?;
     let kind = exec.runtime.unwrap_or(RuntimeKind::Local);
     plan.context.insert(RUNTIME.into(), kind.to_string());
     let store = database::open().await?;
     let engine = Engine::new(store.clone()).with_services(services::build(&store, kind).await?);
-    execute(&engine, &exec, no_rollback, Target::Start(&plan)).await
+    execute(&engine, exec, no_rollback, Target::Start(&plan)).await
 }
 
 /// The plan context key that records the runtime, so a resume uses the same one.

@@ -1,0 +1,153 @@
+//! `instance.register`: registers an instance (code, role, the run's runtime) and allocates its
+//! port block.
+//!
+//! ```yaml
+//! - id: register
+//!   type: instance.register
+//!   code: ${params.code}     # ISO 3166-1 alpha-3, any case
+//!   role: spoke              # hub | spoke
+//! ```
+//! Output `{code, code_lower, role, runtime, realm, ports: {postgres, keycloak, management},
+//! keycloak_url, created}`; later phases use `${phases.register.output.ports.postgres}` and so on.
+//!
+//! Precheck (before a run writes anything): the code is a country code; a spoke needs a
+//! registered hub ("no hub is deployed: run `dive hub deploy` first"); a hub needs no other hub;
+//! a registered code must keep its role and runtime.
+//!
+//! Idempotency: registering again with the same role and runtime returns the same record (and
+//! port block). Compensation: unregisters only a registration that this run created — also when
+//! the phase ran again after a crash and found its own registration — never one an earlier
+//! deploy made.
+
+use super::registry::{InstanceError, Instances, Role};
+use crate::runtime::{RuntimeHandle, RuntimeKind};
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Why a spoke cannot be registered before any hub (also `dive spoke deploy`'s message).
+pub const NO_HUB: &str = "no hub is deployed: run `dive hub deploy` first";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRegister {
+    pub code: String,
+    pub role: Role,
+}
+
+fn registry(ctx: &PhaseContext) -> Result<Arc<Instances>, PhaseError> {
+    ctx.services.get::<Instances>().ok_or_else(|| {
+        PhaseError::fatal(
+            "no instance registry is available: the engine was built without Instances in its \
+             services",
+        )
+    })
+}
+
+fn runtime_kind(ctx: &PhaseContext) -> Option<RuntimeKind> {
+    ctx.services.get::<RuntimeHandle>().map(|h| h.0.kind())
+}
+
+impl InstanceRegister {
+    fn code(&self) -> Result<String, PhaseError> {
+        super::normalize_code(&self.code).map_err(PhaseError::fatal)
+    }
+
+    /// What makes this registration impossible now, if anything (None when it can go ahead).
+    async fn refusal(
+        &self,
+        reg: &Instances,
+        code: &str,
+        kind: Option<RuntimeKind>,
+    ) -> Result<Option<String>, InstanceError> {
+        if let Some(rec) = reg.get(code).await? {
+            if rec.role != self.role {
+                return Ok(Some(
+                    InstanceError::RoleConflict {
+                        code: rec.code,
+                        registered: rec.role,
+                        requested: self.role,
+                    }
+                    .to_string(),
+                ));
+            }
+            if let Some(kind) = kind
+                && rec.runtime != kind
+            {
+                return Ok(Some(format!(
+                    "{} (reset it first, or run with --runtime {})",
+                    InstanceError::RuntimeConflict {
+                        code: rec.code.clone(),
+                        registered: rec.runtime,
+                        requested: kind,
+                    },
+                    rec.runtime
+                )));
+            }
+            return Ok(None);
+        }
+        let hub = reg.hub().await?;
+        Ok(match (self.role, hub) {
+            (Role::Spoke, None) => Some(NO_HUB.to_string()),
+            (Role::Hub, Some(hub)) if hub.code != code => Some(
+                InstanceError::HubExists {
+                    existing: hub.code,
+                    requested: code.to_string(),
+                }
+                .to_string(),
+            ),
+            _ => None,
+        })
+    }
+}
+
+#[typetag::serde(name = "instance.register")]
+#[async_trait]
+impl Phase for InstanceRegister {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let reg = registry(ctx)?;
+        let code = self.code()?;
+        let kind = runtime_kind(ctx)
+            .ok_or_else(|| PhaseError::fatal("no runtime configured for this run"))?;
+        if let Some(why) = self.refusal(&reg, &code, Some(kind)).await? {
+            return Err(PhaseError::fatal(why));
+        }
+        let (rec, created) = reg
+            .register_for_run(&code, self.role, kind, ctx.run_id)
+            .await?;
+        let ports = rec.ports();
+        Ok(json!({
+            "code": rec.code,
+            "code_lower": rec.code_lower(),
+            "role": rec.role,
+            "runtime": rec.runtime,
+            "realm": rec.realm(),
+            "ports": ports,
+            "keycloak_url": rec.keycloak_url(),
+            "created": created,
+        }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
+        let reg = registry(ctx)?;
+        reg.remove_if_created_by(&self.code()?, ctx.run_id).await?;
+        Ok(())
+    }
+
+    async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
+        let code = super::normalize_code(&self.code)?;
+        let reg = registry(ctx).map_err(|e| e.to_string())?;
+        match self.refusal(&reg, &code, runtime_kind(ctx)).await {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(why),
+            // The database is the run's business: a run that cannot reach it fails there.
+            Err(e) if !e.is_invalid_input() => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

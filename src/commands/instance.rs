@@ -1,0 +1,544 @@
+//! `dive hub …` and `dive spoke …`: deploy (a built-in workflow), up, down, status and reset of
+//! one instance. Codes are checked (ISO 3166-1 alpha-3, any case) before anything happens.
+
+use crate::cli::{ExecArgs, HubCode, InstanceCommand, SpokeCode};
+use crate::commands::print_json;
+use crate::commands::run::run_named;
+use crate::commands::secrets::secret_store;
+use crate::{InvalidInput, database, exit, services};
+use anyhow::{Context, Result};
+use clap::Args;
+use dive_engine::EngineError;
+use dive_phases::instance::{
+    InstanceError, InstanceRecord, Instances, NO_HUB, Ports, Role, country_name, normalize_code,
+};
+use dive_phases::runtime::{Resource, Runtime, RuntimeKind, ServiceState};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+/// The hub's code when none is given and no hub is registered.
+const DEFAULT_HUB: &str = "USA";
+/// An instance's services, in start order (stopped in reverse).
+const SERVICES: [&str; 2] = ["postgres", "keycloak"];
+/// What `reset` removes with each service.
+const SERVICE_DATA: [(&str, &[&str]); 2] = [("keycloak", &[]), ("postgres", &["pgdata"])];
+
+enum Action {
+    Deploy {
+        no_rollback: bool,
+        exec: ExecArgs,
+    },
+    Up {
+        no_rollback: bool,
+        exec: ExecArgs,
+    },
+    Down {
+        json: bool,
+    },
+    Status {
+        json: bool,
+    },
+    Reset {
+        yes: bool,
+        json: bool,
+        runtime: Option<RuntimeKind>,
+    },
+}
+
+impl Action {
+    fn verb(&self) -> &'static str {
+        match self {
+            Action::Deploy { .. } => "deploy",
+            Action::Up { .. } => "up",
+            Action::Down { .. } => "down",
+            Action::Status { .. } => "status",
+            Action::Reset { .. } => "reset",
+        }
+    }
+}
+
+fn split<C: Args>(cmd: InstanceCommand<C>) -> (C, Action) {
+    match cmd {
+        InstanceCommand::Deploy {
+            code,
+            no_rollback,
+            exec,
+        } => (code, Action::Deploy { no_rollback, exec }),
+        InstanceCommand::Up {
+            code,
+            no_rollback,
+            exec,
+        } => (code, Action::Up { no_rollback, exec }),
+        InstanceCommand::Down { code, json } => (code, Action::Down { json }),
+        InstanceCommand::Status { code, json } => (code, Action::Status { json }),
+        InstanceCommand::Reset {
+            code,
+            yes,
+            json,
+            runtime,
+        } => (code, Action::Reset { yes, json, runtime }),
+    }
+}
+
+pub async fn hub(cmd: InstanceCommand<HubCode>) -> Result<u8> {
+    let (code, action) = split(cmd);
+    instance(Role::Hub, code.code, action).await
+}
+
+pub async fn spoke(cmd: InstanceCommand<SpokeCode>) -> Result<u8> {
+    let (code, action) = split(cmd);
+    instance(Role::Spoke, Some(code.code), action).await
+}
+
+/// Operator errors become exit code 2, a busy instance exit code 3 (like a held run lock).
+fn classify(e: InstanceError) -> anyhow::Error {
+    match e {
+        InstanceError::Busy { key, holder, .. } => EngineError::LockHeld { key, holder }.into(),
+        e if e.is_invalid_input() => InvalidInput(e.to_string()).into(),
+        e => e.into(),
+    }
+}
+
+/// How to address an instance of `role` on the command line.
+fn cli_name(role: Role, verb: &str, code: &str) -> String {
+    match role {
+        Role::Hub if code == DEFAULT_HUB => format!("dive hub {verb}"),
+        Role::Hub => format!("dive hub {verb} --code {code}"),
+        Role::Spoke => format!("dive spoke {verb} {code}"),
+    }
+}
+
+async fn instance(role: Role, code: Option<String>, action: Action) -> Result<u8> {
+    // Checked before anything happens: the code, and whether a reset could be confirmed.
+    let given = code
+        .map(|c| normalize_code(&c).map_err(InvalidInput))
+        .transpose()?;
+    if let Action::Reset { yes: false, .. } = action
+        && !std::io::stdin().is_terminal()
+    {
+        return Err(InvalidInput(
+            "reset removes the instance's services, data, secrets and registration: add --yes to \
+             confirm (there is no terminal to ask on)"
+                .into(),
+        )
+        .into());
+    }
+    let store = database::open().await?;
+    let registry = Instances::new(store.pool().clone());
+    registry.port_base().map_err(classify)?;
+    let code = match given {
+        Some(code) => code,
+        None => registry
+            .hub()
+            .await
+            .map_err(classify)?
+            .map_or_else(|| DEFAULT_HUB.to_string(), |h| h.code),
+    };
+    let existing = registry.get(&code).await.map_err(classify)?;
+    if let Some(rec) = &existing
+        && rec.role != role
+    {
+        return Err(InvalidInput(format!(
+            "{code} is registered as a {}, not as a {role}: use `{}`",
+            rec.role,
+            cli_name(rec.role, action.verb(), &code)
+        ))
+        .into());
+    }
+    match action {
+        Action::Deploy { no_rollback, exec } => {
+            deploy(&registry, role, &code, existing, no_rollback, exec, false).await
+        }
+        Action::Up { no_rollback, exec } => {
+            deploy(&registry, role, &code, existing, no_rollback, exec, true).await
+        }
+        Action::Status { json } => status(role, &code, existing.as_ref(), json).await,
+        Action::Down { json } => down(&registry, role, &code, existing, json).await,
+        Action::Reset { yes, json, runtime } => {
+            reset(&store, &registry, role, &code, existing, yes, json, runtime).await
+        }
+    }
+}
+
+async fn deploy(
+    registry: &Instances,
+    role: Role,
+    code: &str,
+    existing: Option<InstanceRecord>,
+    no_rollback: bool,
+    mut exec: ExecArgs,
+    up: bool,
+) -> Result<u8> {
+    if up && existing.is_none() {
+        return Err(InvalidInput(format!(
+            "{code} is not deployed: run `{}` first",
+            cli_name(role, "deploy", code)
+        ))
+        .into());
+    }
+    match role {
+        Role::Spoke => {
+            if registry.hub().await.map_err(classify)?.is_none() {
+                return Err(InvalidInput(NO_HUB.into()).into());
+            }
+        }
+        Role::Hub => {
+            if let Some(hub) = registry.hub().await.map_err(classify)?
+                && hub.code != code
+            {
+                return Err(InvalidInput(format!(
+                    "hub {} is already deployed and there is at most one hub (reset it first: \
+                     `{}`)",
+                    hub.code,
+                    cli_name(Role::Hub, "reset", &hub.code)
+                ))
+                .into());
+            }
+        }
+    }
+    if let Some(rec) = &existing {
+        match exec.runtime {
+            None => exec.runtime = Some(rec.runtime),
+            Some(kind) if kind != rec.runtime => {
+                return Err(InvalidInput(format!(
+                    "{code} is deployed on the {} runtime, not on {kind}: drop --runtime (or \
+                     DIVE_RUNTIME), or reset it first",
+                    rec.runtime
+                ))
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    let workflow = match role {
+        Role::Hub => "hub-deploy",
+        Role::Spoke => "spoke-deploy",
+    };
+    let params = BTreeMap::from([("code".to_string(), code.to_string())]);
+    run_named(workflow, &params, no_rollback, &exec).await
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceView {
+    name: String,
+    /// `running`, `stopped`, `missing`, or `unknown` when the runtime could not say.
+    state: String,
+    health: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusView {
+    code: String,
+    country: &'static str,
+    role: Role,
+    runtime: Option<RuntimeKind>,
+    /// `running`, `stopped`, `partial`, `not deployed`, or `unknown` (runtime unreachable).
+    state: &'static str,
+    keycloak_url: Option<String>,
+    realm: String,
+    ports: Option<Ports>,
+    services: Vec<ServiceView>,
+}
+
+async fn service_views(rt: &Result<Arc<dyn Runtime>>, code_lower: &str) -> Vec<ServiceView> {
+    let mut views = Vec::new();
+    for name in SERVICES {
+        let result = match rt {
+            Ok(rt) => rt.status(code_lower, name).await.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        views.push(match result {
+            Ok(s) => ServiceView {
+                name: s.name,
+                state: match s.state {
+                    ServiceState::Running => "running",
+                    ServiceState::Stopped => "stopped",
+                    ServiceState::Missing => "missing",
+                }
+                .into(),
+                health: s.health,
+                error: None,
+            },
+            Err(e) => ServiceView {
+                name: name.into(),
+                state: "unknown".into(),
+                health: "unknown".into(),
+                error: Some(e),
+            },
+        });
+    }
+    views
+}
+
+async fn status_view(role: Role, code: &str, rec: Option<&InstanceRecord>) -> StatusView {
+    let country = country_name(code).unwrap_or("unknown");
+    let Some(rec) = rec else {
+        return StatusView {
+            code: code.into(),
+            country,
+            role,
+            runtime: None,
+            state: "not deployed",
+            keycloak_url: None,
+            realm: format!("dive-{}", code.to_ascii_lowercase()),
+            ports: None,
+            services: Vec::new(),
+        };
+    };
+    let rt = services::runtime(rec.runtime).await;
+    let services = service_views(&rt, &rec.code_lower()).await;
+    let running = services.iter().filter(|s| s.state == "running").count();
+    let state = if services.iter().any(|s| s.state == "unknown") {
+        "unknown"
+    } else if running == services.len() {
+        "running"
+    } else if running == 0 {
+        "stopped"
+    } else {
+        "partial"
+    };
+    StatusView {
+        code: rec.code.clone(),
+        country,
+        role: rec.role,
+        runtime: Some(rec.runtime),
+        state,
+        keycloak_url: Some(rec.keycloak_url()),
+        realm: rec.realm(),
+        ports: Some(rec.ports()),
+        services,
+    }
+}
+
+fn print_status(view: &StatusView, json: bool) -> Result<()> {
+    if json {
+        return print_json(view);
+    }
+    let mut out = format!(
+        "{} ({}) {}: {}",
+        view.code, view.country, view.role, view.state
+    );
+    if let Some(rt) = view.runtime {
+        out += &format!(" on the {rt} runtime");
+    }
+    out.push('\n');
+    if let (Some(url), Some(ports)) = (&view.keycloak_url, &view.ports) {
+        out += &format!(
+            "  keycloak {url}  realm {}  management port {}  postgres port {}\n",
+            view.realm, ports.management, ports.postgres
+        );
+    }
+    for s in &view.services {
+        out += &format!("  {:<10} {:<8} {}", s.name, s.state, s.health);
+        if let Some(e) = &s.error {
+            out += &format!("  ({e})");
+        }
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
+}
+
+async fn status(role: Role, code: &str, rec: Option<&InstanceRecord>, json: bool) -> Result<u8> {
+    print_status(&status_view(role, code, rec).await, json)?;
+    Ok(exit::OK)
+}
+
+async fn down(
+    registry: &Instances,
+    role: Role,
+    code: &str,
+    existing: Option<InstanceRecord>,
+    json: bool,
+) -> Result<u8> {
+    let Some(rec) = existing else {
+        return Err(InvalidInput(format!(
+            "{code} is not deployed: there is nothing to stop (`{}` deploys it)",
+            cli_name(role, "deploy", code)
+        ))
+        .into());
+    };
+    let lock = registry.try_lock(code).await.map_err(classify)?;
+    let rt = services::runtime(rec.runtime).await?;
+    let result = async {
+        for name in SERVICES.iter().rev() {
+            rt.stop(&rec.code_lower(), name)
+                .await
+                .with_context(|| format!("stopping {name} of {code}"))?;
+            eprintln!("stopped {name}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    lock.release().await;
+    result?;
+    print_status(&status_view(role, code, Some(&rec)).await, json)?;
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Serialize)]
+struct ResetView {
+    code: String,
+    role: Role,
+    runtime: Option<RuntimeKind>,
+    /// Whether a registration (and so a port block) was removed.
+    unregistered: bool,
+    port_block: Option<u32>,
+    services: Vec<String>,
+    resources: Vec<String>,
+    secrets: Vec<String>,
+}
+
+/// Whether a runtime resource belongs to instance `code` (lower case): `dive-<code>` and
+/// `dive-<code>-…` in Docker, `<code>/…` services and the instance directory locally.
+fn belongs_to(r: &Resource, code: &str) -> bool {
+    let docker = format!("dive-{code}");
+    r.name == docker
+        || r.name.starts_with(&format!("{docker}-"))
+        || r.name.starts_with(&format!("{code}/"))
+        || r.name.ends_with(&format!("/instances/{code}"))
+}
+
+/// Removal order: what uses others first.
+fn rank(r: &Resource) -> u8 {
+    match r.kind.as_str() {
+        "service" | "container" => 0,
+        "volume" => 1,
+        "network" => 2,
+        _ => 3,
+    }
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reset(
+    store: &dive_engine::Store,
+    registry: &Instances,
+    role: Role,
+    code: &str,
+    existing: Option<InstanceRecord>,
+    yes: bool,
+    json: bool,
+    runtime: Option<RuntimeKind>,
+) -> Result<u8> {
+    let kind = existing
+        .as_ref()
+        .map(|r| r.runtime)
+        .or(runtime)
+        .unwrap_or(RuntimeKind::Local);
+    let lower = code.to_ascii_lowercase();
+    let mut summary = format!(
+        "reset {code} ({}): removes its services with their data on the {kind} runtime, its \
+         secrets ({lower}/…)",
+        country_name(code).unwrap_or("unknown")
+    );
+    match &existing {
+        Some(rec) => summary += &format!(" and its registration (port block {})", rec.port_block),
+        None => summary += "; it is not registered",
+    }
+    eprintln!("{summary}");
+    if role == Role::Hub && existing.is_some() {
+        let spokes: Vec<String> = registry
+            .list()
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .filter(|r| r.role == Role::Spoke)
+            .map(|r| r.code)
+            .collect();
+        if !spokes.is_empty() {
+            eprintln!(
+                "warning: spokes {} stay registered and lose their hub until it is deployed again",
+                spokes.join(", ")
+            );
+        }
+    }
+    if !yes && !confirm(&format!("remove {code}?"))? {
+        eprintln!("nothing removed");
+        return Ok(exit::OK);
+    }
+    let lock = registry.try_lock(code).await.map_err(classify)?;
+    let result = remove_everything(store, registry, role, code, existing, kind).await;
+    lock.release().await;
+    let view = result?;
+    if json {
+        print_json(&view)?;
+    } else {
+        eprintln!(
+            "{code} reset: {} services, {} other resources, {} secrets removed{}",
+            view.services.len(),
+            view.resources.len(),
+            view.secrets.len(),
+            if view.unregistered {
+                ", registration and port block released"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Services (with data), leftover runtime resources, secrets, then the registration: the
+/// registration goes last so a failure part-way leaves the instance visible to `status` and a
+/// second `reset` finishes the job.
+async fn remove_everything(
+    store: &dive_engine::Store,
+    registry: &Instances,
+    role: Role,
+    code: &str,
+    existing: Option<InstanceRecord>,
+    kind: RuntimeKind,
+) -> Result<ResetView> {
+    let lower = code.to_ascii_lowercase();
+    let mut view = ResetView {
+        code: code.to_string(),
+        role,
+        runtime: Some(kind),
+        port_block: existing.as_ref().map(|r| r.port_block),
+        unregistered: false,
+        services: Vec::new(),
+        resources: Vec::new(),
+        secrets: Vec::new(),
+    };
+    let rt = services::runtime(kind).await?;
+    for (name, data) in SERVICE_DATA {
+        let data: Vec<String> = data.iter().map(|d| d.to_string()).collect();
+        rt.remove(&lower, name, &data)
+            .await
+            .with_context(|| format!("removing {name} of {code}"))?;
+        view.services.push(name.to_string());
+    }
+    let mut leftovers: Vec<Resource> = rt
+        .managed()
+        .await
+        .context("listing what is left of the instance")?
+        .into_iter()
+        .filter(|r| belongs_to(r, &lower))
+        .collect();
+    leftovers.sort_by_key(rank);
+    for r in leftovers {
+        rt.remove_resource(&r)
+            .await
+            .with_context(|| format!("removing {} {}", r.kind, r.name))?;
+        view.resources.push(format!("{} {}", r.kind, r.name));
+    }
+    let secrets = secret_store(store)?;
+    view.secrets = secrets
+        .delete_prefix(&lower)
+        .await
+        .with_context(|| format!("deleting the secrets of {code}"))?;
+    view.unregistered = registry.remove(code).await.map_err(classify)?.is_some();
+    Ok(view)
+}
