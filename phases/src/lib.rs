@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod instance;
+pub mod keycloak;
 pub mod keycloak_dist;
 pub mod late;
 pub mod noop;

@@ -175,6 +175,40 @@ impl Service {
         Ok(spec)
     }
 
+    /// Keycloak is ready when its admin API issues a token — not when its port opens or its
+    /// health endpoint answers (the system we replace failed exactly there).
+    async fn wait_for_admin_api(
+        &self,
+        ctx: &PhaseContext,
+        spec: &ServiceSpec,
+    ) -> Result<(), PhaseError> {
+        let url = format!(
+            "http://127.0.0.1:{}",
+            spec.host_port("http").unwrap_or_default()
+        );
+        ctx.note(format!(
+            "waiting for the admin API at {url} to issue a token"
+        ));
+        let password = self
+            .secret(
+                &*secrets(ctx)?,
+                &self.password_secret,
+                "keycloak",
+                "password_secret",
+            )
+            .await?;
+        let took = crate::keycloak::wait_for_admin_token(
+            &url,
+            crate::keycloak::ADMIN_USER,
+            &password,
+            spec.ready_timeout,
+        )
+        .await
+        .map_err(PhaseError::from)?;
+        tracing::info!(instance = %spec.instance, ?took, "keycloak admin API ready");
+        Ok(())
+    }
+
     async fn secret(
         &self,
         store: &SecretStore,
@@ -404,6 +438,9 @@ impl Phase for Service {
             ),
         });
         let ensured = rt.ensure_service(&spec).await?;
+        if self.template == Some(Template::Keycloak) {
+            self.wait_for_admin_api(ctx, &spec).await?;
+        }
         let ports: BTreeMap<&str, u16> = spec
             .ports
             .iter()

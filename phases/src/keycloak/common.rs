@@ -1,0 +1,148 @@
+//! What every `keycloak.*` phase shares: the instance code, the realm, the admin login.
+
+use super::admin::KeycloakAdmin;
+use crate::service::{secret_value, secrets};
+use dive_engine::{PhaseContext, PhaseError};
+use serde::{Deserialize, Deserializer};
+
+/// Keycloak's bootstrap admin, as every dive instance creates it.
+pub const ADMIN_USER: &str = "admin";
+
+/// The user attributes (and token claims) dive declares, in this order everywhere.
+pub const DIVE_ATTRIBUTES: [&str; 4] = ["uniqueID", "clearance", "countryOfAffiliation", "acpCOI"];
+
+/// Secret holding the Keycloak admin password of instance `code`.
+pub fn admin_password_secret(code: &str) -> String {
+    format!("{}/keycloak/admin-password", code.to_ascii_lowercase())
+}
+
+/// `dive-<code>`.
+pub fn default_realm(code: &str) -> String {
+    format!("dive-{}", code.to_ascii_lowercase())
+}
+
+/// Checks `instance` when the workflow is read: three letters, or a reference that the engine
+/// resolves later (and that [`Target::new`] checks when the phase runs).
+pub(crate) fn instance_code<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.contains("${") || is_code(&s) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "instance `{s}` is not an ISO 3166-1 alpha-3 code (three letters, e.g. FRA)"
+        )))
+    }
+}
+
+fn is_code(s: &str) -> bool {
+    s.len() == 3 && s.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// An optional realm name: not empty, no `/`.
+pub(crate) fn realm_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    match &s {
+        Some(r) if r.trim().is_empty() || r.contains('/') => Err(serde::de::Error::custom(
+            format!("realm `{r}` must be a non-empty name without `/`"),
+        )),
+        _ => Ok(s),
+    }
+}
+
+/// The resolved instance, realm and URL a phase works on.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// `FRA`: output and claims.
+    pub upper: String,
+    /// `fra`: names.
+    pub lower: String,
+    pub realm: String,
+    pub url: String,
+}
+
+impl Target {
+    pub fn new(instance: &str, url: &str, realm: Option<&str>) -> Result<Target, PhaseError> {
+        if !is_code(instance) {
+            return Err(PhaseError::fatal(format!(
+                "instance `{instance}` is not an ISO 3166-1 alpha-3 code (three letters)"
+            )));
+        }
+        if url.contains("${") {
+            return Err(PhaseError::fatal(format!(
+                "url: reference `{url}` was not resolved"
+            )));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(PhaseError::fatal(format!(
+                "url `{url}` is not an http(s) URL of a Keycloak server"
+            )));
+        }
+        Ok(Target {
+            upper: instance.to_ascii_uppercase(),
+            lower: instance.to_ascii_lowercase(),
+            realm: realm
+                .map(str::to_string)
+                .unwrap_or_else(|| default_realm(instance)),
+            url: url.to_string(),
+        })
+    }
+
+    /// `keycloak:<CODE>`, or `None` when the instance is still a reference.
+    pub fn breaker_key(instance: &str) -> Option<String> {
+        is_code(instance).then(|| format!("keycloak:{}", instance.to_ascii_uppercase()))
+    }
+
+    /// Logs in as [`ADMIN_USER`] with the password from the secret store.
+    pub async fn admin(&self, ctx: &PhaseContext) -> Result<KeycloakAdmin, PhaseError> {
+        let store = secrets(ctx)?;
+        let password = zeroize::Zeroizing::new(
+            secret_value(&store, &admin_password_secret(&self.lower)).await?,
+        );
+        Ok(KeycloakAdmin::connect_named(
+            &format!("keycloak {}", self.upper),
+            &self.url,
+            ADMIN_USER,
+            &password,
+        )
+        .await?)
+    }
+
+    /// Checks that the realm exists, so that a phase run before `keycloak.realm` says so.
+    pub async fn require_realm(&self, admin: &KeycloakAdmin) -> Result<(), PhaseError> {
+        if admin.realm(&self.realm).await?.is_none() {
+            return Err(PhaseError::fatal(format!(
+                "{}: realm `{}` does not exist (add a keycloak.realm phase before this one)",
+                admin.name(),
+                self.realm
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a compensation's `output` says the run created something (`key: true`).
+pub(crate) fn flag(output: &serde_json::Value, key: &str) -> bool {
+    output.get(key).and_then(serde_json::Value::as_bool) == Some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_normalise_case_and_default_the_realm() {
+        let t = Target::new("fRa", "http://127.0.0.1:8080", None).unwrap();
+        assert_eq!(
+            (t.upper.as_str(), t.lower.as_str(), t.realm.as_str()),
+            ("FRA", "fra", "dive-fra")
+        );
+        let t = Target::new("USA", "http://x", Some("other")).unwrap();
+        assert_eq!(t.realm, "other");
+        assert!(Target::new("FR", "http://x", None).is_err());
+        assert!(Target::new("FRA", "${phases.k.output.url}", None).is_err());
+        assert!(Target::new("FRA", "127.0.0.1:8080", None).is_err());
+        assert_eq!(Target::breaker_key("gbr").as_deref(), Some("keycloak:GBR"));
+        assert_eq!(Target::breaker_key("${params.code}"), None);
+        assert_eq!(admin_password_secret("USA"), "usa/keycloak/admin-password");
+    }
+}

@@ -1,0 +1,117 @@
+//! `keycloak.realm`: ensures realm `dive-<code>` exists, is enabled and is named `DIVE <CODE>`.
+//!
+//! ```yaml
+//! - id: realm
+//!   type: keycloak.realm
+//!   instance: FRA
+//!   url: "${phases.keycloak.output.keycloak_url}"
+//!   realm: dive-fra          # optional, default dive-<code>
+//! ```
+//! Output `{instance, realm, created, updated, changed}`.
+//!
+//! Idempotency: a missing realm is created (a 409 from a concurrent creator counts as "was
+//! there"); an existing one is read and only written back (whole representation, so nothing
+//! else changes) when it is disabled or its display name differs. A second run reports
+//! `changed: false`.
+//!
+//! Compensation: deletes the realm only if this phase created it (output `created: true`), and
+//! tolerates that it is already gone. A realm that was there before is never deleted.
+
+use super::common::{Target, flag, instance_code, realm_name};
+use super::types::RealmRep;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeycloakRealm {
+    /// ISO 3166-1 alpha-3 code, any case.
+    #[serde(deserialize_with = "instance_code")]
+    pub instance: String,
+    /// Keycloak base URL, e.g. `${phases.keycloak.output.keycloak_url}`.
+    pub url: String,
+    /// Default `dive-<code>`.
+    #[serde(default, deserialize_with = "realm_name")]
+    pub realm: Option<String>,
+}
+
+impl KeycloakRealm {
+    fn target(&self) -> Result<Target, PhaseError> {
+        Target::new(&self.instance, &self.url, self.realm.as_deref())
+    }
+}
+
+#[typetag::serde(name = "keycloak.realm")]
+#[async_trait]
+impl Phase for KeycloakRealm {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let t = self.target()?;
+        let admin = t.admin(ctx).await?;
+        let display_name = format!("DIVE {}", t.upper);
+        let wanted = RealmRep {
+            realm: t.realm.clone(),
+            display_name: Some(display_name.clone()),
+            enabled: Some(true),
+            ..Default::default()
+        };
+        // `None`: this run created it.
+        let existing = match admin.realm(&t.realm).await? {
+            Some(rep) => Some(rep),
+            None => match admin.create_realm(&wanted).await {
+                Ok(()) => None,
+                // A concurrent creator was first: it is there now, ensure it like any other.
+                Err(e) if e.is_conflict() => {
+                    Some(admin.realm(&t.realm).await?.ok_or_else(|| {
+                        PhaseError::retryable(format!(
+                            "{}: realm `{}` vanished while it was being ensured",
+                            admin.name(),
+                            t.realm
+                        ))
+                    })?)
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let created = existing.is_none();
+        let mut updated = false;
+        if let Some(mut rep) = existing {
+            if rep.enabled != Some(true) || rep.display_name.as_deref() != Some(&display_name) {
+                rep.enabled = Some(true);
+                rep.display_name = Some(display_name);
+                admin.update_realm(&t.realm, &rep).await?;
+                updated = true;
+                tracing::info!(instance = %t.upper, realm = %t.realm, "updated realm");
+            }
+        } else {
+            tracing::info!(instance = %t.upper, realm = %t.realm, "created realm");
+        }
+        Ok(json!({
+            "instance": t.upper,
+            "realm": t.realm,
+            "created": created,
+            "updated": updated,
+            "changed": created || updated,
+        }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        if !flag(output, "created") {
+            return Ok(());
+        }
+        let t = self.target()?;
+        let admin = t.admin(ctx).await?;
+        if admin.delete_realm(&t.realm).await? {
+            tracing::info!(instance = %t.upper, realm = %t.realm, "deleted realm (compensation)");
+        }
+        Ok(())
+    }
+
+    fn breaker_key(&self) -> Option<String> {
+        Target::breaker_key(&self.instance)
+    }
+}

@@ -1,0 +1,395 @@
+//! `keycloak.users`: ensures the test users `testuser-<code>-1..4` (dummy data for login and
+//! federation checks).
+//!
+//! ```yaml
+//! - id: users
+//!   type: keycloak.users
+//!   after: [profile, client]
+//!   instance: FRA
+//!   url: "${phases.keycloak.output.keycloak_url}"
+//! ```
+//! User N has clearance UNCLASSIFIED, CONFIDENTIAL, SECRET, TOP_SECRET (N = 1..4), `uniqueID` =
+//! username, `countryOfAffiliation` = CODE, `acpCOI` = NATO (plus FVEY for USA, GBR, CAN, AUS,
+//! NZL), email `testuser-<code>-N@<code>.dive.test`, name `Test` / `User <CODE> N`, enabled,
+//! email verified. Each password is the secret `<code>/users/<username>` (created with 24
+//! characters when missing) and is set with a non-temporary reset. Needs the user profile
+//! (`keycloak.user-profile`) first: the phase reads every user back and fails, naming the
+//! attributes, if Keycloak did not keep them. Output `{instance, realm, usernames, users:
+//! [{username, created, updated, password_set}], created, updated, password_set, unchanged,
+//! changed}`, never a password.
+//!
+//! Idempotency: a missing user is created; an existing one is read and written back (whole
+//! representation, other attributes kept) only when a field above differs. The password is
+//! set for a new user, when its secret was just created, or when a password grant (realm client
+//! `admin-cli`) with the stored password fails; otherwise it is left alone. A second run
+//! reports `changed: false`.
+//!
+//! Compensation: deletes the users this phase created (output `users[].created`); users that
+//! were there before stay. The password secrets stay (secrets have no compensation; see the
+//! secrets module), so a later run gives re-created users the same passwords.
+
+use super::admin::KeycloakAdmin;
+use super::common::{DIVE_ATTRIBUTES, Target, instance_code, realm_name};
+use super::types::UserRep;
+use crate::secrets::Alphabet;
+use crate::service::{secret_value, secrets};
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use zeroize::Zeroizing;
+
+/// Codes whose users are also in the Five Eyes community of interest.
+const FVEY: [&str; 5] = ["USA", "GBR", "CAN", "AUS", "NZL"];
+/// Clearance of test user N (index N - 1).
+const USER_CLEARANCES: [&str; 4] = ["UNCLASSIFIED", "CONFIDENTIAL", "SECRET", "TOP_SECRET"];
+/// Length of generated test user passwords.
+const PASSWORD_LENGTH: usize = 24;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeycloakUsers {
+    #[serde(deserialize_with = "instance_code")]
+    pub instance: String,
+    pub url: String,
+    #[serde(default, deserialize_with = "realm_name")]
+    pub realm: Option<String>,
+}
+
+/// One test user as dive defines it (DESIGN.md, "Stacks and names").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestUser {
+    pub username: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    /// The four DIVE attributes, each a list of values.
+    pub attributes: BTreeMap<String, Vec<String>>,
+}
+
+impl TestUser {
+    pub fn clearance(&self) -> &str {
+        &self.attributes["clearance"][0]
+    }
+}
+
+/// The test users of instance `code` (any case).
+pub fn test_users(code: &str) -> Vec<TestUser> {
+    let upper = code.to_ascii_uppercase();
+    let lower = code.to_ascii_lowercase();
+    let mut coi = vec!["NATO".to_string()];
+    if FVEY.contains(&upper.as_str()) {
+        coi.push("FVEY".into());
+    }
+    USER_CLEARANCES
+        .iter()
+        .enumerate()
+        .map(|(i, clearance)| {
+            let n = i + 1;
+            let username = format!("testuser-{lower}-{n}");
+            TestUser {
+                email: format!("{username}@{lower}.dive.test"),
+                first_name: "Test".into(),
+                last_name: format!("User {upper} {n}"),
+                attributes: BTreeMap::from([
+                    ("uniqueID".to_string(), vec![username.clone()]),
+                    ("clearance".to_string(), vec![clearance.to_string()]),
+                    ("countryOfAffiliation".to_string(), vec![upper.clone()]),
+                    ("acpCOI".to_string(), coi.clone()),
+                ]),
+                username,
+            }
+        })
+        .collect()
+}
+
+/// Secret holding a test user's password: `<code>/users/<username>`.
+pub fn user_password_secret(code: &str, username: &str) -> String {
+    format!("{}/users/{username}", code.to_ascii_lowercase())
+}
+
+/// Values compared as sets: Keycloak does not promise the order of multivalued attributes.
+fn same_values(a: Option<&Vec<String>>, b: &[String]) -> bool {
+    let a: BTreeSet<&String> = a.into_iter().flatten().collect();
+    a == b.iter().collect()
+}
+
+/// Corrects what differs from `want` in `have`, keeping other attributes; returns whether
+/// anything changed.
+fn merge_user(have: &mut UserRep, want: &TestUser) -> bool {
+    let mut changed = false;
+    let mut set = |field: &mut Option<String>, value: &str| {
+        if field.as_deref() != Some(value) {
+            *field = Some(value.to_string());
+            changed = true;
+        }
+    };
+    set(&mut have.email, &want.email);
+    set(&mut have.first_name, &want.first_name);
+    set(&mut have.last_name, &want.last_name);
+    for (flag, name) in [
+        (&mut have.enabled, "enabled"),
+        (&mut have.email_verified, "emailVerified"),
+    ] {
+        if *flag != Some(true) {
+            tracing::debug!(user = %want.username, field = name, "correcting");
+            *flag = Some(true);
+            changed = true;
+        }
+    }
+    let attributes = have.attributes.get_or_insert_with(BTreeMap::new);
+    for (k, v) in &want.attributes {
+        if !same_values(attributes.get(k), v) {
+            attributes.insert(k.clone(), v.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
+fn new_user(want: &TestUser) -> UserRep {
+    UserRep {
+        username: want.username.clone(),
+        email: Some(want.email.clone()),
+        first_name: Some(want.first_name.clone()),
+        last_name: Some(want.last_name.clone()),
+        enabled: Some(true),
+        email_verified: Some(true),
+        attributes: Some(want.attributes.clone()),
+        ..Default::default()
+    }
+}
+
+/// What ensuring one user did.
+#[derive(Debug, Serialize)]
+struct UserOutcome {
+    username: String,
+    created: bool,
+    updated: bool,
+    password_set: bool,
+}
+
+impl KeycloakUsers {
+    fn target(&self) -> Result<Target, PhaseError> {
+        Target::new(&self.instance, &self.url, self.realm.as_deref())
+    }
+
+    async fn ensure_user(
+        admin: &KeycloakAdmin,
+        t: &Target,
+        want: &TestUser,
+        password: &str,
+        secret_created: bool,
+    ) -> Result<UserOutcome, PhaseError> {
+        let realm = &t.realm;
+        let (id, created, updated) = match admin.user_by_username(realm, &want.username).await? {
+            Some(mut have) => {
+                let id = have.id.clone().ok_or_else(|| {
+                    PhaseError::fatal(format!(
+                        "{}: user {} has no id",
+                        admin.name(),
+                        want.username
+                    ))
+                })?;
+                let updated = merge_user(&mut have, want);
+                if updated {
+                    admin.update_user(realm, &id, &have).await?;
+                }
+                (id, false, updated)
+            }
+            None => match admin.create_user(realm, &new_user(want)).await {
+                Ok(id) => (id, true, false),
+                // Created concurrently: ensure it like an existing one next time round.
+                Err(e) if e.is_conflict() => {
+                    return Err(PhaseError::retryable(e.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if created || updated {
+            Self::check_kept(admin, realm, &id, want).await?;
+        }
+        let password_set = created
+            || secret_created
+            || !admin
+                .check_password(realm, &want.username, password)
+                .await?;
+        if password_set {
+            admin.reset_password(realm, &id, password).await?;
+        }
+        Ok(UserOutcome {
+            username: want.username.clone(),
+            created,
+            updated,
+            password_set,
+        })
+    }
+
+    /// Reads the user back: Keycloak drops undeclared attributes without an error.
+    async fn check_kept(
+        admin: &KeycloakAdmin,
+        realm: &str,
+        id: &str,
+        want: &TestUser,
+    ) -> Result<(), PhaseError> {
+        let stored = admin.user(realm, id).await?.ok_or_else(|| {
+            PhaseError::retryable(format!(
+                "{}: user {} vanished after it was written",
+                admin.name(),
+                want.username
+            ))
+        })?;
+        let stored_attributes = stored.attributes.unwrap_or_default();
+        let dropped: Vec<&str> = DIVE_ATTRIBUTES
+            .iter()
+            .copied()
+            .filter(|a| !same_values(stored_attributes.get(*a), &want.attributes[*a]))
+            .collect();
+        if dropped.is_empty() {
+            Ok(())
+        } else {
+            Err(PhaseError::fatal(format!(
+                "{}: realm {realm} did not keep attribute(s) {} of user {}; declare them in the \
+                 user profile first (keycloak.user-profile)",
+                admin.name(),
+                dropped.join(", "),
+                want.username
+            )))
+        }
+    }
+}
+
+#[typetag::serde(name = "keycloak.users")]
+#[async_trait]
+impl Phase for KeycloakUsers {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let t = self.target()?;
+        let store = secrets(ctx)?;
+        let admin = t.admin(ctx).await?;
+        t.require_realm(&admin).await?;
+        let mut outcomes = Vec::new();
+        for want in test_users(&t.lower) {
+            let secret = user_password_secret(&t.lower, &want.username);
+            let (_, secret_created) = store
+                .ensure(&secret, PASSWORD_LENGTH, Alphabet::Alphanumeric)
+                .await
+                .map_err(|e| {
+                    if e.is_retryable() {
+                        PhaseError::retryable(e.to_string())
+                    } else {
+                        PhaseError::fatal(e.to_string())
+                    }
+                })?;
+            let password = Zeroizing::new(secret_value(&store, &secret).await?);
+            outcomes.push(Self::ensure_user(&admin, &t, &want, &password, secret_created).await?);
+        }
+        let count = |f: fn(&UserOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+        let created = count(|o| o.created);
+        let updated = count(|o| o.updated);
+        let password_set = count(|o| o.password_set);
+        let unchanged = count(|o| !o.created && !o.updated && !o.password_set);
+        let changed = unchanged < outcomes.len();
+        if changed {
+            tracing::info!(instance = %t.upper, realm = %t.realm, created, updated, password_set,
+                "ensured test users");
+        }
+        Ok(json!({
+            "instance": t.upper,
+            "realm": t.realm,
+            "usernames": outcomes.iter().map(|o| o.username.as_str()).collect::<Vec<_>>(),
+            "users": outcomes,
+            "created": created,
+            "updated": updated,
+            "password_set": password_set,
+            "unchanged": unchanged,
+            "changed": changed,
+        }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        let created: Vec<&str> = output
+            .get("users")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|u| u.get("created").and_then(Value::as_bool) == Some(true))
+            .filter_map(|u| u.get("username").and_then(Value::as_str))
+            .collect();
+        if created.is_empty() {
+            return Ok(());
+        }
+        let t = self.target()?;
+        let admin = t.admin(ctx).await?;
+        if admin.realm(&t.realm).await?.is_none() {
+            return Ok(());
+        }
+        for username in created {
+            if let Some(id) = admin
+                .user_by_username(&t.realm, username)
+                .await?
+                .and_then(|u| u.id)
+            {
+                admin.delete_user(&t.realm, &id).await?;
+                tracing::info!(instance = %t.upper, realm = %t.realm, user = username,
+                    "deleted test user (compensation)");
+            }
+        }
+        Ok(())
+    }
+
+    fn breaker_key(&self) -> Option<String> {
+        Target::breaker_key(&self.instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_users_follow_the_naming_rules() {
+        let users = test_users("gbr");
+        assert_eq!(users.len(), 4);
+        let u = &users[2];
+        assert_eq!(u.username, "testuser-gbr-3");
+        assert_eq!(u.email, "testuser-gbr-3@gbr.dive.test");
+        assert_eq!(u.last_name, "User GBR 3");
+        assert_eq!(u.clearance(), "SECRET");
+        assert_eq!(u.attributes["uniqueID"], ["testuser-gbr-3"]);
+        assert_eq!(u.attributes["countryOfAffiliation"], ["GBR"]);
+        assert_eq!(u.attributes["acpCOI"], ["NATO", "FVEY"]);
+        assert_eq!(test_users("FRA")[0].attributes["acpCOI"], ["NATO"]);
+        assert_eq!(
+            users.iter().map(TestUser::clearance).collect::<Vec<_>>(),
+            USER_CLEARANCES
+        );
+        assert_eq!(
+            user_password_secret("GBR", "testuser-gbr-1"),
+            "gbr/users/testuser-gbr-1"
+        );
+    }
+
+    #[test]
+    fn merge_ignores_attribute_order_and_keeps_other_attributes() {
+        let want = &test_users("usa")[0];
+        let mut have = new_user(want);
+        let attrs = have.attributes.as_mut().unwrap();
+        attrs.insert("acpCOI".into(), vec!["FVEY".into(), "NATO".into()]);
+        attrs.insert("department".into(), vec!["J6".into()]);
+        assert!(!merge_user(&mut have, want));
+        have.attributes
+            .as_mut()
+            .unwrap()
+            .insert("clearance".into(), vec!["SECRET".into()]);
+        have.email_verified = Some(false);
+        assert!(merge_user(&mut have, want));
+        let attrs = have.attributes.as_ref().unwrap();
+        assert_eq!(attrs["clearance"], ["UNCLASSIFIED"]);
+        assert_eq!(attrs["department"], ["J6"]);
+        assert_eq!(have.email_verified, Some(true));
+    }
+}
