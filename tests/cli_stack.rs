@@ -211,10 +211,26 @@ fn exercise(runtime: &str) {
         ],
     );
 
-    // A failure after the stack rolls it all back: database, role and server (with its data).
+    // A failed re-run leaves what it found: the running stack is not compensated.
     let broken = env.workflow(
         "broken.yaml",
         &stack(&code, port, true).replace("stack:", "broken:"),
+    );
+    let failed = env.dive(&["run", "workflow", &broken, "--runtime", runtime, "--json"]);
+    failed.assert_code(1);
+    assert_eq!(failed.json()["state"], "rolled_back");
+    assert_eq!(
+        owner_can_connect(port, &owner).as_deref(),
+        Ok("app"),
+        "the stack still runs"
+    );
+
+    // A failure in a fresh stack rolls it all back: database, role and server with its data.
+    let fresh = self::code();
+    let fresh_port = free_port();
+    let broken = env.workflow(
+        "fresh.yaml",
+        &stack(&fresh, fresh_port, true).replace("stack:", "fresh:"),
     );
     let failed = env.dive(&["run", "workflow", &broken, "--runtime", runtime, "--json"]);
     failed.assert_code(1);
@@ -230,20 +246,21 @@ fn exercise(runtime: &str) {
             .clone()
     };
     assert_eq!(by_id("postgres")["state"], "compensated");
+    assert_eq!(by_id("database")["state"], "compensated");
     assert_eq!(by_id("broken")["state"], "failed");
     assert!(
-        owner_can_connect(port, &owner).is_err(),
+        std::net::TcpStream::connect(("127.0.0.1", fresh_port)).is_err(),
         "the server is gone after rollback"
     );
     match runtime {
         "docker" => {
-            let (exists, _) = docker(&["inspect", &format!("dive-{code}-postgres")]);
+            let (exists, _) = docker(&["inspect", &format!("dive-{fresh}-postgres")]);
             assert!(!exists, "container removed");
-            let (vol, _) = docker(&["volume", "inspect", &format!("dive-{code}-pgdata")]);
+            let (vol, _) = docker(&["volume", "inspect", &format!("dive-{fresh}-pgdata")]);
             assert!(!vol, "data volume removed (remove_data: true)");
         }
         _ => {
-            let inst = env.home.path().join("instances").join(&code);
+            let inst = env.home.path().join("instances").join(&fresh);
             assert!(
                 !inst.join("services/postgres.json").exists(),
                 "service removed"
@@ -255,6 +272,8 @@ fn exercise(runtime: &str) {
         }
     }
     assert_nowhere(&env, &[admin, owner], &[&failed.stdout, &failed.stderr]);
+    env.dive(&["cleanup", "--instance", &fresh, "--force"])
+        .assert_code(0);
     env.dive(&["cleanup", "--instance", &code, "--force"])
         .assert_code(0);
 }

@@ -3,8 +3,9 @@
 //!
 //! Idempotency: ensure semantics — an identical running service is left alone (output
 //! `ensured: unchanged`), a changed spec is recreated, a stopped one started; readiness is
-//! checked every time. Compensation: removes the service; its data only with `remove_data: true`
-//! (data outlives a failed deploy unless asked, so a retry finds it again).
+//! checked every time. Compensation: removes the service if this run created it (output
+//! `ensured: created`) — a service found running is left alone — and its data only with
+//! `remove_data: true`.
 
 use crate::late::Late;
 use crate::runtime::{
@@ -459,7 +460,12 @@ impl Phase for Service {
         true
     }
 
-    async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
+    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        // Only what this run created is undone: a failed re-run of a deployed instance must not
+        // take down the service it found running.
+        if output.get("ensured").and_then(Value::as_str) != Some("created") {
+            return Ok(());
+        }
         let rt = runtime(ctx)?;
         let mut volumes: Vec<String> = self.data.iter().map(|d| d.volume.clone()).collect();
         if self.template == Some(Template::Postgres) {

@@ -231,6 +231,8 @@ pub struct TestEnv {
     pub url: String,
     pub home: TempDir,
     pub dir: TempDir,
+    /// Extra environment for every dive command of this test.
+    pub vars: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -254,6 +256,7 @@ impl TestEnv {
             url,
             home: tempfile::tempdir().expect("DIVE_HOME temp dir"),
             dir: tempfile::tempdir().expect("work temp dir"),
+            vars: Vec::new(),
         }
     }
 
@@ -270,7 +273,22 @@ impl TestEnv {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd.envs(self.vars.iter().map(|(k, v)| (k, v)));
         cmd
+    }
+
+    /// Sets an environment variable for this test's dive commands.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.vars.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Gives this test its own block of ports for instances, so parallel deploys never collide.
+    pub fn own_ports(&mut self) -> &mut Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 30000 + (std::process::id() % 40) * 500 + slot * 100;
+        self.set("DIVE_PORT_BASE", base.to_string())
     }
 
     /// Starts `dive ARGS` in the background.

@@ -1,0 +1,329 @@
+//! Identity stacks on real Keycloak: `dive hub deploy` and `dive spoke deploy` on the local and
+//! Docker runtimes, logins of the test users with the four claims, idempotent re-runs, up/down/
+//! reset, and a kill -9 during Keycloak's start followed by resume.
+
+mod common;
+
+use common::{Output, TestEnv, wait_until};
+use serde_json::Value;
+use std::time::Duration;
+
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn deploy(env: &TestEnv, args: &[&str]) -> Output {
+    let out = env.spawn(args).wait(DEPLOY_TIMEOUT);
+    out.assert_code(0);
+    out
+}
+
+fn status(env: &TestEnv, role: &str, code: &str) -> Value {
+    let mut args = vec![role, "status"];
+    if role == "spoke" {
+        args.push(code);
+    }
+    args.push("--json");
+    let out = env.dive(&args);
+    out.assert_code(0);
+    out.json()
+}
+
+fn secret(env: &TestEnv, name: &str) -> String {
+    let out = env.dive(&["secrets", "show", name, "--reveal"]);
+    out.assert_code(0);
+    out.stdout.trim().to_string()
+}
+
+/// Every test user of `code` logs in on `dive-verify`; its ID token carries the four claims.
+fn users_log_in(env: &TestEnv, url: &str, code: &str) {
+    let lower = code.to_lowercase();
+    let clearances = ["UNCLASSIFIED", "CONFIDENTIAL", "SECRET", "TOP_SECRET"];
+    let mut coi = vec!["NATO".to_string()];
+    if ["USA", "GBR", "CAN", "AUS", "NZL"].contains(&code) {
+        coi.push("FVEY".into());
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (i, clearance) in clearances.iter().enumerate() {
+        let user = format!("testuser-{lower}-{}", i + 1);
+        let password = secret(env, &format!("{lower}/users/{user}"));
+        let claims = rt
+            .block_on(dive_phases::keycloak::login_claims(
+                url,
+                &format!("dive-{lower}"),
+                "dive-verify",
+                &user,
+                &password,
+            ))
+            .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
+        assert_eq!(claims["uniqueID"], user.as_str(), "{claims}");
+        assert_eq!(claims["clearance"], *clearance, "{claims}");
+        assert_eq!(claims["countryOfAffiliation"], code, "{claims}");
+        let mut got: Vec<String> = claims["acpCOI"]
+            .as_array()
+            .unwrap_or_else(|| panic!("acpCOI is an array: {claims}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        let mut want = coi.clone();
+        want.sort();
+        assert_eq!(got, want, "{claims}");
+    }
+}
+
+fn discovery_answers(url: &str, code: &str) {
+    let realm = format!("dive-{}", code.to_lowercase());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let doc: Value = rt.block_on(async {
+        reqwest::get(format!(
+            "{url}/realms/{realm}/.well-known/openid-configuration"
+        ))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    });
+    assert_eq!(doc["issuer"], format!("{url}/realms/{realm}"));
+}
+
+/// The realm's user profile declares the four attributes (Keycloak drops undeclared ones).
+fn profile_declares_the_attributes(env: &TestEnv, url: &str, code: &str) {
+    let lower = code.to_lowercase();
+    let password = secret(env, &format!("{lower}/keycloak/admin-password"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let profile: Value = rt.block_on(async {
+        let admin = dive_phases::keycloak::KeycloakAdmin::connect(url, "admin", &password)
+            .await
+            .unwrap();
+        admin.user_profile(&format!("dive-{lower}")).await.unwrap()
+    });
+    let names: Vec<&str> = profile["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    for attribute in ["uniqueID", "clearance", "countryOfAffiliation", "acpCOI"] {
+        assert!(
+            names.contains(&attribute),
+            "{attribute} declared: {names:?}"
+        );
+    }
+}
+
+/// No phase of a re-run changed anything.
+fn nothing_changed(run: &Value) {
+    for p in run["phases"].as_array().unwrap() {
+        let out = &p["output"];
+        if let Some(changed) = out.get("changed") {
+            assert_eq!(changed, false, "phase {} changed something: {out}", p["id"]);
+        }
+        if let Some(e) = out.get("ensured") {
+            assert_eq!(e, "unchanged", "phase {}: {out}", p["id"]);
+        }
+        if let Some(c) = out.get("created") {
+            // A flag, or a count of things created.
+            assert!(
+                c == false || c == 0,
+                "phase {} created something: {out}",
+                p["id"]
+            );
+        }
+    }
+}
+
+/// Resets the instances at the end, also when an assertion failed.
+struct Reset<'a>(&'a TestEnv, Vec<(&'static str, String)>);
+
+impl Drop for Reset<'_> {
+    fn drop(&mut self) {
+        for (role, code) in self.1.iter().rev() {
+            let mut args = vec![*role, "reset"];
+            if *role == "spoke" {
+                args.push(code);
+            }
+            args.push("--yes");
+            let _ = self.0.spawn(&args).wait(Duration::from_secs(120));
+        }
+    }
+}
+
+#[test]
+fn hub_and_spokes_on_the_local_runtime() {
+    let mut env = TestEnv::new();
+    env.own_ports();
+    let _reset = Reset(
+        &env,
+        vec![
+            ("hub", "USA".into()),
+            ("spoke", "FRA".into()),
+            ("spoke", "GBR".into()),
+        ],
+    );
+    deploy(&env, &["hub", "deploy"]);
+    let hub = status(&env, "hub", "USA");
+    assert_eq!(hub["state"], "running", "{hub}");
+    assert_eq!(hub["runtime"], "local");
+    assert_eq!(hub["realm"], "dive-usa");
+    let url = hub["keycloak_url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url[7..].contains('/'),
+        "{url}"
+    );
+    discovery_answers(&url, "USA");
+    profile_declares_the_attributes(&env, &url, "USA");
+    users_log_in(&env, &url, "USA");
+
+    // Again, on a deployed hub: succeeds and changes nothing.
+    let again = deploy(&env, &["hub", "deploy", "--json"]);
+    nothing_changed(&again.json());
+
+    // Two spokes at once (lower case accepted).
+    let fra = env.spawn(&["spoke", "deploy", "fra"]);
+    let gbr = env.spawn(&["spoke", "deploy", "GBR"]);
+    fra.wait(DEPLOY_TIMEOUT).assert_code(0);
+    gbr.wait(DEPLOY_TIMEOUT).assert_code(0);
+    for code in ["FRA", "GBR"] {
+        let s = status(&env, "spoke", code);
+        assert_eq!(s["state"], "running", "{s}");
+        assert_ne!(s["keycloak_url"], hub["keycloak_url"]);
+    }
+    let fra_url = status(&env, "spoke", "FRA")["keycloak_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    users_log_in(&env, &fra_url, "FRA");
+
+    // down keeps data; up starts it again and the same users still log in.
+    env.dive(&["spoke", "down", "FRA"]).assert_code(0);
+    assert_eq!(status(&env, "spoke", "FRA")["state"], "stopped");
+    deploy(&env, &["spoke", "up", "FRA"]);
+    assert_eq!(status(&env, "spoke", "FRA")["state"], "running");
+    users_log_in(&env, &fra_url, "FRA");
+
+    // reset removes the instance, its data and its secrets.
+    env.dive(&["spoke", "reset", "GBR", "--yes"]).assert_code(0);
+    assert_eq!(status(&env, "spoke", "GBR")["state"], "not deployed");
+    let secrets = env.dive(&["secrets", "list", "--json"]);
+    assert!(!secrets.stdout.contains("gbr/"), "secrets of GBR removed");
+    assert!(!env.home.path().join("instances/gbr").join("data").exists());
+}
+
+#[test]
+fn hub_on_the_docker_runtime_with_the_offline_images() {
+    let mut env = TestEnv::new();
+    env.own_ports();
+    env.set("DIVE_KEYCLOAK_IMAGE", "dive-offline/keycloak:26.5.5");
+    let _reset = Reset(&env, vec![("hub", "NOR".into())]);
+    deploy(
+        &env,
+        &["hub", "deploy", "--code", "nor", "--runtime", "docker"],
+    );
+    let hub = status(&env, "hub", "NOR");
+    assert_eq!(hub["state"], "running", "{hub}");
+    assert_eq!(hub["runtime"], "docker");
+    let url = hub["keycloak_url"].as_str().unwrap().to_string();
+    discovery_answers(&url, "NOR");
+    users_log_in(&env, &url, "NOR");
+    let again = deploy(&env, &["hub", "deploy", "--json"]);
+    nothing_changed(&again.json());
+}
+
+#[test]
+fn kill_during_keycloak_start_then_resume_starts_no_second_keycloak() {
+    let mut env = TestEnv::new();
+    env.own_ports();
+    let _reset = Reset(&env, vec![("hub", "CAN".into())]);
+    let run = env.spawn(&["hub", "deploy", "--code", "CAN"]);
+    let pid_file = env.home.path().join("instances/can/services/keycloak.json");
+    wait_until("Keycloak is starting", Duration::from_secs(300), || {
+        pid_file.exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    run.signal(libc::SIGKILL);
+    let killed = run.wait(Duration::from_secs(10));
+    assert_ne!(killed.code, Some(0));
+    let keycloak_pid = std::fs::read_to_string(&pid_file).unwrap();
+
+    let runs = env.dive(&["runs", "list", "--json"]).json();
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(runs[0]["orphaned"], true, "{runs}");
+
+    let resumed = env.spawn(&["resume", &id, "--json"]).wait(DEPLOY_TIMEOUT);
+    resumed.assert_code(0);
+    let doc = resumed.json();
+    let keycloak = doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "keycloak")
+        .unwrap();
+    assert_eq!(
+        keycloak["output"]["ensured"], "unchanged",
+        "the Keycloak that was starting is kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        keycloak_pid,
+        "no second Keycloak"
+    );
+    let hub = status(&env, "hub", "CAN");
+    users_log_in(&env, hub["keycloak_url"].as_str().unwrap(), "CAN");
+}
+
+#[test]
+fn a_failure_after_the_realm_exists_rolls_back_to_a_clean_instance() {
+    let mut env = TestEnv::new();
+    env.own_ports();
+    let _reset = Reset(&env, vec![("hub", "AUS".into())]);
+    let builtin = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/workflows/hub-deploy.yaml"
+    ))
+    .unwrap();
+    let injected = format!(
+        "{builtin}  - id: injected-failure\n    type: exec\n    after: [realm]\n    retry: {{ max_attempts: 1 }}\n    command: [\"sh\", \"-c\", \"echo injected >&2; exit 1\"]\n"
+    );
+    let wf = env.workflow("hub-deploy-injected.yaml", &injected);
+    let out = env
+        .spawn(&["run", "workflow", &wf, "--param", "code=aus", "--json"])
+        .wait(DEPLOY_TIMEOUT);
+    out.assert_code(1);
+    let doc = out.json();
+    assert_eq!(doc["state"], "rolled_back", "{doc}");
+    for p in doc["phases"].as_array().unwrap() {
+        let state = p["state"].as_str().unwrap();
+        assert!(
+            ["compensated", "succeeded", "failed", "skipped"].contains(&state),
+            "{} ended {state}",
+            p["id"]
+        );
+    }
+    let by_id = |id: &str| {
+        doc["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap()["state"]
+            .clone()
+    };
+    for id in [
+        "instance",
+        "postgres",
+        "keycloak-database",
+        "keycloak",
+        "realm",
+    ] {
+        assert_eq!(by_id(id), "compensated", "{id}");
+    }
+    // Clean: not registered, no services, no data, port block free.
+    assert_eq!(status(&env, "hub", "AUS")["state"], "not deployed");
+    let inst = env.home.path().join("instances/aus");
+    assert!(!inst.join("services/keycloak.json").exists());
+    assert!(!inst.join("services/postgres.json").exists());
+    assert!(!inst.join("data/pgdata").exists());
+    assert_eq!(env.psql("SELECT count(*) FROM instances").trim(), "0");
+}
