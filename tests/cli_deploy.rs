@@ -167,6 +167,9 @@ fn hub_and_spokes_on_the_local_runtime() {
     assert_eq!(hub["state"], "running", "{hub}");
     assert_eq!(hub["runtime"], "local");
     assert_eq!(hub["realm"], "dive-usa");
+    for service in hub["services"].as_array().unwrap() {
+        assert_eq!(service["health"], "healthy", "{hub}");
+    }
     let url = hub["keycloak_url"].as_str().unwrap().to_string();
     assert!(
         url.starts_with("http://127.0.0.1:") && !url[7..].contains('/'),

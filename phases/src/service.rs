@@ -284,7 +284,17 @@ async fn keycloak_template(
             "KC_BOOTSTRAP_ADMIN_USERNAME".to_string(),
             "admin".to_string(),
         ),
-        ("KC_HOSTNAME_STRICT".to_string(), "false".to_string()),
+        // Tokens and front-channel URLs name the address a browser on this machine uses;
+        // calls that reach Keycloak another way (a partner over `dive-federation`) get
+        // back-channel URLs for the address they used.
+        (
+            "KC_HOSTNAME".to_string(),
+            format!("http://127.0.0.1:{http}"),
+        ),
+        (
+            "KC_HOSTNAME_BACKCHANNEL_DYNAMIC".to_string(),
+            "true".to_string(),
+        ),
         ("KC_HTTP_ENABLED".to_string(), "true".to_string()),
         (
             "JAVA_OPTS_KC_HEAP".to_string(),

@@ -63,9 +63,15 @@ fn pid_of(home: &std::path::Path, instance: &str) -> i32 {
         .unwrap() as i32
 }
 
+/// Whether `pid` is a live process (a zombie waiting to be reaped is not).
 fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
 #[tokio::test]

@@ -244,7 +244,25 @@ struct StatusView {
     services: Vec<ServiceView>,
 }
 
-async fn service_views(rt: &Result<Arc<dyn Runtime>>, code_lower: &str) -> Vec<ServiceView> {
+/// Probes a running service the way its readiness check does: PostgreSQL's port answers,
+/// Keycloak's `/health/ready` says UP.
+async fn probe(name: &str, ports: &Ports) -> String {
+    use dive_phases::runtime::health::{http_ok, tcp_ok};
+    let result = match name {
+        "keycloak" => http_ok(ports.management, "/health/ready").await,
+        _ => tcp_ok(ports.postgres).await,
+    };
+    if result.is_ok() {
+        "healthy"
+    } else {
+        "unhealthy"
+    }
+    .into()
+}
+
+async fn service_views(rt: &Result<Arc<dyn Runtime>>, rec: &InstanceRecord) -> Vec<ServiceView> {
+    let code_lower = rec.code_lower();
+    let code_lower = code_lower.as_str();
     let mut views = Vec::new();
     for name in SERVICES {
         let result = match rt {
@@ -253,14 +271,17 @@ async fn service_views(rt: &Result<Arc<dyn Runtime>>, code_lower: &str) -> Vec<S
         };
         views.push(match result {
             Ok(s) => ServiceView {
-                name: s.name,
                 state: match s.state {
                     ServiceState::Running => "running",
                     ServiceState::Stopped => "stopped",
                     ServiceState::Missing => "missing",
                 }
                 .into(),
-                health: s.health,
+                health: match s.state {
+                    ServiceState::Running => probe(name, &rec.ports()).await,
+                    _ => "unknown".into(),
+                },
+                name: s.name,
                 error: None,
             },
             Err(e) => ServiceView {
@@ -290,7 +311,7 @@ async fn status_view(role: Role, code: &str, rec: Option<&InstanceRecord>) -> St
         };
     };
     let rt = services::runtime(rec.runtime).await;
-    let services = service_views(&rt, &rec.code_lower()).await;
+    let services = service_views(&rt, rec).await;
     let running = services.iter().filter(|s| s.state == "running").count();
     let state = if services.iter().any(|s| s.state == "unknown") {
         "unknown"
