@@ -3,7 +3,7 @@
 use crate::commands::secrets::secret_store;
 use crate::database;
 use anyhow::{Context, Result};
-use dive_engine::{Services, Store};
+use dive_engine::{Catalog, Services, Store, Workflow, WorkflowCatalog};
 use dive_phases::runtime::docker::DockerRuntime;
 use dive_phases::runtime::local::LocalRuntime;
 use dive_phases::runtime::{Runtime, RuntimeHandle, RuntimeKind};
@@ -28,6 +28,23 @@ pub async fn build(store: &Store, kind: RuntimeKind) -> Result<Services> {
     let mut services = Services::default();
     services.insert(secrets);
     services.insert(dive_phases::instance::Instances::new(store.pool().clone()));
+    // Child runs (`type: workflow`) need the database and the built-in workflows.
+    services.insert(store.clone());
+    services.insert(Catalog(Arc::new(BuiltinWorkflows)));
     services.insert(RuntimeHandle(runtime(kind).await?));
     Ok(services)
+}
+
+/// The built-in workflows, for child runs.
+struct BuiltinWorkflows;
+
+impl WorkflowCatalog for BuiltinWorkflows {
+    fn load(&self, name: &str) -> Result<Workflow, String> {
+        crate::workflows::builtin()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| format!("no built-in workflow `{name}`"))
+            .and_then(|(n, text)| {
+                Workflow::parse(&format!("{n} (built-in)"), text).map_err(|e| e.to_string())
+            })
+    }
 }

@@ -68,22 +68,62 @@ pub enum Event {
     },
 }
 
-/// Where events go; a dropped receiver is fine.
+impl Event {
+    /// The phase an event is about, if any.
+    fn phase_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Event::PhaseReused { phase }
+            | Event::PhaseStarted { phase, .. }
+            | Event::PhaseNote { phase, .. }
+            | Event::PhaseSucceeded { phase, .. }
+            | Event::PhaseFailed { phase, .. }
+            | Event::PhaseSkipped { phase }
+            | Event::Compensating { phase }
+            | Event::Compensated { phase, .. }
+            | Event::CompensationFailed { phase, .. } => Some(phase),
+            _ => None,
+        }
+    }
+}
+
+/// Where events go; a dropped receiver is fine. A scoped sink prefixes phase names (the
+/// phases of a child run show up as `hub/keycloak`).
 #[derive(Debug, Clone, Default)]
-pub struct EventSink(Option<UnboundedSender<Event>>);
+pub struct EventSink {
+    tx: Option<UnboundedSender<Event>>,
+    scope: Option<String>,
+}
 
 impl EventSink {
     pub fn new(tx: UnboundedSender<Event>) -> Self {
-        EventSink(Some(tx))
+        EventSink {
+            tx: Some(tx),
+            scope: None,
+        }
     }
 
     pub fn none() -> Self {
-        EventSink(None)
+        EventSink::default()
     }
 
-    pub fn emit(&self, event: Event) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(event);
+    /// The same sink, with `prefix/` before every phase name.
+    pub fn scoped(&self, prefix: &str) -> Self {
+        EventSink {
+            tx: self.tx.clone(),
+            scope: Some(match &self.scope {
+                Some(outer) => format!("{outer}/{prefix}"),
+                None => prefix.to_string(),
+            }),
         }
+    }
+
+    pub fn emit(&self, mut event: Event) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        if let (Some(scope), Some(phase)) = (&self.scope, event.phase_mut()) {
+            *phase = format!("{scope}/{phase}");
+        }
+        let _ = tx.send(event);
     }
 }

@@ -14,6 +14,7 @@ pub mod runner;
 pub mod services;
 pub mod state;
 pub mod store;
+pub mod subflow;
 pub mod workflow;
 
 pub use breakers::BreakerPolicy;
@@ -25,6 +26,7 @@ pub use runner::{Engine, RunOptions, RunOutcome};
 pub use services::Services;
 pub use state::{PhaseState, RunState};
 pub use store::Store;
+pub use subflow::{Catalog, WorkflowCatalog};
 pub use workflow::{InvalidWorkflow, Workflow};
 
 // Re-exported so phase crates register with the same versions the engine deserialises with.

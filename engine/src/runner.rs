@@ -81,6 +81,12 @@ impl Engine {
         self
     }
 
+    /// Shares an existing set of services (a child run uses its parent's).
+    pub fn with_shared_services(mut self, services: Arc<Services>) -> Self {
+        self.services = services;
+        self
+    }
+
     pub fn with_breaker_policy(mut self, policy: BreakerPolicy) -> Self {
         self.breaker_policy = policy;
         self

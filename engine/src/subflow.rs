@@ -1,0 +1,88 @@
+//! `workflow`: runs another workflow as a child run, so bigger operations are composed from the
+//! same building blocks (a quickstart deploys the hub and a spoke side by side as two children).
+//!
+//! The child is a full run of its own: own lock key, own checkpoints, own rollback on failure,
+//! visible in `dive runs list`. Idempotency: the children used here are ensure-style, so running
+//! one again (after a crash of the parent, or on resume) converges instead of duplicating.
+//! Compensation: none — a failed child has already rolled itself back, and a child that
+//! succeeded is a finished deployment that a later failure elsewhere should not tear down.
+
+use crate::phase::{Phase, PhaseContext, PhaseError};
+use crate::runner::{Engine, RunOptions};
+use crate::state::RunState;
+use crate::store::Store;
+use crate::workflow::Workflow;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where child workflows come from (the CLI's built-in workflows), as a service.
+pub trait WorkflowCatalog: Send + Sync {
+    fn load(&self, name: &str) -> Result<Workflow, String>;
+}
+
+/// The catalog in [`crate::Services`].
+#[derive(Clone)]
+pub struct Catalog(pub Arc<dyn WorkflowCatalog>);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubWorkflow {
+    /// Name of a built-in workflow.
+    pub workflow: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+impl SubWorkflow {
+    fn plan(&self, ctx: &PhaseContext) -> Result<crate::plan::Plan, String> {
+        let catalog = ctx
+            .services
+            .get::<Catalog>()
+            .ok_or("no workflow catalog is available")?;
+        let workflow = catalog.0.load(&self.workflow)?;
+        workflow.plan(&self.params).map_err(|e| e.to_string())
+    }
+}
+
+#[typetag::serde(name = "workflow")]
+#[async_trait]
+impl Phase for SubWorkflow {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let plan = self.plan(ctx).map_err(PhaseError::fatal)?;
+        let store = ctx
+            .services
+            .get::<Store>()
+            .ok_or_else(|| PhaseError::fatal("no state database is available to child runs"))?;
+        let engine = Engine::new((*store).clone()).with_shared_services(ctx.services.clone());
+        let opts = RunOptions {
+            events: ctx.events.scoped(&ctx.phase_id),
+            cancel: ctx.cancel.child_token(),
+            ..RunOptions::default()
+        };
+        let outcome = engine
+            .start(&plan, &opts)
+            .await
+            .map_err(|e| PhaseError::fatal(format!("workflow `{}`: {e}", self.workflow)))?;
+        if outcome.state != RunState::Succeeded {
+            return Err(PhaseError::fatal(format!(
+                "workflow `{}` (run {}) ended {}: {}",
+                self.workflow,
+                outcome.run_id,
+                outcome.state,
+                outcome.error.unwrap_or_default()
+            )));
+        }
+        Ok(json!({ "workflow": self.workflow, "run_id": outcome.run_id, "state": outcome.state }))
+    }
+
+    /// The child workflow exists and takes these parameters.
+    async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
+        if self.params.values().any(|v| v.contains("${")) {
+            return Ok(());
+        }
+        self.plan(ctx).map(|_| ())
+    }
+}
