@@ -9,7 +9,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
 /// Removal order: things that use others go first.
-fn rank(r: &Resource) -> u8 {
+pub(crate) fn rank(r: &Resource) -> u8 {
     match r.kind.as_str() {
         "service" | "container" => 0,
         "volume" => 1,
@@ -18,7 +18,9 @@ fn rank(r: &Resource) -> u8 {
     }
 }
 
-fn belongs_to(r: &Resource, code: &str) -> bool {
+/// Whether a runtime resource belongs to instance `code` (lower case): `dive-<code>` and
+/// `dive-<code>-…` in Docker, `<code>/…` services and the instance directory locally.
+pub(crate) fn belongs_to(r: &Resource, code: &str) -> bool {
     let docker_prefix = format!("dive-{code}");
     r.name == docker_prefix
         || r.name.starts_with(&format!("{docker_prefix}-"))
@@ -61,11 +63,7 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
             )
             .into());
         }
-        eprint!("remove these {} resources? [y/N] ", found.len());
-        std::io::stderr().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        if !confirm(&format!("remove these {} resources?", found.len()))? {
             eprintln!("nothing removed");
             return Ok(exit::OK);
         }
@@ -91,4 +89,13 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
     } else {
         exit::RUN_FAILED
     })
+}
+
+/// Asks a yes/no question on the terminal; anything but yes is no.
+pub(crate) fn confirm(question: &str) -> Result<bool> {
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }

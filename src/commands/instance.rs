@@ -2,6 +2,7 @@
 //! one instance. Codes are checked (ISO 3166-1 alpha-3, any case) before anything happens.
 
 use crate::cli::{ExecArgs, HubCode, InstanceCommand, SpokeCode};
+use crate::commands::cleanup::{belongs_to, confirm, rank};
 use crate::commands::print_json;
 use crate::commands::run::run_named;
 use crate::commands::secrets::secret_store;
@@ -15,7 +16,7 @@ use dive_phases::instance::{
 use dive_phases::runtime::{Resource, Runtime, RuntimeKind, ServiceState};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 /// The hub's code when none is given and no hub is registered.
@@ -412,34 +413,6 @@ struct ResetView {
     services: Vec<String>,
     resources: Vec<String>,
     secrets: Vec<String>,
-}
-
-/// Whether a runtime resource belongs to instance `code` (lower case): `dive-<code>` and
-/// `dive-<code>-…` in Docker, `<code>/…` services and the instance directory locally.
-fn belongs_to(r: &Resource, code: &str) -> bool {
-    let docker = format!("dive-{code}");
-    r.name == docker
-        || r.name.starts_with(&format!("{docker}-"))
-        || r.name.starts_with(&format!("{code}/"))
-        || r.name.ends_with(&format!("/instances/{code}"))
-}
-
-/// Removal order: what uses others first.
-fn rank(r: &Resource) -> u8 {
-    match r.kind.as_str() {
-        "service" | "container" => 0,
-        "volume" => 1,
-        "network" => 2,
-        _ => 3,
-    }
-}
-
-fn confirm(question: &str) -> Result<bool> {
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 #[allow(clippy::too_many_arguments)]

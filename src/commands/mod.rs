@@ -1,7 +1,7 @@
 //! One function per command; each returns the process exit code.
 
 mod bench;
-mod cleanup;
+pub(crate) mod cleanup;
 mod db;
 mod instance;
 mod locks;
