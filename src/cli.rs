@@ -57,6 +57,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Link the hub and a spoke with bidirectional OIDC federation, verify it by real logins,
+    /// and show its state.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Benchmarks that print figures as JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -286,5 +290,38 @@ pub enum SecretsCommand {
         /// Which version to reveal (`--version` is the program's own).
         #[arg(long, value_name = "N", requires = "reveal")]
         secret_version: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Link the hub and spoke CODE in both directions (runs the `federation-link` workflow).
+    /// Safe to run again: it reconciles what differs.
+    Link {
+        code: String,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Remove the link in both directions and its secrets.
+    Unlink {
+        code: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Log in through the federation in both directions as every test user, and compare the
+    /// claims with the users' attributes at home. Exit 0 only if every login is right.
+    Verify {
+        code: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every linked pair, the last verification of each direction, and whether the pair's
+    /// secret versions agree.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }

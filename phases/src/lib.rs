@@ -2,6 +2,7 @@
 //! with typetag; the engine finds it by its `type:` name.
 
 pub mod exec;
+pub mod federation;
 pub mod instance;
 pub mod keycloak;
 pub mod keycloak_dist;
@@ -12,6 +13,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod service;
 pub mod sleep;
+pub mod verify;
 
 /// Forces this crate to be linked so its phase types are registered with typetag, and registers
 /// its workflow parameter types (`country-code`).

@@ -3,6 +3,8 @@
 mod bench;
 pub(crate) mod cleanup;
 mod db;
+mod federation_link;
+mod federation_verify;
 mod instance;
 mod locks;
 mod run;
@@ -11,7 +13,7 @@ pub mod secrets;
 mod workflow;
 
 use crate::InvalidInput;
-use crate::cli::Command;
+use crate::cli::{Command, FederationCommand};
 use anyhow::Result;
 use std::collections::BTreeMap;
 
@@ -24,6 +26,16 @@ pub async fn dispatch(command: Command) -> Result<u8> {
         Command::Db(cmd) => db::db(cmd).await,
         Command::Locks(cmd) => locks::locks(cmd).await,
         Command::Bench(cmd) => bench::bench(cmd).await,
+        Command::Federation(cmd) => match cmd {
+            FederationCommand::Link { code, exec } => federation_link::link(&code, exec).await,
+            FederationCommand::Unlink { code, yes, exec } => {
+                federation_link::unlink(&code, yes, exec).await
+            }
+            FederationCommand::Verify { code, json } => {
+                federation_verify::verify(&code, json).await
+            }
+            FederationCommand::Status { json } => federation_verify::status(json).await,
+        },
         Command::Cleanup {
             all,
             instance,

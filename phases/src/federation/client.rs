@@ -1,0 +1,331 @@
+//! `federation.client`: in realm `dive-<from>` of instance X (`from`), the confidential client
+//! `federation-<to>` that instance P's identity provider `<from>-idp` uses.
+//!
+//! ```yaml
+//! - id: client-usa-fra
+//!   type: federation.client
+//!   from: USA      # X: whose users log in elsewhere
+//!   to: FRA        # P: where they log in
+//! ```
+//! The client is confidential (client-secret authentication), standard flow only (no implicit,
+//! direct access grants or service account), PKCE S256 required, redirect URI
+//! `<P front url>/realms/dive-<to>/broker/<from>-idp/endpoint`, and has `dive-attributes` among
+//! its default client scopes (added with its own call: `defaultClientScopes` given on creation
+//! would replace the realm's defaults). Its secret is the value of secret
+//! `federation/<from>/<to>/client-secret` (ensured here: 32 alphanumeric characters); the
+//! version Keycloak holds is recorded in the client attribute `dive.secret.version`, so that
+//! drift can be found by comparing versions. Output `{from, to, realm, client_id, id, created,
+//! updated, fixed, scope_added, secret, secret_version, secret_created, changed}` (never the
+//! value).
+//!
+//! Idempotency: the secret is ensured (kept when it exists); a missing client is created; an
+//! existing one is corrected (whole representation written back) when a setting, the redirect
+//! URI or the secret differs (the secret is read back from Keycloak and compared with the
+//! store's latest version); the default scope is added only when missing. A second run reports
+//! `changed: false`.
+//!
+//! Compensation: deletes the client only if this phase created it, and the secret only if this
+//! phase created it (no orphan secret, and never a secret an earlier link put into use); it
+//! tolerates that either is already gone.
+
+use super::{
+    SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field, enc, flag,
+    realm_path, resolve, store_error,
+};
+use crate::keycloak::types::ClientRep;
+use crate::keycloak::{KeycloakAdmin, SCOPE_NAME};
+use crate::secrets::Alphabet;
+use crate::service::secrets;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Length of a generated client secret.
+pub const SECRET_LENGTH: usize = 32;
+const PKCE_ATTRIBUTE: &str = "pkce.code.challenge.method";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationClient {
+    #[serde(deserialize_with = "code_field")]
+    pub from: String,
+    #[serde(deserialize_with = "code_field")]
+    pub to: String,
+}
+
+/// The client as dive wants it (without the secret).
+fn wanted(client_id: &str, to: &str, redirect: &str, secret_version: u32) -> ClientRep {
+    ClientRep {
+        client_id: client_id.to_string(),
+        name: Some(format!("DIVE federation to {to}")),
+        enabled: Some(true),
+        protocol: Some("openid-connect".into()),
+        public_client: Some(false),
+        standard_flow_enabled: Some(true),
+        implicit_flow_enabled: Some(false),
+        direct_access_grants_enabled: Some(false),
+        service_accounts_enabled: Some(false),
+        redirect_uris: Some(vec![redirect.to_string()]),
+        attributes: Some(BTreeMap::from([
+            (PKCE_ATTRIBUTE.to_string(), "S256".to_string()),
+            (SECRET_VERSION_KEY.to_string(), secret_version.to_string()),
+        ])),
+        extra: serde_json::Map::from_iter([(
+            "clientAuthenticatorType".to_string(),
+            json!("client-secret"),
+        )]),
+        ..Default::default()
+    }
+}
+
+/// Corrects what differs from `want` in `have`; returns the names of the settings changed.
+fn merge_client(have: &mut ClientRep, want: &ClientRep) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! same {
+        ($field:ident, $name:literal) => {
+            if have.$field != want.$field {
+                have.$field = want.$field.clone();
+                changed.push($name);
+            }
+        };
+    }
+    same!(enabled, "enabled");
+    same!(protocol, "protocol");
+    same!(public_client, "publicClient");
+    same!(standard_flow_enabled, "standardFlowEnabled");
+    same!(implicit_flow_enabled, "implicitFlowEnabled");
+    same!(direct_access_grants_enabled, "directAccessGrantsEnabled");
+    same!(service_accounts_enabled, "serviceAccountsEnabled");
+    let set = |v: &Option<Vec<String>>| v.iter().flatten().cloned().collect::<BTreeSet<_>>();
+    if set(&have.redirect_uris) != set(&want.redirect_uris) {
+        have.redirect_uris = want.redirect_uris.clone();
+        changed.push("redirectUris");
+    }
+    let attributes = have.attributes.get_or_insert_with(BTreeMap::new);
+    for (k, v) in want.attributes.iter().flatten() {
+        if attributes.get(k) != Some(v) {
+            attributes.insert(k.clone(), v.clone());
+            if !changed.contains(&"attributes") {
+                changed.push("attributes");
+            }
+        }
+    }
+    let auth = "clientAuthenticatorType";
+    if have.extra.get(auth) != want.extra.get(auth) {
+        have.extra.insert(auth.into(), want.extra[auth].clone());
+        changed.push(auth);
+    }
+    changed
+}
+
+/// The secret Keycloak holds for client `id` (compared, never shown).
+async fn keycloak_secret(
+    admin: &KeycloakAdmin,
+    realm: &str,
+    id: &str,
+) -> Result<Option<zeroize::Zeroizing<String>>, PhaseError> {
+    let v: Value = admin
+        .get(&realm_path(
+            realm,
+            &format!("/clients/{}/client-secret", enc(id)),
+        ))
+        .await?;
+    Ok(v.get("value")
+        .and_then(Value::as_str)
+        .map(|s| zeroize::Zeroizing::new(s.to_string())))
+}
+
+#[typetag::serde(name = "federation.client")]
+#[async_trait]
+impl Phase for FederationClient {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let (x, p) = resolve(ctx, &self.from, &self.to).await?;
+        let store = secrets(ctx)?;
+        let secret_name = client_secret_name(&x.code, &p.code);
+        let (_, secret_created) = store
+            .ensure(&secret_name, SECRET_LENGTH, Alphabet::Alphanumeric)
+            .await
+            .map_err(store_error)?;
+        let (secret, secret_version) = store
+            .get(&secret_name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| PhaseError::retryable(format!("secret `{secret_name}` vanished")))?;
+
+        let admin = admin(ctx, &x).await?;
+        let realm = x.realm();
+        if admin.realm(&realm).await?.is_none() {
+            return Err(PhaseError::fatal(format!(
+                "{}: realm `{realm}` does not exist (deploy {} again)",
+                admin.name(),
+                x.code
+            )));
+        }
+        let scope_id = admin
+            .client_scope_by_name(&realm, SCOPE_NAME)
+            .await?
+            .and_then(|s| s.id)
+            .ok_or_else(|| {
+                PhaseError::fatal(format!(
+                    "{}: client scope {SCOPE_NAME} does not exist in realm {realm} (deploy {} \
+                     again)",
+                    admin.name(),
+                    x.code
+                ))
+            })?;
+        let cid = client_id(&p.code);
+        let redirect = format!(
+            "{}/realms/{}/broker/{}/endpoint",
+            p.keycloak_url(),
+            p.realm(),
+            super::idp_alias(&x.code)
+        );
+        let want = wanted(&cid, &p.code, &redirect, secret_version);
+
+        let mut created = false;
+        let mut fixed = Vec::new();
+        if admin.client_by_client_id(&realm, &cid).await?.is_none() {
+            let mut rep = want.clone();
+            rep.extra
+                .insert("secret".into(), json!(secret.expose().to_string()));
+            match admin.create_client(&realm, &rep).await {
+                Ok(_) => created = true,
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut have = admin
+            .client_by_client_id(&realm, &cid)
+            .await?
+            .ok_or_else(|| {
+                PhaseError::retryable(format!(
+                    "{}: client {cid} is not listed after creating it",
+                    admin.name()
+                ))
+            })?;
+        let id = have.id.clone().ok_or_else(|| {
+            PhaseError::fatal(format!("{}: client {cid} has no id", admin.name()))
+        })?;
+        // The representation may carry the current secret; never write it back unasked.
+        have.extra.remove("secret");
+        fixed.extend(merge_client(&mut have, &want));
+        let current = keycloak_secret(&admin, &realm, &id).await?;
+        if current.as_deref().map(String::as_str) != Some(secret.expose()) {
+            have.extra
+                .insert("secret".into(), json!(secret.expose().to_string()));
+            fixed.push("secret");
+        }
+        if !fixed.is_empty() {
+            admin.update_client(&realm, &id, &have).await?;
+        }
+        let scopes = admin.client_default_scopes(&realm, &id).await?;
+        let scope_added = !scopes.iter().any(|s| s.id.as_deref() == Some(&scope_id));
+        if scope_added {
+            admin
+                .add_client_default_scope(&realm, &id, &scope_id)
+                .await?;
+        }
+        let updated = !created && !fixed.is_empty();
+        let changed = created || updated || scope_added || secret_created;
+        if changed {
+            tracing::info!(from = %x.code, to = %p.code, realm = %realm, client = %cid,
+                created, ?fixed, scope_added, secret_created, "ensured federation client");
+        }
+        Ok(json!({
+            "from": x.code,
+            "to": p.code,
+            "realm": realm,
+            "client_id": cid,
+            "id": id,
+            "redirect_uri": redirect,
+            "created": created,
+            "updated": updated,
+            "fixed": if created { Vec::new() } else { fixed },
+            "scope_added": scope_added,
+            "secret": secret_name,
+            "secret_version": secret_version,
+            "secret_created": secret_created,
+            "changed": changed,
+        }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        let from = super::code(&self.from)?;
+        let to = super::code(&self.to)?;
+        if flag(output, "created") {
+            let reg = super::registry(ctx)?;
+            // An instance reset since is already clean.
+            if let Ok(x) = super::instance(&reg, &from).await {
+                let admin = admin(ctx, &x).await?;
+                let realm = x.realm();
+                if admin.realm(&realm).await?.is_some()
+                    && let Some(id) = admin
+                        .client_by_client_id(&realm, &client_id(&to))
+                        .await?
+                        .and_then(|c| c.id)
+                {
+                    admin.delete_client(&realm, &id).await?;
+                    tracing::info!(from = %from, to = %to, "deleted federation client (compensation)");
+                }
+            }
+        }
+        if flag(output, "secret_created") {
+            let name = client_secret_name(&from, &to);
+            secrets(ctx)?
+                .delete_prefix(&name)
+                .await
+                .map_err(store_error)?;
+            tracing::info!(secret = %name, "deleted federation secret (compensation)");
+        }
+        Ok(())
+    }
+
+    async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
+        let reg = super::registry(ctx).map_err(|e| e.to_string())?;
+        super::pair(&reg, &self.from, &self.to).await.map(|_| ())
+    }
+
+    fn breaker_key(&self) -> Option<String> {
+        breaker(&self.from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_corrects_redirects_secret_version_and_flow_settings() {
+        let want = wanted(
+            "federation-fra",
+            "FRA",
+            "http://p/realms/dive-fra/broker/usa-idp/endpoint",
+            1,
+        );
+        let mut have = want.clone();
+        have.id = Some("x".into());
+        have.extra.insert("fullScopeAllowed".into(), json!(true));
+        assert!(merge_client(&mut have, &want).is_empty());
+
+        have.redirect_uris = Some(vec!["*".into()]);
+        have.direct_access_grants_enabled = Some(true);
+        let want2 = wanted(
+            "federation-fra",
+            "FRA",
+            "http://p/realms/dive-fra/broker/usa-idp/endpoint",
+            2,
+        );
+        assert_eq!(
+            merge_client(&mut have, &want2),
+            ["directAccessGrantsEnabled", "redirectUris", "attributes"]
+        );
+        assert_eq!(have.attributes.as_ref().unwrap()[SECRET_VERSION_KEY], "2");
+        assert_eq!(have.extra["fullScopeAllowed"], json!(true));
+        assert!(!serde_json::to_string(&want).unwrap().contains("\"secret\""));
+    }
+}

@@ -1,0 +1,432 @@
+//! `federation.idp`: in realm `dive-<to>` of instance P (`to`), the OIDC identity provider
+//! `<from>-idp` that sends P's login page to instance X (`from`), and its four attribute mappers.
+//!
+//! ```yaml
+//! - id: idp-usa-fra
+//!   type: federation.idp
+//!   after: [client-usa-fra]   # the client phase ensures the secret
+//!   from: USA
+//!   to: FRA
+//! ```
+//! The provider: providerId `oidc`, enabled, trustEmail, syncMode FORCE, first broker login flow
+//! `first broker login`; authorizationUrl and issuer on X's front URL (what a browser uses and
+//! what X's tokens carry), tokenUrl, jwksUrl and userInfoUrl on X's back-channel URL (see the
+//! [module docs](super)); clientId `federation-<to>`, clientSecret from secret
+//! `federation/<from>/<to>/client-secret` (which must exist: `federation.client` ensures it),
+//! client_secret_post, defaultScope `openid profile email dive-attributes`, signature validated
+//! with X's JWKS, PKCE S256. The secret version given to Keycloak is kept in the config key
+//! `dive.secret.version` (Keycloak never shows the secret back). Mappers
+//! `oidc-user-attribute-idp-mapper` named after, and mapping, `uniqueID`, `clearance`,
+//! `countryOfAffiliation`, `acpCOI` (claim → user attribute, sync mode FORCE). Output `{from, to,
+//! realm, alias, created, updated, fixed, mappers_added, mappers_fixed, secret_version, changed}`.
+//!
+//! Idempotency: a missing provider is created; an existing one is read and written back when a
+//! setting, a URL or the secret version differs; each mapper is created when missing and
+//! corrected when it differs. A second run reports `changed: false`.
+//!
+//! Compensation: deletes the provider (and with it its mappers) if this phase created it;
+//! otherwise deletes only the mappers it added. Changes to an existing provider are not undone.
+
+use super::{
+    SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id, client_secret_name, code_field,
+    enc, flag, idp_alias, realm_path, resolve, store_error,
+};
+use crate::keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
+use crate::service::secrets;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// The mapper type that copies a claim of the partner's token into a user attribute.
+pub const MAPPER_TYPE: &str = "oidc-user-attribute-idp-mapper";
+const FIRST_BROKER_LOGIN: &str = "first broker login";
+const DEFAULT_SCOPE: &str = "openid profile email dive-attributes";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationIdp {
+    #[serde(deserialize_with = "code_field")]
+    pub from: String,
+    #[serde(deserialize_with = "code_field")]
+    pub to: String,
+}
+
+fn idp_path(realm: &str, alias: &str) -> String {
+    realm_path(
+        realm,
+        &format!("/identity-provider/instances/{}", enc(alias)),
+    )
+}
+
+/// The provider's top-level settings and its config, without the secret.
+fn wanted(
+    alias: &str,
+    from: &str,
+    front: &str,
+    back: &str,
+    to: &str,
+    secret_version: u32,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let realm = format!("dive-{}", from.to_ascii_lowercase());
+    let front = format!("{front}/realms/{realm}");
+    let back = format!("{back}/realms/{realm}");
+    let top = Map::from_iter([
+        ("alias".to_string(), json!(alias)),
+        ("displayName".to_string(), json!(format!("DIVE {from}"))),
+        ("providerId".to_string(), json!("oidc")),
+        ("enabled".to_string(), json!(true)),
+        ("trustEmail".to_string(), json!(true)),
+        (
+            "firstBrokerLoginFlowAlias".to_string(),
+            json!(FIRST_BROKER_LOGIN),
+        ),
+    ]);
+    let s = |v: &str| json!(v);
+    let config = Map::from_iter([
+        ("syncMode".to_string(), s("FORCE")),
+        (
+            "authorizationUrl".to_string(),
+            s(&format!("{front}/protocol/openid-connect/auth")),
+        ),
+        ("issuer".to_string(), s(&front)),
+        (
+            "tokenUrl".to_string(),
+            s(&format!("{back}/protocol/openid-connect/token")),
+        ),
+        (
+            "jwksUrl".to_string(),
+            s(&format!("{back}/protocol/openid-connect/certs")),
+        ),
+        (
+            "userInfoUrl".to_string(),
+            s(&format!("{back}/protocol/openid-connect/userinfo")),
+        ),
+        ("clientId".to_string(), s(&client_id(to))),
+        ("clientAuthMethod".to_string(), s("client_secret_post")),
+        ("defaultScope".to_string(), s(DEFAULT_SCOPE)),
+        ("validateSignature".to_string(), s("true")),
+        ("useJwksUrl".to_string(), s("true")),
+        ("pkceEnabled".to_string(), s("true")),
+        ("pkceMethod".to_string(), s("S256")),
+        (
+            SECRET_VERSION_KEY.to_string(),
+            s(&secret_version.to_string()),
+        ),
+    ]);
+    (top, config)
+}
+
+/// Corrects `have` (a provider representation) towards `top` and `config`; returns what changed.
+fn merge_idp(
+    have: &mut Value,
+    top: &Map<String, Value>,
+    config: &Map<String, Value>,
+) -> Vec<String> {
+    let mut changed = Vec::new();
+    let Some(obj) = have.as_object_mut() else {
+        return vec!["representation".into()];
+    };
+    for (k, v) in top {
+        if obj.get(k) != Some(v) {
+            obj.insert(k.clone(), v.clone());
+            changed.push(k.clone());
+        }
+    }
+    let have_config = obj
+        .entry("config")
+        .or_insert_with(|| json!({}))
+        .as_object_mut();
+    let Some(have_config) = have_config else {
+        obj.insert("config".into(), Value::Object(config.clone()));
+        changed.push("config".into());
+        return changed;
+    };
+    for (k, v) in config {
+        if have_config.get(k) != Some(v) {
+            have_config.insert(k.clone(), v.clone());
+            changed.push(format!("config.{k}"));
+        }
+    }
+    changed
+}
+
+/// The mapper for `attribute` as dive wants it.
+fn wanted_mapper(alias: &str, attribute: &str) -> Value {
+    json!({
+        "name": attribute,
+        "identityProviderAlias": alias,
+        "identityProviderMapper": MAPPER_TYPE,
+        "config": { "claim": attribute, "user.attribute": attribute, "syncMode": "FORCE" },
+    })
+}
+
+/// Whether an existing mapper already does what `want` says.
+fn mapper_matches(have: &Value, want: &Value) -> bool {
+    if have["identityProviderMapper"] != want["identityProviderMapper"] {
+        return false;
+    }
+    want["config"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| have["config"].get(k) == Some(v))
+}
+
+struct Mappers {
+    added: Vec<String>,
+    fixed: Vec<String>,
+}
+
+async fn ensure_mappers(
+    admin: &KeycloakAdmin,
+    realm: &str,
+    alias: &str,
+) -> Result<Mappers, PhaseError> {
+    let path = format!("{}/mappers", idp_path(realm, alias));
+    let existing: Vec<Value> = admin.get(&path).await?;
+    let mut out = Mappers {
+        added: Vec::new(),
+        fixed: Vec::new(),
+    };
+    for attribute in DIVE_ATTRIBUTES {
+        let want = wanted_mapper(alias, attribute);
+        match existing.iter().find(|m| m["name"] == attribute) {
+            None => {
+                admin.post(&path, &want).await?;
+                out.added.push(attribute.to_string());
+            }
+            Some(have) if !mapper_matches(have, &want) => {
+                let id = have["id"].as_str().unwrap_or_default();
+                let mut rep = have.clone();
+                rep["identityProviderMapper"] = want["identityProviderMapper"].clone();
+                let config = rep["config"].as_object_mut();
+                match config {
+                    Some(c) => {
+                        for (k, v) in want["config"].as_object().into_iter().flatten() {
+                            c.insert(k.clone(), v.clone());
+                        }
+                    }
+                    None => rep["config"] = want["config"].clone(),
+                }
+                admin
+                    .put(&format!("{path}/{}", enc(id)), Some(&rep))
+                    .await?;
+                out.fixed.push(attribute.to_string());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+#[typetag::serde(name = "federation.idp")]
+#[async_trait]
+impl Phase for FederationIdp {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let (x, p) = resolve(ctx, &self.from, &self.to).await?;
+        let store = secrets(ctx)?;
+        let secret_name = client_secret_name(&x.code, &p.code);
+        let (secret, secret_version) = store
+            .get(&secret_name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                PhaseError::fatal(format!(
+                    "secret `{secret_name}` does not exist (add a federation.client phase from \
+                     {} to {} before this one)",
+                    x.code, p.code
+                ))
+            })?;
+        let admin = admin(ctx, &p).await?;
+        let realm = p.realm();
+        if admin.realm(&realm).await?.is_none() {
+            return Err(PhaseError::fatal(format!(
+                "{}: realm `{realm}` does not exist (deploy {} again)",
+                admin.name(),
+                p.code
+            )));
+        }
+        let alias = idp_alias(&x.code);
+        let (top, config) = wanted(
+            &alias,
+            &x.code,
+            &x.keycloak_url(),
+            &backchannel_url(&x),
+            &p.code,
+            secret_version,
+        );
+        let path = idp_path(&realm, &alias);
+        let with_secret = |mut rep: Value| {
+            rep["config"]["clientSecret"] = json!(secret.expose());
+            rep
+        };
+
+        let mut created = false;
+        let mut fixed = Vec::new();
+        match admin.get_opt::<Value>(&path).await? {
+            None => {
+                let mut rep = Value::Object(top.clone());
+                rep["config"] = Value::Object(config.clone());
+                let instances = realm_path(&realm, "/identity-provider/instances");
+                match admin.post(&instances, &with_secret(rep)).await {
+                    Ok(_) => created = true,
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(mut have) => {
+                let stale_secret =
+                    have["config"][SECRET_VERSION_KEY] != json!(secret_version.to_string());
+                fixed = merge_idp(&mut have, &top, &config);
+                if !fixed.is_empty() {
+                    // Keycloak shows the secret masked; send the real one when it is stale,
+                    // and the mask (= keep it) otherwise.
+                    let rep = if stale_secret {
+                        with_secret(have)
+                    } else {
+                        have
+                    };
+                    admin.put(&path, Some(&rep)).await?;
+                }
+            }
+        }
+        let mappers = ensure_mappers(&admin, &realm, &alias).await?;
+        let updated = !created && !fixed.is_empty();
+        let changed = created || updated || !mappers.added.is_empty() || !mappers.fixed.is_empty();
+        if changed {
+            tracing::info!(from = %x.code, to = %p.code, realm = %realm, alias = %alias,
+                created, ?fixed, added = ?mappers.added, "ensured federation identity provider");
+        }
+        Ok(json!({
+            "from": x.code,
+            "to": p.code,
+            "realm": realm,
+            "alias": alias,
+            "created": created,
+            "updated": updated,
+            "fixed": fixed,
+            "mappers_added": mappers.added,
+            "mappers_fixed": mappers.fixed,
+            "secret_version": secret_version,
+            "changed": changed,
+        }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        let added: Vec<&str> = output["mappers_added"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let created = flag(output, "created");
+        if !created && added.is_empty() {
+            return Ok(());
+        }
+        let from = super::code(&self.from)?;
+        let to = super::code(&self.to)?;
+        let reg = super::registry(ctx)?;
+        let Ok(p) = super::instance(&reg, &to).await else {
+            return Ok(());
+        };
+        let admin = admin(ctx, &p).await?;
+        let realm = p.realm();
+        if admin.realm(&realm).await?.is_none() {
+            return Ok(());
+        }
+        let alias = idp_alias(&from);
+        let path = idp_path(&realm, &alias);
+        if created {
+            admin.delete(&path).await?;
+            tracing::info!(from = %from, to = %to, alias = %alias,
+                "deleted federation identity provider (compensation)");
+            return Ok(());
+        }
+        let Some(mappers) = admin
+            .get_opt::<Vec<Value>>(&format!("{path}/mappers"))
+            .await?
+        else {
+            return Ok(());
+        };
+        for m in mappers {
+            if let (Some(name), Some(id)) = (m["name"].as_str(), m["id"].as_str())
+                && added.contains(&name)
+            {
+                admin.delete(&format!("{path}/mappers/{}", enc(id))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
+        let reg = super::registry(ctx).map_err(|e| e.to_string())?;
+        super::pair(&reg, &self.from, &self.to).await.map(|_| ())
+    }
+
+    fn breaker_key(&self) -> Option<String> {
+        breaker(&self.to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_and_back_channel_urls_are_split() {
+        let (top, config) = wanted(
+            "usa-idp",
+            "USA",
+            "http://127.0.0.1:20001",
+            "http://dive-usa-keycloak:8080",
+            "FRA",
+            3,
+        );
+        assert_eq!(top["alias"], "usa-idp");
+        assert_eq!(
+            config["authorizationUrl"],
+            "http://127.0.0.1:20001/realms/dive-usa/protocol/openid-connect/auth"
+        );
+        assert_eq!(config["issuer"], "http://127.0.0.1:20001/realms/dive-usa");
+        assert_eq!(
+            config["tokenUrl"],
+            "http://dive-usa-keycloak:8080/realms/dive-usa/protocol/openid-connect/token"
+        );
+        assert_eq!(config["clientId"], "federation-fra");
+        assert_eq!(config[SECRET_VERSION_KEY], "3");
+        assert!(!config.contains_key("clientSecret"));
+
+        let mut have =
+            json!({"alias": "usa-idp", "extra": 1, "config": {"clientSecret": "**********"}});
+        for (k, v) in &top {
+            have[k] = v.clone();
+        }
+        for (k, v) in &config {
+            have["config"][k] = v.clone();
+        }
+        assert!(merge_idp(&mut have, &top, &config).is_empty());
+        have["config"]["issuer"] = json!("http://elsewhere");
+        have["trustEmail"] = json!(false);
+        assert_eq!(
+            merge_idp(&mut have, &top, &config),
+            ["trustEmail", "config.issuer"]
+        );
+        assert_eq!(have["extra"], 1);
+        assert_eq!(have["config"]["clientSecret"], "**********");
+    }
+
+    #[test]
+    fn mappers_compare_by_type_and_config() {
+        let want = wanted_mapper("usa-idp", "acpCOI");
+        let mut have = want.clone();
+        have["id"] = json!("m1");
+        have["config"]["extra"] = json!("x");
+        assert!(mapper_matches(&have, &want));
+        have["config"]["syncMode"] = json!("INHERIT");
+        assert!(!mapper_matches(&have, &want));
+    }
+}

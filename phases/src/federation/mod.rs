@@ -1,0 +1,240 @@
+//! Federation between the hub and a spoke (DESIGN.md, "Stacks and names": Federation). For one
+//! direction X→P (users of X log in at P):
+//!
+//! | type                 | ensures                                                                |
+//! |----------------------|------------------------------------------------------------------------|
+//! | `federation.client`  | in realm `dive-x` of X: confidential client `federation-<p>`, its secret |
+//! | `federation.idp`     | in realm `dive-p` of P: OIDC identity provider `<x>-idp`, four mappers  |
+//! | `federation.unlink`  | removes both of the above and the secret (one direction)               |
+//! | `federation.record`  | the pair in table `federation_links` (or removes it: `remove: true`)   |
+//!
+//! Every direction phase takes `from` (X) and `to` (P), ISO 3166-1 alpha-3 codes in any case.
+//! URLs and runtimes come from the instance registry ([`Instances`]), admin passwords from
+//! `<code>/keycloak/admin-password`; the client secret lives in
+//! `federation/<x>/<p>/client-secret`. The precheck refuses a run when either instance is not
+//! registered ("instance FRA is not deployed: run `dive spoke deploy FRA` first"), when both are
+//! the same, or when neither is the hub.
+//!
+//! URLs: a browser reaches X at its front URL ([`InstanceRecord::keycloak_url`]), which is also
+//! the issuer of X's tokens; P calls X's token, JWKS and userinfo endpoints on the back channel:
+//! the same URL on the local runtime, `http://dive-<x>-keycloak:8080` (the container on network
+//! `dive-federation`) on the Docker runtime.
+//!
+//! ```yaml
+//! - id: client-usa-fra
+//!   type: federation.client
+//!   from: "${params.hub}"
+//!   to: "${params.code}"
+//! - id: idp-usa-fra
+//!   type: federation.idp
+//!   after: [client-usa-fra]
+//!   from: "${params.hub}"
+//!   to: "${params.code}"
+//! ```
+
+mod client;
+mod idp;
+mod record;
+mod unlink;
+
+pub use client::FederationClient;
+pub use idp::{FederationIdp, MAPPER_TYPE};
+pub use record::FederationRecord;
+pub use unlink::FederationUnlink;
+
+use crate::instance::{InstanceRecord, Instances, Role, normalize_code};
+use crate::keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
+use crate::runtime::RuntimeKind;
+use crate::service::{secret_value, secrets};
+use dive_engine::{PhaseContext, PhaseError};
+use serde::{Deserialize, Deserializer};
+use std::sync::Arc;
+
+/// Secret holding the client secret of direction `from`→`to`.
+pub fn client_secret_name(from: &str, to: &str) -> String {
+    format!(
+        "federation/{}/{}/client-secret",
+        from.to_ascii_lowercase(),
+        to.to_ascii_lowercase()
+    )
+}
+
+/// `federation-<to>`: the client in X's realm that P's identity provider uses.
+pub fn client_id(to: &str) -> String {
+    format!("federation-{}", to.to_ascii_lowercase())
+}
+
+/// `<from>-idp`: the identity provider in P's realm that sends users to X.
+pub fn idp_alias(from: &str) -> String {
+    format!("{}-idp", from.to_ascii_lowercase())
+}
+
+/// Client attribute (and IdP config key) recording the secret version Keycloak was given.
+pub const SECRET_VERSION_KEY: &str = "dive.secret.version";
+
+/// Keycloak's HTTP port inside its container (the keycloak service template's).
+const KEYCLOAK_CONTAINER_PORT: u16 = 8080;
+
+/// Where P's server reaches X's Keycloak on the back channel.
+pub fn backchannel_url(rec: &InstanceRecord) -> String {
+    match rec.runtime {
+        RuntimeKind::Local => rec.keycloak_url(),
+        RuntimeKind::Docker => format!(
+            "http://{}:{KEYCLOAK_CONTAINER_PORT}",
+            crate::runtime::docker::container_name(&rec.code_lower(), "keycloak")
+        ),
+    }
+}
+
+/// `${...}` references pass (resolved later); anything else must be a country code.
+pub(crate) fn code_field<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.contains("${") {
+        return Ok(s);
+    }
+    normalize_code(&s).map_err(serde::de::Error::custom)
+}
+
+pub(crate) fn code(s: &str) -> Result<String, PhaseError> {
+    normalize_code(s).map_err(PhaseError::fatal)
+}
+
+pub(crate) fn registry(ctx: &PhaseContext) -> Result<Arc<Instances>, PhaseError> {
+    ctx.services.get::<Instances>().ok_or_else(|| {
+        PhaseError::fatal(
+            "no instance registry is available: the engine was built without Instances in its \
+             services",
+        )
+    })
+}
+
+fn deploy_hint(code: &str, hub: Option<&InstanceRecord>) -> String {
+    match hub {
+        None => {
+            format!("run `dive hub deploy --code {code}` (or `dive spoke deploy {code}`) first")
+        }
+        Some(_) => format!("run `dive spoke deploy {code}` first"),
+    }
+}
+
+/// The registered instance `code`, or an error saying how to deploy it.
+pub(crate) async fn instance(reg: &Instances, code: &str) -> Result<InstanceRecord, String> {
+    match reg.get(code).await {
+        Ok(Some(rec)) => Ok(rec),
+        Ok(None) => {
+            let hub = reg.hub().await.ok().flatten();
+            Err(format!(
+                "instance {code} is not deployed: {}",
+                deploy_hint(code, hub.as_ref())
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Both ends of a direction, registered, different, one of them the hub.
+pub(crate) async fn pair(
+    reg: &Instances,
+    from: &str,
+    to: &str,
+) -> Result<(InstanceRecord, InstanceRecord), String> {
+    let from = normalize_code(from)?;
+    let to = normalize_code(to)?;
+    if from == to {
+        return Err(format!(
+            "federation of {from} with itself: `from` and `to` must differ"
+        ));
+    }
+    let x = instance(reg, &from).await?;
+    let p = instance(reg, &to).await?;
+    if x.role != Role::Hub && p.role != Role::Hub {
+        return Err(format!(
+            "neither {from} nor {to} is the hub: federation links the hub with a spoke"
+        ));
+    }
+    Ok((x, p))
+}
+
+/// [`pair`] as a phase error (fatal: the operator must deploy first).
+pub(crate) async fn resolve(
+    ctx: &PhaseContext,
+    from: &str,
+    to: &str,
+) -> Result<(InstanceRecord, InstanceRecord), PhaseError> {
+    let reg = registry(ctx)?;
+    pair(&reg, &code(from)?, &code(to)?)
+        .await
+        .map_err(PhaseError::fatal)
+}
+
+/// Logs in to `rec`'s Keycloak as the bootstrap admin.
+pub(crate) async fn admin(
+    ctx: &PhaseContext,
+    rec: &InstanceRecord,
+) -> Result<KeycloakAdmin, PhaseError> {
+    let store = secrets(ctx)?;
+    let password =
+        zeroize::Zeroizing::new(secret_value(&store, &admin_password_secret(&rec.code)).await?);
+    Ok(KeycloakAdmin::connect_named(
+        &format!("keycloak {}", rec.code),
+        &rec.keycloak_url(),
+        ADMIN_USER,
+        &password,
+    )
+    .await?)
+}
+
+/// `keycloak:<CODE>`, or `None` while `code` is still a reference.
+pub(crate) fn breaker(code: &str) -> Option<String> {
+    normalize_code(code).ok().map(|c| format!("keycloak:{c}"))
+}
+
+/// Percent-encodes one path segment.
+pub(crate) fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `/admin/realms/<realm><rest>`.
+pub(crate) fn realm_path(realm: &str, rest: &str) -> String {
+    format!("/admin/realms/{}{rest}", enc(realm))
+}
+
+/// Whether a compensation's `output` says the run did something (`key: true`).
+pub(crate) fn flag(output: &serde_json::Value, key: &str) -> bool {
+    output.get(key).and_then(serde_json::Value::as_bool) == Some(true)
+}
+
+/// A secret-store error as a phase error.
+pub(crate) fn store_error(e: crate::secrets::SecretError) -> PhaseError {
+    if e.is_retryable() {
+        PhaseError::retryable(e.to_string())
+    } else {
+        PhaseError::fatal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design() {
+        assert_eq!(
+            client_secret_name("USA", "Fra"),
+            "federation/usa/fra/client-secret"
+        );
+        assert_eq!(client_id("FRA"), "federation-fra");
+        assert_eq!(idp_alias("USA"), "usa-idp");
+        assert_eq!(breaker("fra").as_deref(), Some("keycloak:FRA"));
+        assert_eq!(breaker("${params.code}"), None);
+        assert_eq!(realm_path("dive-fra", "/x"), "/admin/realms/dive-fra/x");
+    }
+}

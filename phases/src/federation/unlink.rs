@@ -1,0 +1,91 @@
+//! `federation.unlink`: removes one direction X→P of a federation: the identity provider
+//! `<from>-idp` (with its mappers) from realm `dive-<to>`, the client `federation-<to>` from realm
+//! `dive-<from>`, and the secret `federation/<from>/<to>/client-secret`.
+//!
+//! ```yaml
+//! - id: unlink-usa-fra
+//!   type: federation.unlink
+//!   from: USA
+//!   to: FRA
+//! ```
+//! Output `{from, to, idp_removed, client_removed, secret_removed, changed}`. An instance that is
+//! no longer registered (reset) has nothing left to remove and is skipped.
+//!
+//! Idempotency: what is already gone is success; a second run reports `changed: false`.
+//! Compensation: none — a removed secret cannot be brought back, and linking again recreates
+//! everything (`dive federation link`).
+
+use super::{
+    admin, breaker, client_id, client_secret_name, code, code_field, enc, idp_alias, realm_path,
+    registry, store_error,
+};
+use crate::service::secrets;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationUnlink {
+    #[serde(deserialize_with = "code_field")]
+    pub from: String,
+    #[serde(deserialize_with = "code_field")]
+    pub to: String,
+}
+
+#[typetag::serde(name = "federation.unlink")]
+#[async_trait]
+impl Phase for FederationUnlink {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let from = code(&self.from)?;
+        let to = code(&self.to)?;
+        let reg = registry(ctx)?;
+        let mut idp_removed = false;
+        let mut client_removed = false;
+        if let Some(p) = reg.get(&to).await? {
+            let admin = admin(ctx, &p).await?;
+            let realm = p.realm();
+            if admin.realm(&realm).await?.is_some() {
+                let path = realm_path(
+                    &realm,
+                    &format!("/identity-provider/instances/{}", enc(&idp_alias(&from))),
+                );
+                idp_removed = admin.delete(&path).await?;
+            }
+        }
+        if let Some(x) = reg.get(&from).await? {
+            let admin = admin(ctx, &x).await?;
+            let realm = x.realm();
+            if admin.realm(&realm).await?.is_some()
+                && let Some(id) = admin
+                    .client_by_client_id(&realm, &client_id(&to))
+                    .await?
+                    .and_then(|c| c.id)
+            {
+                client_removed = admin.delete_client(&realm, &id).await?;
+            }
+        }
+        let secret_removed = !secrets(ctx)?
+            .delete_prefix(&client_secret_name(&from, &to))
+            .await
+            .map_err(store_error)?
+            .is_empty();
+        let changed = idp_removed || client_removed || secret_removed;
+        if changed {
+            tracing::info!(from = %from, to = %to, idp_removed, client_removed, secret_removed,
+                "removed federation direction");
+        }
+        Ok(json!({
+            "from": from,
+            "to": to,
+            "idp_removed": idp_removed,
+            "client_removed": client_removed,
+            "secret_removed": secret_removed,
+            "changed": changed,
+        }))
+    }
+
+    fn breaker_key(&self) -> Option<String> {
+        breaker(&self.to)
+    }
+}
