@@ -32,6 +32,7 @@ use super::{
     SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field, enc, flag,
     realm_path, resolve, store_error,
 };
+use crate::keycloak::client::merge_client;
 use crate::keycloak::types::ClientRep;
 use crate::keycloak::{KeycloakAdmin, SCOPE_NAME};
 use crate::secrets::Alphabet;
@@ -39,7 +40,7 @@ use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Length of a generated client secret.
 pub const SECRET_LENGTH: usize = 32;
@@ -77,46 +78,6 @@ fn wanted(client_id: &str, to: &str, redirect: &str, secret_version: u32) -> Cli
         )]),
         ..Default::default()
     }
-}
-
-/// Corrects what differs from `want` in `have`; returns the names of the settings changed.
-fn merge_client(have: &mut ClientRep, want: &ClientRep) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    macro_rules! same {
-        ($field:ident, $name:literal) => {
-            if have.$field != want.$field {
-                have.$field = want.$field.clone();
-                changed.push($name);
-            }
-        };
-    }
-    same!(enabled, "enabled");
-    same!(protocol, "protocol");
-    same!(public_client, "publicClient");
-    same!(standard_flow_enabled, "standardFlowEnabled");
-    same!(implicit_flow_enabled, "implicitFlowEnabled");
-    same!(direct_access_grants_enabled, "directAccessGrantsEnabled");
-    same!(service_accounts_enabled, "serviceAccountsEnabled");
-    let set = |v: &Option<Vec<String>>| v.iter().flatten().cloned().collect::<BTreeSet<_>>();
-    if set(&have.redirect_uris) != set(&want.redirect_uris) {
-        have.redirect_uris = want.redirect_uris.clone();
-        changed.push("redirectUris");
-    }
-    let attributes = have.attributes.get_or_insert_with(BTreeMap::new);
-    for (k, v) in want.attributes.iter().flatten() {
-        if attributes.get(k) != Some(v) {
-            attributes.insert(k.clone(), v.clone());
-            if !changed.contains(&"attributes") {
-                changed.push("attributes");
-            }
-        }
-    }
-    let auth = "clientAuthenticatorType";
-    if have.extra.get(auth) != want.extra.get(auth) {
-        have.extra.insert(auth.into(), want.extra[auth].clone());
-        changed.push(auth);
-    }
-    changed
 }
 
 /// The secret Keycloak holds for client `id` (compared, never shown).

@@ -76,7 +76,8 @@ fn wanted(client_id: &str) -> ClientRep {
 }
 
 /// Corrects what differs from `want` in `have`; returns the names of the settings changed.
-fn merge_client(have: &mut ClientRep, want: &ClientRep) -> Vec<&'static str> {
+/// Shared by every client dive manages (dive-verify, the federation clients).
+pub(crate) fn merge_client(have: &mut ClientRep, want: &ClientRep) -> Vec<&'static str> {
     let mut changed = Vec::new();
     macro_rules! same {
         ($field:ident, $name:literal) => {
@@ -102,8 +103,17 @@ fn merge_client(have: &mut ClientRep, want: &ClientRep) -> Vec<&'static str> {
     for (k, v) in want.attributes.iter().flatten() {
         if attributes.get(k) != Some(v) {
             attributes.insert(k.clone(), v.clone());
-            changed.push("attributes");
+            if !changed.contains(&"attributes") {
+                changed.push("attributes");
+            }
         }
+    }
+    let auth = "clientAuthenticatorType";
+    if let Some(w) = want.extra.get(auth)
+        && have.extra.get(auth) != Some(w)
+    {
+        have.extra.insert(auth.into(), w.clone());
+        changed.push(auth);
     }
     changed
 }

@@ -29,7 +29,7 @@
 //! ```
 
 mod admin;
-mod client;
+pub(crate) mod client;
 mod client_scope;
 mod common;
 mod login;
