@@ -23,12 +23,14 @@ mod browser;
 mod direction;
 mod html;
 mod jwt;
+mod phase;
 
 pub use browser::{CALLBACK_URI, CLIENT_ID, LoginResult, brokered_login};
 pub use direction::{
     ClaimMismatch, DirectionReport, UserReport, compare_claims, latest, links, record,
     verify_direction,
 };
+pub use phase::FederationVerify;
 
 use std::fmt;
 
