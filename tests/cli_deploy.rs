@@ -232,6 +232,24 @@ fn hub_on_the_docker_runtime_with_the_offline_images() {
     users_log_in(&env, &url, "NOR");
     let again = deploy(&env, &["hub", "deploy", "--json"]);
     nothing_changed(&again.json());
+
+    // down/up/reset on Docker too: stopped containers keep their volumes.
+    env.dive(&["hub", "down"]).assert_code(0);
+    assert_eq!(status(&env, "hub", "NOR")["state"], "stopped");
+    deploy(&env, &["hub", "up"]);
+    assert_eq!(status(&env, "hub", "NOR")["state"], "running");
+    users_log_in(&env, &url, "NOR");
+    env.dive(&["hub", "reset", "--yes"]).assert_code(0);
+    assert_eq!(status(&env, "hub", "NOR")["state"], "not deployed");
+    let gone = |name: &str| {
+        !std::process::Command::new("docker")
+            .args(["inspect", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(gone("dive-nor-keycloak") && gone("dive-nor-postgres") && gone("dive-nor-pgdata"));
 }
 
 #[test]
