@@ -318,6 +318,15 @@ pub enum FederationCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Look for drift between what runs and what dive would create, in three layers: runtime
+    /// (services of both instances up and healthy), config (clients, secrets, identity
+    /// providers, mappers, flows, scopes) and live (one login each way). Changes nothing; exit 0
+    /// when nothing drifted, 1 when something did. `dive federation link CODE` repairs it.
+    Drift {
+        code: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every linked pair, the last verification of each direction, and whether the pair's
     /// secret versions agree.
     Status {

@@ -311,6 +311,63 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
     }
     nothing_left(&env, &usa, &fra);
 
+    // Killed (kill -9) halfway — both clients and secrets made, no identity provider yet — and
+    // then rolled back: nothing is left.
+    let hold = env.path("hold");
+    let fail = env.path("fail");
+    let held = builtin
+        .replace(
+            "after: [client-hub-to-spoke]",
+            "after: [client-hub-to-spoke, hold]",
+        )
+        .replace(
+            "after: [client-spoke-to-hub]",
+            "after: [client-spoke-to-hub, hold]",
+        )
+        + &format!(
+            "  - id: hold\n    type: exec\n    after: [client-hub-to-spoke, client-spoke-to-hub]\n    retry: {{ max_attempts: 1 }}\n    command: [\"sh\", \"-c\", \"while [ -e {h} ]; do sleep 0.1; done; if [ -e {f} ]; then echo told to fail >&2; exit 1; fi\"]\n",
+            h = hold.display(),
+            f = fail.display()
+        );
+    let wf = env.workflow("federation-link-held.yaml", &held);
+    let kill_halfway = |env: &TestEnv| -> String {
+        env.touch("hold");
+        let run = env.spawn(&[
+            "run", "workflow", &wf, "--param", "code=fra", "--param", "hub=usa",
+        ]);
+        let id = env.wait_for_run("federation-link");
+        env.wait_for_phase(&id, "hold", "running");
+        assert_eq!(federation_secrets(env), "2", "both secrets exist halfway");
+        run.signal(libc::SIGKILL);
+        let _ = run.wait(Duration::from_secs(10));
+        std::fs::remove_file(env.path("hold")).unwrap();
+        id
+    };
+    let id = kill_halfway(&env);
+    assert!(
+        side(&env, &usa, "USA", "FRA").client.is_some(),
+        "halfway: the hub's client exists"
+    );
+    env.touch("fail");
+    let out = env.spawn(&["resume", &id, "--json"]).wait(LINK_TIMEOUT);
+    out.assert_code(1);
+    assert_eq!(out.json()["state"], "rolled_back", "{}", out.stdout);
+    nothing_left(&env, &usa, &fra);
+
+    // Killed halfway again, then resumed: the link completes.
+    std::fs::remove_file(&fail).unwrap();
+    let id = kill_halfway(&env);
+    let out = env.spawn(&["resume", &id, "--json"]).wait(LINK_TIMEOUT);
+    out.assert_code(0);
+    direction_is_linked(&env, ("USA", &usa), ("FRA", &fra));
+    direction_is_linked(&env, ("FRA", &fra), ("USA", &usa));
+    ok(
+        &env,
+        &["federation", "unlink", "FRA", "--yes"],
+        LINK_TIMEOUT,
+    );
+    nothing_left(&env, &usa, &fra);
+
     // Link: both directions.
     let started = std::time::Instant::now();
     ok(&env, &["federation", "link", "fra"], LINK_TIMEOUT);

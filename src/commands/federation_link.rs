@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
 /// The spoke `code` and the hub, both registered; `exec.runtime` defaults to the spoke's.
-async fn pair(code: &str, exec: &mut ExecArgs) -> Result<(InstanceRecord, InstanceRecord)> {
+pub(crate) async fn pair(
+    code: &str,
+    exec: &mut ExecArgs,
+) -> Result<(InstanceRecord, InstanceRecord)> {
     let code = normalize_code(code).map_err(InvalidInput)?;
     let store = database::open().await?;
     let registry = Instances::new(store.pool().clone());

@@ -1,71 +1,71 @@
-//! `dive federation verify CODE` (a real brokered login per test user and direction between the
-//! hub and spoke CODE, recorded in `federation_verifications`) and `dive federation status`
+//! `dive federation verify CODE` (the workflow `federation-verify`: a real brokered login per test
+//! user and direction between the hub and spoke CODE, recorded in `federation_verifications`) and `dive federation status`
 //! (every linked pair, each direction's last verification, whether the secret versions agree).
 
+use crate::cli::ExecArgs;
+use crate::commands::federation_link::pair;
 use crate::commands::print_json;
+use crate::commands::run::start_named;
 use crate::commands::secrets::secret_store;
-use crate::{InvalidInput, database, exit};
+use crate::{database, exit};
 use anyhow::{Context, Result};
-use dive_phases::instance::{InstanceRecord, Instances, Role, normalize_code};
+use dive_engine::store::RunRecord;
+use dive_engine::{PhaseState, RunOutcome, RunState};
+use dive_phases::instance::Instances;
 use dive_phases::keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
 use dive_phases::secrets::SecretStore;
-use dive_phases::verify::{self, DirectionReport, Endpoint};
+use dive_phases::verify::{self, DirectionReport};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 /// The client attribute the link phases set to the secret version they installed.
 const SECRET_VERSION_ATTRIBUTE: &str = "dive.secret.version";
 
-/// The hub and the spoke `code`, or invalid input (exit 2).
-async fn pair(registry: &Instances, code: &str) -> Result<(InstanceRecord, InstanceRecord)> {
-    let spoke = registry.get(code).await?.ok_or_else(|| {
-        InvalidInput(format!("{code} is not deployed (dive spoke deploy {code})"))
-    })?;
-    if spoke.role != Role::Spoke {
-        return Err(InvalidInput(format!(
-            "{code} is the hub: give the code of a spoke to verify its federation with the hub"
-        ))
-        .into());
-    }
-    let hub = registry
-        .hub()
-        .await?
-        .ok_or_else(|| InvalidInput("no hub is deployed (dive hub deploy)".into()))?;
-    Ok((hub, spoke))
-}
-
 pub async fn verify(code: &str, json: bool) -> Result<u8> {
-    let code = normalize_code(code).map_err(InvalidInput)?;
-    let store = database::open().await?;
-    let registry = Instances::new(store.pool().clone());
-    let (hub, spoke) = pair(&registry, &code).await?;
-    let secrets = secret_store(&store)?;
-    secrets
-        .verify_key()
-        .await
-        .context("checking the master key")?;
-    let (hub, spoke) = (Endpoint::from(&hub), Endpoint::from(&spoke));
+    let mut exec = ExecArgs {
+        json: false,
+        concurrency: 8,
+        runtime: None,
+    };
+    let (hub, spoke) = pair(code, &mut exec).await?;
+    let params = BTreeMap::from([
+        ("code".to_string(), spoke.code.clone()),
+        ("hub".to_string(), hub.code.clone()),
+    ]);
+    let (engine, outcome) = start_named("federation-verify", &params, false, &exec).await?;
+    let pool = engine.store().pool().clone();
+    let mut recorded = verify::for_run(&pool, outcome.run_id).await?;
+    // A direction that never got to log in (a Keycloak did not answer) fails with the reason.
+    let run = engine.store().load_run(outcome.run_id).await?;
     let mut directions = Vec::new();
-    for (from, to) in [(&hub, &spoke), (&spoke, &hub)] {
-        if !json {
-            eprintln!(
-                "verifying {} → {} (users of {} log in at {})",
-                from.code, to.code, from.code, to.code
-            );
+    for (from, to) in [(&hub.code, &spoke.code), (&spoke.code, &hub.code)] {
+        if let Some(i) = recorded.iter().position(|d| &d.from == from && &d.to == to) {
+            directions.push(recorded.swap_remove(i));
+            continue;
         }
-        let report = verify::verify_direction(&secrets, from, to).await;
-        verify::record(store.pool(), None, &report)
+        let report = DirectionReport {
+            from: from.clone(),
+            to: to.clone(),
+            ok: false,
+            latency_ms: 0,
+            users: Vec::new(),
+            error: Some(format!("not verified: {}", why_not(&run, &outcome))),
+        };
+        verify::record(&pool, Some(outcome.run_id), &report)
             .await
             .context("recording the verification")?;
-        if !json {
-            print_direction(&report);
-        }
         directions.push(report);
     }
-    let ok = directions.iter().all(|d| d.ok);
+    let ok = outcome.state == RunState::Succeeded && directions.iter().all(|d| d.ok);
     if json {
-        print_json(&json!({"code": code, "ok": ok, "directions": directions}))?;
+        print_json(
+            &json!({"code": spoke.code, "ok": ok, "run_id": outcome.run_id, "directions": directions}),
+        )?;
     } else {
+        for d in &directions {
+            print_direction(d);
+        }
         println!(
             "federation {} ↔ {}: {}",
             hub.code,
@@ -74,6 +74,31 @@ pub async fn verify(code: &str, json: bool) -> Result<u8> {
         );
     }
     Ok(if ok { exit::OK } else { exit::RUN_FAILED })
+}
+
+/// Why a run stopped before logging in: the failed phases' first error (the cause) and their
+/// last (e.g. the open breaker), or the run's own error.
+fn why_not(run: &RunRecord, outcome: &RunOutcome) -> String {
+    let failed: Vec<String> = run
+        .phases
+        .iter()
+        .filter(|p| p.state == PhaseState::Failed)
+        .map(|p| {
+            let first = p.history.iter().find_map(|a| a.error.clone());
+            match (first, &p.error) {
+                (Some(first), Some(last)) if &first != last => format!("{first}; then {last}"),
+                (first, last) => first.or(last.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    if failed.is_empty() {
+        outcome
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("run {} ended {}", outcome.run_id, outcome.state))
+    } else {
+        failed.join("; ")
+    }
 }
 
 fn print_direction(d: &DirectionReport) {

@@ -10,19 +10,18 @@ use crate::{InvalidInput, database, exit, services};
 use anyhow::{Context, Result};
 use clap::Args;
 use dive_engine::EngineError;
+use dive_phases::instance::health::{SERVICES, ServiceHealth, service_health};
 use dive_phases::instance::{
     InstanceError, InstanceRecord, Instances, NO_HUB, Ports, Role, country_name, normalize_code,
 };
-use dive_phases::runtime::{Resource, Runtime, RuntimeKind, ServiceState};
+use dive_phases::runtime::{Resource, RuntimeKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::Arc;
 
 /// The hub's code when none is given and no hub is registered.
 const DEFAULT_HUB: &str = "USA";
 /// An instance's services, in start order (stopped in reverse).
-const SERVICES: [&str; 2] = ["postgres", "keycloak"];
 /// What `reset` removes with each service.
 const SERVICE_DATA: [(&str, &[&str]); 2] = [("keycloak", &[]), ("postgres", &["pgdata"])];
 
@@ -222,16 +221,6 @@ async fn deploy(
 }
 
 #[derive(Debug, Serialize)]
-struct ServiceView {
-    name: String,
-    /// `running`, `stopped`, `missing`, or `unknown` when the runtime could not say.
-    state: String,
-    health: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
 struct StatusView {
     code: String,
     country: &'static str,
@@ -242,58 +231,7 @@ struct StatusView {
     keycloak_url: Option<String>,
     realm: String,
     ports: Option<Ports>,
-    services: Vec<ServiceView>,
-}
-
-/// Probes a running service the way its readiness check does: PostgreSQL's port answers,
-/// Keycloak's `/health/ready` says UP.
-async fn probe(name: &str, ports: &Ports) -> String {
-    use dive_phases::runtime::health::{http_ok, tcp_ok};
-    let result = match name {
-        "keycloak" => http_ok(ports.management, "/health/ready").await,
-        _ => tcp_ok(ports.postgres).await,
-    };
-    if result.is_ok() {
-        "healthy"
-    } else {
-        "unhealthy"
-    }
-    .into()
-}
-
-async fn service_views(rt: &Result<Arc<dyn Runtime>>, rec: &InstanceRecord) -> Vec<ServiceView> {
-    let code_lower = rec.code_lower();
-    let code_lower = code_lower.as_str();
-    let mut views = Vec::new();
-    for name in SERVICES {
-        let result = match rt {
-            Ok(rt) => rt.status(code_lower, name).await.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("{e:#}")),
-        };
-        views.push(match result {
-            Ok(s) => ServiceView {
-                state: match s.state {
-                    ServiceState::Running => "running",
-                    ServiceState::Stopped => "stopped",
-                    ServiceState::Missing => "missing",
-                }
-                .into(),
-                health: match s.state {
-                    ServiceState::Running => probe(name, &rec.ports()).await,
-                    _ => "unknown".into(),
-                },
-                name: s.name,
-                error: None,
-            },
-            Err(e) => ServiceView {
-                name: name.into(),
-                state: "unknown".into(),
-                health: "unknown".into(),
-                error: Some(e),
-            },
-        });
-    }
-    views
+    services: Vec<ServiceHealth>,
 }
 
 async fn status_view(role: Role, code: &str, rec: Option<&InstanceRecord>) -> StatusView {
@@ -311,8 +249,10 @@ async fn status_view(role: Role, code: &str, rec: Option<&InstanceRecord>) -> St
             services: Vec::new(),
         };
     };
-    let rt = services::runtime(rec.runtime).await;
-    let services = service_views(&rt, rec).await;
+    let rt = services::runtime(rec.runtime)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let services = service_health(rt.as_deref().map_err(String::as_str), rec).await;
     let running = services.iter().filter(|s| s.state == "running").count();
     let state = if services.iter().any(|s| s.state == "unknown") {
         "unknown"

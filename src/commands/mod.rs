@@ -3,6 +3,7 @@
 mod bench;
 pub(crate) mod cleanup;
 mod db;
+mod federation_drift;
 mod federation_link;
 mod federation_verify;
 mod instance;
@@ -35,6 +36,7 @@ pub async fn dispatch(command: Command) -> Result<u8> {
                 federation_verify::verify(&code, json).await
             }
             FederationCommand::Status { json } => federation_verify::status(json).await,
+            FederationCommand::Drift { code, json } => federation_drift::drift(&code, json).await,
         },
         Command::Cleanup {
             all,

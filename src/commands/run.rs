@@ -4,7 +4,7 @@ use crate::cli::{ExecArgs, RunCommand};
 use crate::commands::{parse_params, print_json};
 use crate::{InvalidInput, database, exit, progress, services, workflows};
 use anyhow::Result;
-use dive_engine::{Engine, Plan, RunOptions, RunState};
+use dive_engine::{Engine, Plan, RunOptions, RunOutcome, RunState};
 use dive_phases::runtime::RuntimeKind;
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
@@ -29,13 +29,26 @@ pub async fn run_named(
     no_rollback: bool,
     exec: &ExecArgs,
 ) -> Result<u8> {
+    let (engine, outcome) = start_named(workflow, params, no_rollback, exec).await?;
+    finish(&engine, exec, outcome).await
+}
+
+/// Runs a workflow with the live progress view on stderr and returns its outcome without
+/// printing it: for commands that report in their own format (`dive federation verify`).
+pub async fn start_named(
+    workflow: &str,
+    params: &BTreeMap<String, String>,
+    no_rollback: bool,
+    exec: &ExecArgs,
+) -> Result<(Engine, RunOutcome)> {
     // Everything is checked before the database is touched: invalid input writes nothing.
     let mut plan = workflows::load(workflow)?.plan(params)?;
     let kind = exec.runtime.unwrap_or(RuntimeKind::Local);
     plan.context.insert(RUNTIME.into(), kind.to_string());
     let store = database::open().await?;
     let engine = Engine::new(store.clone()).with_services(services::build(&store, kind).await?);
-    execute(&engine, exec, no_rollback, Target::Start(&plan)).await
+    let outcome = execute(&engine, exec, no_rollback, Target::Start(&plan)).await?;
+    Ok((engine, outcome))
 }
 
 /// The plan context key that records the runtime, so a resume uses the same one.
@@ -55,7 +68,8 @@ pub async fn resume(run_id: Uuid, exec: ExecArgs) -> Result<u8> {
         .into());
     }
     let engine = Engine::new(store.clone()).with_services(services::build(&store, kind).await?);
-    execute(&engine, &exec, false, Target::Resume(run_id)).await
+    let outcome = execute(&engine, &exec, false, Target::Resume(run_id)).await?;
+    finish(&engine, &exec, outcome).await
 }
 
 enum Target<'p> {
@@ -68,7 +82,7 @@ async fn execute(
     exec: &ExecArgs,
     no_rollback: bool,
     target: Target<'_>,
-) -> Result<u8> {
+) -> Result<RunOutcome> {
     let (events, view) = progress::start();
     let cancel = CancellationToken::new();
     tokio::spawn(watch_signals(cancel.clone()));
@@ -84,7 +98,11 @@ async fn execute(
     };
     drop(opts);
     let _ = view.await;
-    let outcome = outcome?;
+    Ok(outcome?)
+}
+
+/// Prints the run (`--json`) and how to resume it; returns the exit code.
+async fn finish(engine: &Engine, exec: &ExecArgs, outcome: RunOutcome) -> Result<u8> {
     if exec.json {
         print_json(&engine.store().load_run(outcome.run_id).await?)?;
     }

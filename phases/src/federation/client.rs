@@ -32,6 +32,7 @@ use super::{
     SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field, enc, flag,
     realm_path, resolve, store_error,
 };
+use crate::instance::InstanceRecord;
 use crate::keycloak::client::merge_client;
 use crate::keycloak::types::ClientRep;
 use crate::keycloak::{KeycloakAdmin, SCOPE_NAME};
@@ -97,6 +98,76 @@ async fn keycloak_secret(
         .map(|s| zeroize::Zeroizing::new(s.to_string())))
 }
 
+/// How client `federation-<p>` in X's realm differs from what dive wants.
+pub(crate) struct ClientDiff {
+    pub id: String,
+    /// The client as Keycloak has it, corrected towards what dive wants (secret left out).
+    pub corrected: ClientRep,
+    /// Settings that differ (Keycloak's field names).
+    pub fixed: Vec<&'static str>,
+    /// Keycloak holds another secret than the store's latest version.
+    pub secret_differs: bool,
+    /// `dive-attributes` is not among the client's default scopes.
+    pub scope_missing: bool,
+}
+
+/// Where X's client sends a browser back to: P's broker endpoint for `<x>-idp`.
+pub(crate) fn wanted_for(x: &InstanceRecord, p: &InstanceRecord, secret_version: u32) -> ClientRep {
+    let redirect = format!(
+        "{}/realms/{}/broker/{}/endpoint",
+        p.keycloak_url(),
+        p.realm(),
+        super::idp_alias(&x.code)
+    );
+    wanted(&client_id(&p.code), &p.code, &redirect, secret_version)
+}
+
+/// Compares client `want.client_id` in `realm` with `want`, the store's `secret` and the
+/// default scope `scope_id`; `None` when the client does not exist. Only reads.
+pub(crate) async fn diff_client(
+    admin: &KeycloakAdmin,
+    realm: &str,
+    want: &ClientRep,
+    secret: &str,
+    scope_id: &str,
+) -> Result<Option<ClientDiff>, PhaseError> {
+    let Some(mut have) = admin.client_by_client_id(realm, &want.client_id).await? else {
+        return Ok(None);
+    };
+    let id = have.id.clone().ok_or_else(|| {
+        PhaseError::fatal(format!(
+            "{}: client {} has no id",
+            admin.name(),
+            want.client_id
+        ))
+    })?;
+    // The representation may carry the current secret; never write it back unasked.
+    have.extra.remove("secret");
+    let fixed = merge_client(&mut have, want);
+    let current = keycloak_secret(admin, realm, &id).await?;
+    let secret_differs = current.as_deref().map(String::as_str) != Some(secret);
+    let scopes = admin.client_default_scopes(realm, &id).await?;
+    let scope_missing = !scopes.iter().any(|s| s.id.as_deref() == Some(scope_id));
+    Ok(Some(ClientDiff {
+        id,
+        corrected: have,
+        fixed,
+        secret_differs,
+        scope_missing,
+    }))
+}
+
+/// The id of client scope `dive-attributes` in `realm`, if it exists.
+pub(crate) async fn attributes_scope_id(
+    admin: &KeycloakAdmin,
+    realm: &str,
+) -> Result<Option<String>, PhaseError> {
+    Ok(admin
+        .client_scope_by_name(realm, SCOPE_NAME)
+        .await?
+        .and_then(|s| s.id))
+}
+
 #[typetag::serde(name = "federation.client")]
 #[async_trait]
 impl Phase for FederationClient {
@@ -123,29 +194,18 @@ impl Phase for FederationClient {
                 x.code
             )));
         }
-        let scope_id = admin
-            .client_scope_by_name(&realm, SCOPE_NAME)
-            .await?
-            .and_then(|s| s.id)
-            .ok_or_else(|| {
-                PhaseError::fatal(format!(
-                    "{}: client scope {SCOPE_NAME} does not exist in realm {realm} (deploy {} \
-                     again)",
-                    admin.name(),
-                    x.code
-                ))
-            })?;
-        let cid = client_id(&p.code);
-        let redirect = format!(
-            "{}/realms/{}/broker/{}/endpoint",
-            p.keycloak_url(),
-            p.realm(),
-            super::idp_alias(&x.code)
-        );
-        let want = wanted(&cid, &p.code, &redirect, secret_version);
+        let scope_id = attributes_scope_id(&admin, &realm).await?.ok_or_else(|| {
+            PhaseError::fatal(format!(
+                "{}: client scope {SCOPE_NAME} does not exist in realm {realm} (deploy {} again)",
+                admin.name(),
+                x.code
+            ))
+        })?;
+        let want = wanted_for(&x, &p, secret_version);
+        let cid = want.client_id.clone();
+        let redirect = want.redirect_uris.clone().unwrap_or_default().join(" ");
 
         let mut created = false;
-        let mut fixed = Vec::new();
         if admin.client_by_client_id(&realm, &cid).await?.is_none() {
             let mut rep = want.clone();
             rep.extra
@@ -156,8 +216,7 @@ impl Phase for FederationClient {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut have = admin
-            .client_by_client_id(&realm, &cid)
+        let diff = diff_client(&admin, &realm, &want, secret.expose(), &scope_id)
             .await?
             .ok_or_else(|| {
                 PhaseError::retryable(format!(
@@ -165,14 +224,10 @@ impl Phase for FederationClient {
                     admin.name()
                 ))
             })?;
-        let id = have.id.clone().ok_or_else(|| {
-            PhaseError::fatal(format!("{}: client {cid} has no id", admin.name()))
-        })?;
-        // The representation may carry the current secret; never write it back unasked.
-        have.extra.remove("secret");
-        fixed.extend(merge_client(&mut have, &want));
-        let current = keycloak_secret(&admin, &realm, &id).await?;
-        if current.as_deref().map(String::as_str) != Some(secret.expose()) {
+        let id = diff.id.clone();
+        let mut fixed = diff.fixed.clone();
+        let mut have = diff.corrected;
+        if diff.secret_differs {
             have.extra
                 .insert("secret".into(), json!(secret.expose().to_string()));
             fixed.push("secret");
@@ -180,8 +235,7 @@ impl Phase for FederationClient {
         if !fixed.is_empty() {
             admin.update_client(&realm, &id, &have).await?;
         }
-        let scopes = admin.client_default_scopes(&realm, &id).await?;
-        let scope_added = !scopes.iter().any(|s| s.id.as_deref() == Some(&scope_id));
+        let scope_added = diff.scope_missing;
         if scope_added {
             admin
                 .add_client_default_scope(&realm, &id, &scope_id)

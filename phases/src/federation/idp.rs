@@ -18,11 +18,17 @@
 //! `dive.secret.version` (Keycloak never shows the secret back). Mappers
 //! `oidc-user-attribute-idp-mapper` named after, and mapping, `uniqueID`, `clearance`,
 //! `countryOfAffiliation`, `acpCOI` (claim → user attribute, sync mode FORCE). Output `{from, to,
-//! realm, alias, created, updated, fixed, mappers_added, mappers_fixed, secret_version, changed}`.
+//! realm, alias, created, updated, fixed, mappers_added, mappers_fixed, users_relinked, secret_version,
+//! changed}`.
 //!
-//! Idempotency: a missing provider is created; an existing one is read and written back when a
-//! setting, a URL or the secret version differs; each mapper is created when missing and
-//! corrected when it differs. A second run reports `changed: false`.
+//! Users of X that an earlier brokered login copied into P's realm and that lost their link to
+//! `<x>-idp` (deleting a provider removes its links; Keycloak then fails those users' logins)
+//! are linked again to their account at X (`users_relinked`).
+//!
+//! Idempotency: a missing provider is created; an existing one is corrected and written back
+//! with the store's secret on every run (Keycloak masks the secret it holds, so one changed
+//! behind dive's back can only be overwritten, not seen); each mapper is created when missing
+//! and corrected when it differs. A second run changes nothing and reports `changed: false`.
 //!
 //! Compensation: deletes the provider (and with it its mappers) if this phase created it;
 //! otherwise deletes only the mappers it added. Changes to an existing provider are not undone.
@@ -31,6 +37,7 @@ use super::{
     SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id, client_secret_name, code_field,
     enc, flag, idp_alias, realm_path, resolve, store_error,
 };
+use crate::instance::InstanceRecord;
 use crate::keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
@@ -39,7 +46,7 @@ use serde_json::{Map, Value, json};
 
 /// The mapper type that copies a claim of the partner's token into a user attribute.
 pub const MAPPER_TYPE: &str = "oidc-user-attribute-idp-mapper";
-const FIRST_BROKER_LOGIN: &str = "first broker login";
+pub(crate) const FIRST_BROKER_LOGIN: &str = "first broker login";
 const DEFAULT_SCOPE: &str = "openid profile email dive-attributes";
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -172,35 +179,36 @@ fn mapper_matches(have: &Value, want: &Value) -> bool {
         .all(|(k, v)| have["config"].get(k) == Some(v))
 }
 
-struct Mappers {
-    added: Vec<String>,
-    fixed: Vec<String>,
+/// How the mappers of provider `alias` differ from the four dive wants.
+#[derive(Default)]
+pub(crate) struct MapperDiff {
+    /// Attributes without a mapper.
+    pub missing: Vec<&'static str>,
+    /// Attributes whose mapper does something else: `(attribute, mapper id, corrected mapper)`.
+    pub differing: Vec<(&'static str, String, Value)>,
 }
 
-async fn ensure_mappers(
+fn mappers_path(realm: &str, alias: &str) -> String {
+    format!("{}/mappers", idp_path(realm, alias))
+}
+
+/// Compares the provider's mappers with the wanted ones. Only reads.
+pub(crate) async fn diff_mappers(
     admin: &KeycloakAdmin,
     realm: &str,
     alias: &str,
-) -> Result<Mappers, PhaseError> {
-    let path = format!("{}/mappers", idp_path(realm, alias));
-    let existing: Vec<Value> = admin.get(&path).await?;
-    let mut out = Mappers {
-        added: Vec::new(),
-        fixed: Vec::new(),
-    };
+) -> Result<MapperDiff, PhaseError> {
+    let existing: Vec<Value> = admin.get(&mappers_path(realm, alias)).await?;
+    let mut out = MapperDiff::default();
     for attribute in DIVE_ATTRIBUTES {
         let want = wanted_mapper(alias, attribute);
         match existing.iter().find(|m| m["name"] == attribute) {
-            None => {
-                admin.post(&path, &want).await?;
-                out.added.push(attribute.to_string());
-            }
+            None => out.missing.push(attribute),
             Some(have) if !mapper_matches(have, &want) => {
-                let id = have["id"].as_str().unwrap_or_default();
+                let id = have["id"].as_str().unwrap_or_default().to_string();
                 let mut rep = have.clone();
                 rep["identityProviderMapper"] = want["identityProviderMapper"].clone();
-                let config = rep["config"].as_object_mut();
-                match config {
+                match rep["config"].as_object_mut() {
                     Some(c) => {
                         for (k, v) in want["config"].as_object().into_iter().flatten() {
                             c.insert(k.clone(), v.clone());
@@ -208,15 +216,167 @@ async fn ensure_mappers(
                     }
                     None => rep["config"] = want["config"].clone(),
                 }
-                admin
-                    .put(&format!("{path}/{}", enc(id)), Some(&rep))
-                    .await?;
-                out.fixed.push(attribute.to_string());
+                out.differing.push((attribute, id, rep));
             }
             Some(_) => {}
         }
     }
     Ok(out)
+}
+
+/// Creates the missing mappers and corrects the differing ones.
+async fn ensure_mappers(
+    admin: &KeycloakAdmin,
+    realm: &str,
+    alias: &str,
+) -> Result<MapperDiff, PhaseError> {
+    let diff = diff_mappers(admin, realm, alias).await?;
+    let path = mappers_path(realm, alias);
+    for attribute in &diff.missing {
+        admin.post(&path, &wanted_mapper(alias, attribute)).await?;
+    }
+    for (_, id, rep) in &diff.differing {
+        admin.put(&format!("{path}/{}", enc(id)), Some(rep)).await?;
+    }
+    Ok(diff)
+}
+
+/// A user of X with a copy in P's realm (made by an earlier brokered login) that is linked to
+/// no identity provider: deleting `<x>-idp` removes those links, and Keycloak then fails every
+/// login of that user through a new `<x>-idp`. Users of X are those whose `countryOfAffiliation`
+/// is X, in both realms (the copy has it from the FORCE-synced mapper); the copy is matched to
+/// the user at X by username.
+pub(crate) struct Unlinked {
+    pub username: String,
+    /// The copy's id in P's realm.
+    pub id: String,
+    /// The user's id in X's realm: the `sub` of X's tokens, which the link records.
+    pub home_id: String,
+}
+
+/// Most users read from each realm when looking for [`Unlinked`] copies.
+const USERS_PAGE: u32 = 1000;
+
+/// The [`Unlinked`] users of X in P's realm. Only reads.
+pub(crate) async fn unlinked_users(
+    home: &KeycloakAdmin,
+    x: &InstanceRecord,
+    admin: &KeycloakAdmin,
+    realm: &str,
+) -> Result<Vec<Unlinked>, PhaseError> {
+    let home_realm = x.realm();
+    let users = |realm: &str| {
+        realm_path(
+            realm,
+            &format!(
+                "/users?briefRepresentation=true&max={USERS_PAGE}&q=countryOfAffiliation:{}",
+                enc(&x.code)
+            ),
+        )
+    };
+    let at_home: Vec<Value> = home.get(&users(&home_realm)).await?;
+    let here: Vec<Value> = admin.get(&users(realm)).await?;
+    let mut out = Vec::new();
+    for copy in &here {
+        let (Some(name), Some(id)) = (copy["username"].as_str(), copy["id"].as_str()) else {
+            continue;
+        };
+        let Some(home_id) = at_home
+            .iter()
+            .find(|u| u["username"] == name)
+            .and_then(|u| u["id"].as_str())
+        else {
+            continue;
+        };
+        let links: Vec<Value> = admin
+            .get(&realm_path(
+                realm,
+                &format!("/users/{}/federated-identity", enc(id)),
+            ))
+            .await?;
+        if links.is_empty() {
+            out.push(Unlinked {
+                username: name.to_string(),
+                id: id.to_string(),
+                home_id: home_id.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Links every [`Unlinked`] copy to provider `alias` again; returns their usernames.
+async fn relink(
+    home: &KeycloakAdmin,
+    x: &InstanceRecord,
+    admin: &KeycloakAdmin,
+    realm: &str,
+    alias: &str,
+) -> Result<Vec<String>, PhaseError> {
+    let mut done = Vec::new();
+    for u in unlinked_users(home, x, admin, realm).await? {
+        let path = realm_path(
+            realm,
+            &format!("/users/{}/federated-identity/{}", enc(&u.id), enc(alias)),
+        );
+        let link = json!({"identityProvider": alias, "userId": u.home_id, "userName": u.username});
+        match admin.post(&path, &link).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e.into()),
+        }
+        done.push(u.username);
+    }
+    Ok(done)
+}
+
+/// How provider `<x>-idp` in P's realm differs from what dive wants.
+pub(crate) struct IdpDiff {
+    /// The provider as Keycloak has it, corrected towards what dive wants (secret masked).
+    pub corrected: Value,
+    /// Settings that differ (`config.` prefix for the config map).
+    pub fixed: Vec<String>,
+    /// The secret version the provider was given is not the store's latest.
+    pub stale_secret: bool,
+}
+
+/// The provider dive wants in P's realm for users of X: `(alias, top-level settings, config)`.
+pub(crate) fn wanted_for(
+    x: &InstanceRecord,
+    p: &InstanceRecord,
+    secret_version: u32,
+) -> (String, Map<String, Value>, Map<String, Value>) {
+    let alias = idp_alias(&x.code);
+    let (top, config) = wanted(
+        &alias,
+        &x.code,
+        &x.keycloak_url(),
+        &backchannel_url(x),
+        &p.code,
+        secret_version,
+    );
+    (alias, top, config)
+}
+
+/// Compares provider `alias` in `realm` with what dive wants; `None` when it does not exist.
+/// Only reads.
+pub(crate) async fn diff_idp(
+    admin: &KeycloakAdmin,
+    realm: &str,
+    alias: &str,
+    top: &Map<String, Value>,
+    config: &Map<String, Value>,
+) -> Result<Option<IdpDiff>, PhaseError> {
+    let Some(mut have) = admin.get_opt::<Value>(&idp_path(realm, alias)).await? else {
+        return Ok(None);
+    };
+    let stale_secret = have["config"][SECRET_VERSION_KEY] != config[SECRET_VERSION_KEY];
+    let fixed = merge_idp(&mut have, top, config);
+    Ok(Some(IdpDiff {
+        corrected: have,
+        fixed,
+        stale_secret,
+    }))
 }
 
 #[typetag::serde(name = "federation.idp")]
@@ -246,15 +406,7 @@ impl Phase for FederationIdp {
                 p.code
             )));
         }
-        let alias = idp_alias(&x.code);
-        let (top, config) = wanted(
-            &alias,
-            &x.code,
-            &x.keycloak_url(),
-            &backchannel_url(&x),
-            &p.code,
-            secret_version,
-        );
+        let (alias, top, config) = wanted_for(&x, &p, secret_version);
         let path = idp_path(&realm, &alias);
         let with_secret = |mut rep: Value| {
             rep["config"]["clientSecret"] = json!(secret.expose());
@@ -263,7 +415,7 @@ impl Phase for FederationIdp {
 
         let mut created = false;
         let mut fixed = Vec::new();
-        match admin.get_opt::<Value>(&path).await? {
+        match diff_idp(&admin, &realm, &alias, &top, &config).await? {
             None => {
                 let mut rep = Value::Object(top.clone());
                 rep["config"] = Value::Object(config.clone());
@@ -274,28 +426,28 @@ impl Phase for FederationIdp {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Some(mut have) => {
-                let stale_secret =
-                    have["config"][SECRET_VERSION_KEY] != json!(secret_version.to_string());
-                fixed = merge_idp(&mut have, &top, &config);
-                if !fixed.is_empty() {
-                    // Keycloak shows the secret masked; send the real one when it is stale,
-                    // and the mask (= keep it) otherwise.
-                    let rep = if stale_secret {
-                        with_secret(have)
-                    } else {
-                        have
-                    };
-                    admin.put(&path, Some(&rep)).await?;
-                }
+            Some(diff) => {
+                // Keycloak shows the secret masked, so a secret changed behind dive's back
+                // cannot be seen, only overwritten: it is written on every run (one PUT, and
+                // not reported as a change unless a setting or the version marker differed).
+                fixed = diff.fixed;
+                admin.put(&path, Some(&with_secret(diff.corrected))).await?;
             }
         }
         let mappers = ensure_mappers(&admin, &realm, &alias).await?;
+        let home = super::admin(ctx, &x).await?;
+        let relinked = relink(&home, &x, &admin, &realm, &alias).await?;
         let updated = !created && !fixed.is_empty();
-        let changed = created || updated || !mappers.added.is_empty() || !mappers.fixed.is_empty();
+        let added: Vec<&str> = mappers.missing.clone();
+        let mappers_fixed: Vec<&str> = mappers.differing.iter().map(|(a, _, _)| *a).collect();
+        let changed = created
+            || updated
+            || !added.is_empty()
+            || !mappers_fixed.is_empty()
+            || !relinked.is_empty();
         if changed {
             tracing::info!(from = %x.code, to = %p.code, realm = %realm, alias = %alias,
-                created, ?fixed, added = ?mappers.added, "ensured federation identity provider");
+                created, ?fixed, ?added, "ensured federation identity provider");
         }
         Ok(json!({
             "from": x.code,
@@ -305,8 +457,9 @@ impl Phase for FederationIdp {
             "created": created,
             "updated": updated,
             "fixed": fixed,
-            "mappers_added": mappers.added,
-            "mappers_fixed": mappers.fixed,
+            "mappers_added": added,
+            "mappers_fixed": mappers_fixed,
+            "users_relinked": relinked,
             "secret_version": secret_version,
             "changed": changed,
         }))

@@ -33,6 +33,7 @@
 //! ```
 
 mod client;
+pub mod drift;
 mod idp;
 mod record;
 mod unlink;
@@ -172,9 +173,16 @@ pub(crate) async fn admin(
     ctx: &PhaseContext,
     rec: &InstanceRecord,
 ) -> Result<KeycloakAdmin, PhaseError> {
-    let store = secrets(ctx)?;
+    admin_with(&*secrets(ctx)?, rec).await
+}
+
+/// [`admin`] with the secret store at hand.
+pub(crate) async fn admin_with(
+    store: &crate::secrets::SecretStore,
+    rec: &InstanceRecord,
+) -> Result<KeycloakAdmin, PhaseError> {
     let password =
-        zeroize::Zeroizing::new(secret_value(&store, &admin_password_secret(&rec.code)).await?);
+        zeroize::Zeroizing::new(secret_value(store, &admin_password_secret(&rec.code)).await?);
     Ok(KeycloakAdmin::connect_named(
         &format!("keycloak {}", rec.code),
         &rec.keycloak_url(),

@@ -1,5 +1,5 @@
 //! Instances: ISO 3166-1 alpha-3 codes, the instance registry in the state database (roles and
-//! port blocks), and the `instance.register` phase type.
+//! port blocks), and the phase types `instance.register` and `instance.reachable`.
 //!
 //! # Codes
 //! An instance is named by an ISO 3166-1 alpha-3 code ([`COUNTRIES`], all 249 of them).
@@ -26,11 +26,14 @@
 //! instance while a run deploys it.
 
 mod countries;
+pub mod health;
 mod phase;
+mod reachable;
 mod registry;
 
 pub use countries::COUNTRIES;
 pub use phase::{InstanceRegister, NO_HUB};
+pub use reachable::InstanceReachable;
 pub use registry::{
     BLOCK_SIZE, DEFAULT_PORT_BASE, InstanceError, InstanceLock, InstanceRecord, Instances,
     PORT_BASE_ENV, Ports, Role, lock_key,

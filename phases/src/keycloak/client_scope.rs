@@ -96,6 +96,23 @@ fn merge_config(have: &mut BTreeMap<String, String>, want: &BTreeMap<String, Str
     changed
 }
 
+/// Names of the wanted mappers that `scope` lacks or has with other settings (for drift).
+pub(crate) fn mapper_differences(scope: &ClientScopeRep) -> Vec<String> {
+    let have = scope.protocol_mappers.as_deref().unwrap_or_default();
+    wanted_mappers()
+        .into_iter()
+        .filter_map(|want| match have.iter().find(|m| m.name == want.name) {
+            None => Some(format!("mapper {} is missing", want.name)),
+            Some(m) => {
+                let mut config = m.config.clone();
+                (m.protocol_mapper != want.protocol_mapper
+                    || merge_config(&mut config, &want.config))
+                .then(|| format!("mapper {} has other settings", want.name))
+            }
+        })
+        .collect()
+}
+
 impl KeycloakClientScope {
     fn target(&self) -> Result<Target, PhaseError> {
         Target::new(&self.instance, &self.url, self.realm.as_deref())

@@ -30,7 +30,7 @@
 
 mod admin;
 pub(crate) mod client;
-mod client_scope;
+pub(crate) mod client_scope;
 mod common;
 mod login;
 mod realm;

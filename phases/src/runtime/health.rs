@@ -5,17 +5,35 @@ use super::RuntimeError;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// One HTTP GET; Ok when the answer is 2xx.
+/// One HTTP GET of `http://127.0.0.1:<port><path>`; Ok when the answer is 2xx.
 pub async fn http_ok(port: u16, path: &str) -> Result<(), String> {
-    let url = format!("http://127.0.0.1:{port}{path}");
+    url_ok(&format!("http://127.0.0.1:{port}{path}")).await
+}
+
+/// One HTTP GET of `url` (3 s at most); Ok when the answer is 2xx.
+pub async fn url_ok(url: &str) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
         .map_err(|e| e.to_string())?;
-    match client.get(&url).send().await {
+    match client.get(url).send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("GET {url} answered {}", r.status())),
-        Err(e) => Err(format!("GET {url}: {e}")),
+        Err(e) => Err(format!("GET {url}: {}", reqwest_reason(&e))),
+    }
+}
+
+/// The innermost cause of a request error ("Connection refused"), which reqwest's own message
+/// hides behind "error sending request".
+fn reqwest_reason(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(inner) = source.source() {
+        source = inner;
+    }
+    if e.is_timeout() {
+        "timed out".into()
+    } else {
+        source.to_string()
     }
 }
 

@@ -8,7 +8,7 @@ use crate::keycloak::{
 };
 use crate::secrets::SecretStore;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +18,7 @@ use std::time::Instant;
 const LOGIN_ATTEMPTS: u32 = 3;
 
 /// One claim that differs from the user's attribute at home (values compared as sets).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClaimMismatch {
     pub claim: String,
     /// The attribute's values at home.
@@ -28,7 +28,7 @@ pub struct ClaimMismatch {
 }
 
 /// One user's brokered login.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserReport {
     pub username: String,
     pub ok: bool,
@@ -50,7 +50,7 @@ pub struct DirectionReport {
     pub from: String,
     pub to: String,
     pub ok: bool,
-    /// Wall-clock time of the whole direction (the logins run one after the other).
+    /// Wall-clock time of the whole direction (the users log in side by side).
     pub latency_ms: u64,
     pub users: Vec<UserReport>,
     /// A failure before any login (admin API of `from`, a missing secret).
@@ -116,12 +116,13 @@ async fn secret(secrets: &SecretStore, name: &str) -> Result<zeroize::Zeroizing<
     }
 }
 
-/// Every test user of `from` logs in at `to`; never fails as a whole, problems are in the
-/// report.
+/// Test users of `from` log in at `to` (all of them, or the first `limit`), side by side; never
+/// fails as a whole, problems are in the report.
 pub async fn verify_direction(
     secrets: &SecretStore,
     from: &Endpoint,
     to: &Endpoint,
+    limit: Option<usize>,
 ) -> DirectionReport {
     let started = Instant::now();
     let mut report = DirectionReport {
@@ -143,85 +144,95 @@ pub async fn verify_direction(
         .map_err(|e| format!("reading the users' attributes: {e}")),
         Err(e) => Err(e),
     };
-    let admin = match admin {
-        Ok(a) => a,
-        Err(e) => {
-            report.error = Some(e);
-            report.latency_ms = started.elapsed().as_millis() as u64;
-            return report;
+    match admin {
+        Ok(admin) => {
+            let users = test_users(&from.code);
+            let users = &users[..limit.unwrap_or(users.len()).min(users.len())];
+            report.users = futures::future::join_all(
+                users
+                    .iter()
+                    .map(|u| verify_user(&admin, secrets, from, to, &u.username)),
+            )
+            .await;
+            report.ok = !report.users.is_empty() && report.users.iter().all(|u| u.ok);
         }
-    };
-    let realm = from.realm();
-    for user in test_users(&from.code) {
-        let mut u = UserReport {
-            username: user.username.clone(),
-            ok: false,
-            claims: Value::Object(Default::default()),
-            mismatches: Vec::new(),
-            latency_ms: 0,
-            attempts: 0,
-            error: None,
-        };
-        let attributes = match admin.user_by_username(&realm, &user.username).await {
-            Ok(Some(found)) => match &found.id {
-                Some(id) => admin
-                    .user(&realm, id)
-                    .await
-                    .map(|full| full.and_then(|f| f.attributes).unwrap_or_default())
-                    .map_err(|e| e.to_string()),
-                None => Ok(found.attributes.unwrap_or_default()),
-            },
-            Ok(None) => Err(format!(
-                "home {}: user {} does not exist in {realm}",
-                from.code, user.username
-            )),
-            Err(e) => Err(e.to_string()),
-        };
-        let attributes = match attributes {
-            Ok(a) => a,
-            Err(e) => {
-                u.error = Some(e);
-                report.users.push(u);
-                continue;
-            }
-        };
-        let password =
-            match secret(secrets, &user_password_secret(&from.code, &user.username)).await {
-                Ok(p) => p,
-                Err(e) => {
-                    u.error = Some(e);
-                    report.users.push(u);
-                    continue;
-                }
-            };
-        let mut outcome = brokered_login(from, to, &user.username, &password).await;
-        u.attempts = 1;
-        // A request that timed out (a busy or just-started Keycloak) is worth a fresh login.
-        while u.attempts < LOGIN_ATTEMPTS && outcome.as_ref().is_err_and(VerifyError::is_timeout) {
-            if let Err(e) = &outcome {
-                tracing::warn!(user = %user.username, "brokered login timed out, trying again: {e}");
-            }
-            u.attempts += 1;
-            outcome = brokered_login(from, to, &user.username, &password).await;
-        }
-        match outcome {
-            Ok(login) => {
-                u.latency_ms = login.latency.as_millis() as u64;
-                u.mismatches = compare_claims(&login.claims, &attributes);
-                u.claims = dive_claims(&login.claims);
-                u.ok = u.mismatches.is_empty();
-                tracing::info!(
-                    from = %from.code, to = %to.code, user = %user.username,
-                    latency_ms = u.latency_ms, ok = u.ok, "brokered login"
-                );
-            }
-            Err(e) => u.error = Some(e.to_string()),
-        }
-        report.users.push(u);
+        Err(e) => report.error = Some(e),
     }
-    report.ok = !report.users.is_empty() && report.users.iter().all(|u| u.ok);
     report.latency_ms = started.elapsed().as_millis() as u64;
     report
+}
+
+/// One user of `from` logs in at `to`; the claims are compared with the attributes at home.
+async fn verify_user(
+    admin: &KeycloakAdmin,
+    secrets: &SecretStore,
+    from: &Endpoint,
+    to: &Endpoint,
+    username: &str,
+) -> UserReport {
+    let mut u = UserReport {
+        username: username.to_string(),
+        ok: false,
+        claims: Value::Object(Default::default()),
+        mismatches: Vec::new(),
+        latency_ms: 0,
+        attempts: 0,
+        error: None,
+    };
+    let realm = from.realm();
+    let attributes = match admin.user_by_username(&realm, username).await {
+        Ok(Some(found)) => match &found.id {
+            Some(id) => admin
+                .user(&realm, id)
+                .await
+                .map(|full| full.and_then(|f| f.attributes).unwrap_or_default())
+                .map_err(|e| e.to_string()),
+            None => Ok(found.attributes.unwrap_or_default()),
+        },
+        Ok(None) => Err(format!(
+            "home {}: user {username} does not exist in {realm}",
+            from.code
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    let attributes = match attributes {
+        Ok(a) => a,
+        Err(e) => {
+            u.error = Some(e);
+            return u;
+        }
+    };
+    let password = match secret(secrets, &user_password_secret(&from.code, username)).await {
+        Ok(p) => p,
+        Err(e) => {
+            u.error = Some(e);
+            return u;
+        }
+    };
+    let mut outcome = brokered_login(from, to, username, &password).await;
+    u.attempts = 1;
+    // A request that timed out (a busy or just-started Keycloak) is worth a fresh login.
+    while u.attempts < LOGIN_ATTEMPTS && outcome.as_ref().is_err_and(VerifyError::is_timeout) {
+        if let Err(e) = &outcome {
+            tracing::warn!(user = %username, "brokered login timed out, trying again: {e}");
+        }
+        u.attempts += 1;
+        outcome = brokered_login(from, to, username, &password).await;
+    }
+    match outcome {
+        Ok(login) => {
+            u.latency_ms = login.latency.as_millis() as u64;
+            u.mismatches = compare_claims(&login.claims, &attributes);
+            u.claims = dive_claims(&login.claims);
+            u.ok = u.mismatches.is_empty();
+            tracing::info!(
+                from = %from.code, to = %to.code, user = %username,
+                latency_ms = u.latency_ms, ok = u.ok, "brokered login"
+            );
+        }
+        Err(e) => u.error = Some(e.to_string()),
+    }
+    u
 }
 
 /// Stores one direction's result in `federation_verifications`.
@@ -259,6 +270,37 @@ pub async fn record(
     .await
     .map_err(|e| VerifyError::Setup(format!("recording the verification: {e}")))?;
     Ok(())
+}
+
+/// The directions recorded by run `run_id` (the latest of each), hub first as recorded.
+pub async fn for_run(
+    pool: &PgPool,
+    run_id: uuid::Uuid,
+) -> Result<Vec<DirectionReport>, VerifyError> {
+    let rows: Vec<(String, String, bool, i32, Value, Option<String>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (source, target) source, target, ok, latency_ms, users, error \
+         FROM federation_verifications WHERE run_id = $1 ORDER BY source, target, id DESC",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| VerifyError::Setup(format!("reading verifications: {e}")))?;
+    let mut out = Vec::new();
+    for (from, to, ok, latency_ms, users, error) in rows {
+        let users: Vec<UserReport> = serde_json::from_value(users)
+            .map_err(|e| VerifyError::Setup(format!("reading verifications: {e}")))?;
+        // Whole-direction errors are recorded together with the users' own; keep only the former.
+        let error = error.filter(|_| users.is_empty());
+        out.push(DirectionReport {
+            from,
+            to,
+            ok,
+            latency_ms: latency_ms.max(0) as u64,
+            users,
+            error,
+        });
+    }
+    Ok(out)
 }
 
 /// The latest recorded verification of `source`→`target`: `(verified_at, ok, latency_ms,

@@ -27,7 +27,7 @@ mod phase;
 
 pub use browser::{CALLBACK_URI, CLIENT_ID, LoginResult, brokered_login};
 pub use direction::{
-    ClaimMismatch, DirectionReport, UserReport, compare_claims, latest, links, record,
+    ClaimMismatch, DirectionReport, UserReport, compare_claims, for_run, latest, links, record,
     verify_direction,
 };
 pub use phase::FederationVerify;

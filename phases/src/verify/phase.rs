@@ -1,10 +1,19 @@
-//! `federation.verify`: logs in through the federation in both directions between the hub and
-//! spoke `code` as every test user, and fails unless every login arrives with the right claims.
-//! Results are recorded with the run. Idempotency: it only reads and logs in (each login leaves
-//! a short session). Compensation: none — nothing to undo.
+//! `federation.verify`: every test user of instance `from` logs in at instance `to` through the
+//! federation (one direction), and the phase fails unless every login arrives with the right
+//! claims. The result is recorded in `federation_verifications` with the run id, whether it
+//! passed or not, so `dive federation verify` and `status` read it from there.
+//!
+//! ```yaml
+//! - id: hub-to-spoke
+//!   type: federation.verify
+//!   from: "${params.hub}"
+//!   to: "${params.code}"
+//! ```
+//! Output `{from, to, ok, latency_ms, users: [{username, ok}]}`. Idempotency: it only reads and
+//! logs in (each login leaves a short session at both sides). Compensation: none.
 
 use super::{Endpoint, record, verify_direction};
-use crate::instance::{InstanceRecord, Instances};
+use crate::federation::{code_field, resolve};
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, Store, async_trait, typetag};
 use serde::{Deserialize, Serialize};
@@ -13,83 +22,64 @@ use serde_json::{Value, json};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FederationVerify {
-    /// The spoke; the hub is the registered one.
-    pub code: String,
-}
-
-async fn instance(registry: &Instances, code: Option<&str>) -> Result<InstanceRecord, PhaseError> {
-    let found = match code {
-        Some(c) => registry.get(c).await,
-        None => registry.hub().await,
-    };
-    match found {
-        Ok(Some(rec)) => Ok(rec),
-        Ok(None) => Err(PhaseError::fatal(format!(
-            "{} is not deployed",
-            code.unwrap_or("the hub")
-        ))),
-        Err(e) => Err(PhaseError::retryable(e.to_string())),
-    }
+    /// Whose users log in.
+    #[serde(deserialize_with = "code_field")]
+    pub from: String,
+    /// Where they log in.
+    #[serde(deserialize_with = "code_field")]
+    pub to: String,
 }
 
 #[typetag::serde(name = "federation.verify")]
 #[async_trait]
 impl Phase for FederationVerify {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let registry = ctx
-            .services
-            .get::<Instances>()
-            .ok_or_else(|| PhaseError::fatal("no instance registry is available"))?;
+        let (x, p) = resolve(ctx, &self.from, &self.to).await?;
         let store = ctx
             .services
             .get::<Store>()
             .ok_or_else(|| PhaseError::fatal("no state database is available"))?;
         let secrets = secrets(ctx)?;
-        let hub = instance(&registry, None).await?;
-        let spoke = instance(&registry, Some(&self.code)).await?;
-        let hub = Endpoint::new(&hub.code, &hub.keycloak_url());
-        let spoke = Endpoint::new(&spoke.code, &spoke.keycloak_url());
-        let mut directions = Vec::new();
-        let mut failed = Vec::new();
-        for (from, to) in [(&hub, &spoke), (&spoke, &hub)] {
-            ctx.note(format!(
-                "logging in as the test users of {} at {}",
-                from.code, to.code
-            ));
-            let report = verify_direction(&secrets, from, to).await;
-            record(store.pool(), Some(ctx.run_id), &report)
-                .await
-                .map_err(|e| PhaseError::retryable(e.to_string()))?;
-            if !report.ok {
-                failed.push(format!(
-                    "{} → {}: {}",
-                    report.from,
-                    report.to,
-                    report.error.clone().unwrap_or_else(|| {
-                        report
-                            .users
-                            .iter()
-                            .filter(|u| !u.ok)
-                            .map(|u| u.username.clone())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+        ctx.note(format!(
+            "logging in as the test users of {} at {}",
+            x.code, p.code
+        ));
+        let report =
+            verify_direction(&secrets, &Endpoint::from(&x), &Endpoint::from(&p), None).await;
+        record(store.pool(), Some(ctx.run_id), &report)
+            .await
+            .map_err(|e| PhaseError::retryable(e.to_string()))?;
+        if !report.ok {
+            let why = report.error.clone().unwrap_or_else(|| {
+                report
+                    .users
+                    .iter()
+                    .filter(|u| !u.ok)
+                    .map(|u| match &u.error {
+                        Some(e) => format!("{}: {e}", u.username),
+                        None => format!("{}: claims differ", u.username),
                     })
-                ));
-            }
-            directions.push(json!({
-                "from": report.from,
-                "to": report.to,
-                "ok": report.ok,
-                "latency_ms": report.latency_ms,
-                "users": report.users.iter().map(|u| json!({"username": u.username, "ok": u.ok})).collect::<Vec<_>>(),
-            }));
-        }
-        if !failed.is_empty() {
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
             return Err(PhaseError::retryable(format!(
-                "federation logins failed: {}",
-                failed.join("; ")
+                "federation logins {} → {} failed: {why}",
+                report.from, report.to
             )));
         }
-        Ok(json!({ "code": self.code.to_uppercase(), "directions": directions }))
+        Ok(json!({
+            "from": report.from,
+            "to": report.to,
+            "ok": report.ok,
+            "latency_ms": report.latency_ms,
+            "users": report.users.iter().map(|u| json!({"username": u.username, "ok": u.ok})).collect::<Vec<_>>(),
+        }))
+    }
+
+    async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
+        let reg = crate::federation::registry(ctx).map_err(|e| e.to_string())?;
+        crate::federation::pair(&reg, &self.from, &self.to)
+            .await
+            .map(|_| ())
     }
 }
