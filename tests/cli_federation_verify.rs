@@ -1,7 +1,9 @@
-//! `dive federation verify|status` against real Keycloak: a hub (USA) and a spoke (FRA) on the
-//! local runtime linked by `dive federation link`, real brokered logins in both directions with
-//! exact claims, a broken client secret that makes verification fail clearly, and the status
-//! view of the recorded results and secret versions.
+//! `dive federation verify|status|drift` against real Keycloak: a hub (USA) and two spokes (FRA,
+//! GBR) on the local runtime linked by `dive federation link`, real brokered logins in all four
+//! directions with exact claims, the status view of the recorded results and secret versions,
+//! and tampering behind dive's back — a wrong secret in an identity provider, the provider
+//! deleted, a mapper deleted, the client secret regenerated, the partner Keycloak stopped — each
+//! found by `drift`, repaired by `link` and proven repaired by `verify`.
 
 mod common;
 
@@ -102,8 +104,59 @@ async fn break_client_secret(env: &TestEnv, fra: &str) {
     admin.put(path, Some(&idp)).await.unwrap();
 }
 
+/// An admin session on the Keycloak at `url` of instance `code`.
+async fn admin(env: &TestEnv, url: &str, code: &str) -> KeycloakAdmin {
+    let password = secret(
+        env,
+        &format!("{}/keycloak/admin-password", code.to_lowercase()),
+    );
+    KeycloakAdmin::connect(url, "admin", &password)
+        .await
+        .unwrap()
+}
+
+/// Runs `drift` and returns its findings; asserts the exit code says whether there were any.
+fn drift(env: &TestEnv, code: &str) -> Vec<Value> {
+    let out = env
+        .spawn(&["federation", "drift", code, "--json"])
+        .wait(VERIFY_TIMEOUT);
+    let doc = out.json();
+    let findings = doc["findings"].as_array().unwrap().clone();
+    assert_eq!(doc["drifted"], !findings.is_empty(), "{doc}");
+    out.assert_code(if findings.is_empty() { 0 } else { 1 });
+    findings
+}
+
+/// A finding of `layer` on `instance` whose object and difference contain the given texts.
+#[track_caller]
+fn has_finding(findings: &[Value], layer: &str, instance: &str, object: &str, difference: &str) {
+    assert!(
+        findings.iter().any(|f| f["layer"] == layer
+            && f["instance"] == instance
+            && f["object"].as_str().unwrap().contains(object)
+            && f["difference"].as_str().unwrap().contains(difference)),
+        "a {layer} finding on {instance} about `{object}` saying `{difference}` in {findings:#?}"
+    );
+}
+
+/// `link` repairs, `drift` finds nothing left, and `verify` passes in both directions.
+#[track_caller]
+fn repaired(env: &TestEnv, code: &str) {
+    let started = std::time::Instant::now();
+    env.spawn(&["federation", "link", code])
+        .wait(VERIFY_TIMEOUT)
+        .assert_code(0);
+    eprintln!("repairing link {code}: {:?}", started.elapsed());
+    assert_eq!(
+        drift(env, code),
+        Vec::<Value>::new(),
+        "nothing left to repair"
+    );
+    verify(env, &["federation", "verify", code]).assert_code(0);
+}
+
 #[test]
-fn a_linked_pair_verifies_both_ways_and_a_wrong_client_secret_fails_clearly() {
+fn hub_and_two_spokes_verified_then_tampered_found_by_drift_and_repaired_by_link() {
     let mut env = TestEnv::new();
     env.own_ports();
 
@@ -114,23 +167,32 @@ fn a_linked_pair_verifies_both_ways_and_a_wrong_client_secret_fails_clearly() {
     let out = env.dive(&["federation", "verify", "fra"]);
     out.assert_code(2);
     assert!(out.stderr.contains("FRA is not deployed"), "{}", out.stderr);
+    env.dive(&["federation", "drift", "fra"]).assert_code(2);
 
-    let _reset = Reset(&env, vec![("hub", "USA"), ("spoke", "FRA")]);
+    let _reset = Reset(
+        &env,
+        vec![("hub", "USA"), ("spoke", "FRA"), ("spoke", "GBR")],
+    );
     env.spawn(&["hub", "deploy"])
         .wait(DEPLOY_TIMEOUT)
         .assert_code(0);
-    env.spawn(&["spoke", "deploy", "FRA"])
-        .wait(DEPLOY_TIMEOUT)
-        .assert_code(0);
+    // The spokes do not depend on each other: deployed side by side.
+    let fra_deploy = env.spawn(&["spoke", "deploy", "FRA"]);
+    let gbr_deploy = env.spawn(&["spoke", "deploy", "GBR"]);
+    fra_deploy.wait(DEPLOY_TIMEOUT).assert_code(0);
+    gbr_deploy.wait(DEPLOY_TIMEOUT).assert_code(0);
+    let usa = keycloak_url(&env, &["hub", "status", "--json"]);
     let fra = keycloak_url(&env, &["spoke", "status", "FRA", "--json"]);
     env.dive(&["federation", "verify", "USA"]).assert_code(2);
 
-    env.spawn(&["federation", "link", "FRA"])
-        .wait(DEPLOY_TIMEOUT)
-        .assert_code(0);
+    for code in ["FRA", "GBR"] {
+        env.spawn(&["federation", "link", code])
+            .wait(DEPLOY_TIMEOUT)
+            .assert_code(0);
+    }
     let client_secret = secret(&env, "federation/usa/fra/client-secret");
 
-    // Both directions, every test user, exact claims.
+    // All four directions, every test user, exact claims.
     let out = verify(&env, &["federation", "verify", "fra", "--json"]);
     out.assert_code(0);
     let doc = out.json();
@@ -141,19 +203,27 @@ fn a_linked_pair_verifies_both_ways_and_a_wrong_client_secret_fails_clearly() {
         !out.stdout.contains(&client_secret),
         "the secret never appears"
     );
+    let out = verify(&env, &["federation", "verify", "GBR", "--json"]);
+    out.assert_code(0);
+    let doc = out.json();
+    users_have_their_claims(direction(&doc, "USA", "GBR"), "USA", &["FVEY", "NATO"]);
+    users_have_their_claims(direction(&doc, "GBR", "USA"), "GBR", &["FVEY", "NATO"]);
+    // Nothing has drifted yet.
+    assert_eq!(drift(&env, "FRA"), Vec::<Value>::new());
 
     // Recorded, and shown by status with the secret versions of both sides.
     let rows = env.psql(
-        "SELECT source || '>' || target || ':' || ok FROM federation_verifications ORDER BY id",
+        "SELECT source || '>' || target || ':' || ok FROM federation_verifications \
+         WHERE 'FRA' IN (source, target) ORDER BY id",
     );
-    assert_eq!(
-        rows.split_whitespace().collect::<Vec<_>>(),
-        ["USA>FRA:true", "FRA>USA:true"]
-    );
+    let mut rows: Vec<&str> = rows.split_whitespace().collect();
+    rows.sort();
+    assert_eq!(rows, ["FRA>USA:true", "USA>FRA:true"]);
     let out = env.dive(&["federation", "status", "--json"]);
     out.assert_code(0);
     let status = out.json();
     let link = &status["links"][0];
+    assert_eq!(status["links"].as_array().unwrap().len(), 2, "{status}");
     assert_eq!(
         (&link["hub"], &link["spoke"]),
         (&json!("USA"), &json!("FRA"))
@@ -199,4 +269,148 @@ fn a_linked_pair_verifies_both_ways_and_a_wrong_client_secret_fails_clearly() {
     let last = &direction(&status["links"][0], "USA", "FRA")["last_verification"];
     assert_eq!(last["ok"], false, "{status}");
     assert!(last["error"].as_str().unwrap().contains(broken), "{status}");
+
+    // 1. The wrong secret in `usa-idp` (masked by Keycloak, so only the live layer sees it).
+    let findings = drift(&env, "FRA");
+    has_finding(
+        &findings,
+        "live",
+        "FRA",
+        "login of a USA user at FRA",
+        "client secret",
+    );
+    repaired(&env, "FRA");
+
+    // 2. The identity provider deleted on one side.
+    rt.block_on(async {
+        let a = admin(&env, &fra, "FRA").await;
+        a.delete("/admin/realms/dive-fra/identity-provider/instances/usa-idp")
+            .await
+            .unwrap();
+    });
+    let findings = drift(&env, "FRA");
+    has_finding(
+        &findings,
+        "config",
+        "FRA",
+        "identity provider usa-idp in realm dive-fra",
+        "missing",
+    );
+    has_finding(
+        &findings,
+        "config",
+        "FRA",
+        "user testuser-usa-1 in realm dive-fra",
+        "not linked to usa-idp",
+    );
+    has_finding(
+        &findings,
+        "live",
+        "FRA",
+        "login of a USA user at FRA",
+        "failed",
+    );
+    repaired(&env, "FRA");
+
+    // 3. A mapper deleted.
+    rt.block_on(async {
+        let a = admin(&env, &usa, "USA").await;
+        let path = "/admin/realms/dive-usa/identity-provider/instances/fra-idp/mappers";
+        let mappers: Vec<Value> = a.get(path).await.unwrap();
+        let clearance = mappers.iter().find(|m| m["name"] == "clearance").unwrap();
+        a.delete(&format!("{path}/{}", clearance["id"].as_str().unwrap()))
+            .await
+            .unwrap();
+    });
+    let findings = drift(&env, "FRA");
+    has_finding(
+        &findings,
+        "config",
+        "USA",
+        "mapper clearance of fra-idp in realm dive-usa",
+        "missing",
+    );
+    repaired(&env, "FRA");
+
+    // 4. The client secret regenerated in Keycloak behind dive's back.
+    rt.block_on(async {
+        let a = admin(&env, &usa, "USA").await;
+        let clients: Vec<Value> = a
+            .get("/admin/realms/dive-usa/clients?clientId=federation-fra")
+            .await
+            .unwrap();
+        let id = clients[0]["id"].as_str().unwrap();
+        a.post(
+            &format!("/admin/realms/dive-usa/clients/{id}/client-secret"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    });
+    let findings = drift(&env, "FRA");
+    has_finding(
+        &findings,
+        "config",
+        "USA",
+        "client federation-fra in realm dive-usa",
+        "its secret is not version 1",
+    );
+    has_finding(
+        &findings,
+        "live",
+        "FRA",
+        "login of a USA user at FRA",
+        "failed",
+    );
+    let out = env.dive(&["federation", "drift", "FRA"]);
+    assert!(!out.stdout.contains(&client_secret) && !out.stderr.contains(&client_secret));
+    repaired(&env, "FRA");
+    assert_eq!(
+        secret(&env, "federation/usa/fra/client-secret"),
+        client_secret,
+        "the store's secret was put back, not replaced"
+    );
+
+    // 5. The partner Keycloak stopped: drift names the runtime layer; verify fails fast and
+    // clearly, naming the unreachable side, with its breaker open.
+    env.spawn(&["spoke", "down", "FRA"])
+        .wait(DEPLOY_TIMEOUT)
+        .assert_code(0);
+    let findings = drift(&env, "FRA");
+    has_finding(&findings, "runtime", "FRA", "service keycloak", "stopped");
+    let started = std::time::Instant::now();
+    let out = verify(&env, &["federation", "verify", "FRA", "--json"]);
+    let took = started.elapsed();
+    out.assert_code(1);
+    let doc = out.json();
+    for (from, to) in [("USA", "FRA"), ("FRA", "USA")] {
+        let d = direction(&doc, from, to);
+        assert_eq!(d["ok"], false, "{d}");
+        let e = d["error"].as_str().unwrap();
+        assert!(
+            e.contains("keycloak FRA") && e.contains("unreachable"),
+            "{e}"
+        );
+        assert!(e.contains("circuit open for keycloak:FRA"), "{e}");
+    }
+    assert!(
+        took < Duration::from_secs(60),
+        "within the phase timeout: {took:?}"
+    );
+    let run = env.show(doc["run_id"].as_str().unwrap());
+    assert!(
+        run["breaker_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["breaker"] == "keycloak:FRA" && b["transition"] == "open"),
+        "{run}"
+    );
+    env.spawn(&["spoke", "up", "FRA"])
+        .wait(DEPLOY_TIMEOUT)
+        .assert_code(0);
+    repaired(&env, "FRA");
+
+    // GBR was never touched.
+    assert_eq!(drift(&env, "GBR"), Vec::<Value>::new());
 }
