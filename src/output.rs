@@ -40,7 +40,7 @@ pub fn runs_table(runs: &[RunSummary]) -> String {
     }
     if runs.iter().any(|r| r.orphaned) {
         out.push_str(
-            "\norphaned: no process holds the run's lock; `dive resume ID` takes it over\n",
+            "\norphaned: no process holds the run's locks; `dive resume ID` takes it over\n",
         );
     }
     out

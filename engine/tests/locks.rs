@@ -302,7 +302,7 @@ async fn child_runs_inherit_the_keys_their_ancestors_hold() {
     // child-b ran under the parent's lock on b: the parent's session held it throughout.
     let child_b = store.load_run(child(0)).await.unwrap();
     assert_eq!(child_b.state, RunState::Succeeded);
-    assert_eq!(child_b.lock_keys, [b.clone()]);
+    assert_eq!(child_b.lock_keys, [b.as_str()]);
     let seen = probe(&child_b);
     assert_eq!(seen["held"], json!([a, b]));
     assert_eq!(seen["pids"][&a], seen["pids"][&b]);
@@ -325,7 +325,7 @@ async fn child_runs_inherit_the_keys_their_ancestors_hold() {
         .unwrap();
     let grand = store.load_run(grand_id).await.unwrap();
     assert_eq!(grand.state, RunState::Succeeded);
-    assert_eq!(grand.lock_keys, [a.clone()]);
+    assert_eq!(grand.lock_keys, [a.as_str()]);
     let seen = probe(&grand);
     assert_eq!(seen["held"], json!([a, b, c]));
 
@@ -554,10 +554,10 @@ async fn a_run_is_orphaned_only_when_none_of_its_keys_is_held() {
 
     let record = store.load_run(two).await.unwrap();
     assert_eq!(record.lock_key, a, "filled from lock_keys");
-    assert_eq!(record.plan.lock_keys, [a.clone()], "old plan loads");
+    assert_eq!(record.plan.lock_keys, [a.as_str()], "old plan loads");
     assert!(record.orphaned);
     let record = store.load_run(one).await.unwrap();
-    assert_eq!(record.lock_keys, [b.clone()]);
+    assert_eq!(record.lock_keys, [b.as_str()]);
     assert!(record.orphaned);
 
     // Holding b (only) makes both live.
