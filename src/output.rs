@@ -40,7 +40,7 @@ pub fn runs_table(runs: &[RunSummary]) -> String {
     }
     if runs.iter().any(|r| r.orphaned) {
         out.push_str(
-            "\norphaned: no process holds the run's lock; `dive resume ID` takes it over\n",
+            "\norphaned: no process holds the run's locks; `dive resume ID` takes it over\n",
         );
     }
     out
@@ -56,7 +56,7 @@ pub fn run_details(run: &RunRecord) -> String {
         ""
     };
     let _ = writeln!(out, "state     {}{orphan}", run.state);
-    let _ = writeln!(out, "lock      {}", run.lock_key);
+    let _ = writeln!(out, "lock      {}", run.lock_keys.join(", "));
     let _ = writeln!(out, "params    {}", run.params);
     let _ = writeln!(
         out,
@@ -151,7 +151,7 @@ pub fn plan_text(workflow: &Workflow, plan: &Plan) -> String {
         let _ = writeln!(out, "          {d}");
     }
     let _ = writeln!(out, "source    {}", plan.source);
-    let _ = writeln!(out, "lock      {}", plan.lock_key);
+    let _ = writeln!(out, "lock      {}", plan.lock_keys.join(", "));
     for (name, spec) in &workflow.params {
         let _ = writeln!(
             out,

@@ -466,7 +466,7 @@ fn demo_runs_and_cli_listings() {
     let json: Value = serde_json::from_str(&show("json")).expect("show --format json parses");
     assert_eq!(json["workflow"], "demo");
     assert_eq!(json["phases"].as_array().map(Vec::len), Some(5));
-    assert_eq!(json["lock_key"], "demo:FRA");
+    assert_eq!(json["lock_keys"], serde_json::json!(["demo:FRA"]));
     let dot = show("dot");
     assert!(dot.trim_start().starts_with("digraph"), "{dot}");
     assert!(dot.trim_end().ends_with('}'), "{dot}");
@@ -719,4 +719,95 @@ phases:
         env.lines("seen"),
         ["one:running/1", "two:running/1", "two:running/2"]
     );
+}
+
+#[test]
+fn a_run_with_several_lock_keys_blocks_each_of_them() {
+    let env = TestEnv::new();
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let parent = env.workflow(
+        "multi-lock.yaml",
+        &format!(
+            r#"
+name: multi-lock
+lock: ["e2e-{tag}:${{params.spoke}}", "e2e-{tag}:${{params.hub}}", "e2e-{tag}:USA"]
+params:
+  hub: {{ default: "USA" }}
+  spoke: {{ default: "FRA" }}
+phases:
+  - {{ id: hold, type: sleep, duration: 3s }}
+"#
+        ),
+    );
+    let single = |name: &str, key: &str| {
+        env.workflow(
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}\nlock: \"e2e-{tag}:{key}\"\nphases:\n  - {{ id: quick, type: sleep, duration: 10ms }}\n"
+            ),
+        )
+    };
+
+    // `workflow show` prints the bound keys, sorted and deduplicated.
+    let show = env.dive(&["workflow", "show", &parent]);
+    show.assert_code(0);
+    assert!(
+        show.stdout
+            .contains(&format!("lock      e2e-{tag}:FRA, e2e-{tag}:USA\n")),
+        "{}",
+        show.stdout
+    );
+    let json: Value = serde_json::from_str(
+        &env.dive(&["workflow", "show", &parent, "--format", "json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        json["lock_keys"],
+        serde_json::json!([format!("e2e-{tag}:FRA"), format!("e2e-{tag}:USA")])
+    );
+
+    let mut first = env.spawn(&["run", "workflow", &parent, "--json"]);
+    let first_id = env.wait_for_run("multi-lock");
+    for key in ["USA", "FRA"] {
+        let other = single(&format!("only-{}", key.to_lowercase()), key);
+        let out = env.dive(&["run", "workflow", &other, "--json"]);
+        out.assert_code(3);
+        assert!(out.stderr.contains(&first_id), "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("e2e-{tag}:{key}")),
+            "{}",
+            out.stderr
+        );
+    }
+    // Another key runs meanwhile.
+    let gbr = single("only-gbr", "GBR");
+    env.dive(&["run", "workflow", &gbr, "--json"])
+        .assert_code(0);
+    assert!(first.is_running());
+    let shown = env.show(&first_id);
+    assert_eq!(
+        shown["lock_keys"],
+        serde_json::json!([format!("e2e-{tag}:FRA"), format!("e2e-{tag}:USA")])
+    );
+    assert!(
+        shown.get("orphaned").is_none_or(|o| o == false),
+        "{shown:#}"
+    );
+    let listed = env.list();
+    let listed_first = listed
+        .iter()
+        .find(|r| r["id"] == first_id.as_str())
+        .expect("listed");
+    assert_eq!(listed_first["lock_keys"], shown["lock_keys"]);
+
+    let out = first.wait(Duration::from_secs(20));
+    out.assert_code(0);
+    // Both keys are free again.
+    let fra = single("only-fra-after", "FRA");
+    env.dive(&["run", "workflow", &fra, "--json"])
+        .assert_code(0);
+    let usa = single("only-usa-after", "USA");
+    env.dive(&["run", "workflow", &usa, "--json"])
+        .assert_code(0);
 }

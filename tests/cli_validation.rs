@@ -192,6 +192,34 @@ phases:
     );
 }
 
+#[test]
+fn empty_lock_list() {
+    rejected_both_ways(
+        "empty-lock.yaml",
+        r#"
+name: empty-lock
+lock: []
+phases:
+  - { id: a, type: sleep, duration: 10ms }
+"#,
+        &["lock: the list is empty"],
+    );
+}
+
+#[test]
+fn lock_list_with_a_non_string() {
+    rejected_both_ways(
+        "bad-lock.yaml",
+        r#"
+name: bad-lock
+lock: ["a", [1]]
+phases:
+  - { id: a, type: sleep, duration: 10ms }
+"#,
+        &["lock: element 2", "is not a string"],
+    );
+}
+
 const PARAMS_WORKFLOW: &str = r#"
 name: params
 params:

@@ -7,10 +7,11 @@ use uuid::Uuid;
 pub enum EngineError {
     #[error(transparent)]
     InvalidWorkflow(#[from] InvalidWorkflow),
-    /// Another live run holds the lock key.
+    /// Another live run holds one of the run's lock keys (`key`: the first found held, in sorted
+    /// order); the run took none of them.
     #[error("lock `{key}` is held by run {}", holder.map(|h| h.to_string()).unwrap_or_else(|| "(not yet recorded)".into()))]
     LockHeld { key: String, holder: Option<Uuid> },
-    /// The lock was lost during a database outage and another run took it meanwhile.
+    /// A lock (`key`) was lost during a database outage and another run took it meanwhile.
     #[error("lost lock `{key}` during a database outage; run {} holds it now — this run stopped and can be resumed with `dive resume {run}`", holder.map(|h| h.to_string()).unwrap_or_else(|| "(unknown)".into()))]
     LockLost {
         key: String,

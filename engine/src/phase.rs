@@ -35,6 +35,9 @@ pub struct PhaseContext {
     pub services: Arc<Services>,
     /// Where [`PhaseContext::note`] goes.
     pub events: EventSink,
+    /// Every lock key the run runs under (sorted): its own and those its ancestor runs hold. A
+    /// child run started by this phase gets them as [`crate::RunOptions::held_lock_keys`].
+    pub held_lock_keys: Vec<String>,
 }
 
 impl PhaseContext {

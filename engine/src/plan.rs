@@ -107,12 +107,37 @@ pub struct Plan {
     pub description: Option<String>,
     /// Where the workflow came from (a path, or `builtin:NAME`).
     pub source: String,
-    pub lock_key: String,
+    /// The run's advisory lock keys, sorted and without duplicates. Plans stored before a run
+    /// could hold several keys have a single `lock_key` string; it reads as a one-key list.
+    #[serde(alias = "lock_key", deserialize_with = "one_or_many")]
+    pub lock_keys: Vec<String>,
     pub params: BTreeMap<String, String>,
     /// Settings of the caller that a resume must reuse (e.g. the runtime); opaque to the engine.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub context: BTreeMap<String, String>,
     pub phases: Vec<PlannedPhase>,
+}
+
+/// A lock key list from a list of strings or (as older plans store it) a single string; the
+/// result is sorted and deduplicated.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(key) => vec![key],
+        OneOrMany::Many(keys) => normalise_lock_keys(keys),
+    })
+}
+
+/// Sorts and deduplicates lock keys: the order every run takes them in, so two runs wanting
+/// overlapping sets cannot each hold a key the other waits for.
+pub fn normalise_lock_keys(keys: impl IntoIterator<Item = String>) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = keys.into_iter().collect();
+    set.into_iter().collect()
 }
 
 impl Plan {
@@ -247,6 +272,35 @@ mod tests {
         let d = dag(&[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &[])]).unwrap();
         assert_eq!(d.ancestors(2), HashSet::from([0, 1]));
         assert!(d.ancestors(3).is_empty());
+    }
+
+    fn stored_plan(lock: Value) -> Value {
+        serde_json::json!({
+            "workflow": "w",
+            "source": "w.yaml",
+            "lock_key": lock,
+            "params": {},
+            "phases": [],
+        })
+    }
+
+    #[test]
+    fn a_plan_stored_with_one_lock_key_still_loads() {
+        let plan: Plan = serde_json::from_value(stored_plan("instance:FRA".into())).unwrap();
+        assert_eq!(plan.lock_keys, ["instance:FRA"]);
+        // Written back, it uses the new field.
+        let v = serde_json::to_value(&plan).unwrap();
+        assert_eq!(v["lock_keys"], serde_json::json!(["instance:FRA"]));
+        assert!(v.get("lock_key").is_none());
+    }
+
+    #[test]
+    fn lock_keys_load_sorted_and_deduplicated() {
+        let mut v = stored_plan(Value::Null);
+        v.as_object_mut().unwrap().remove("lock_key");
+        v["lock_keys"] = serde_json::json!(["b", "a", "b"]);
+        let plan: Plan = serde_json::from_value(v).unwrap();
+        assert_eq!(plan.lock_keys, ["a", "b"]);
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! The connection a run keeps for its whole life: it holds the run's advisory lock and carries
-//! every checkpoint write. When the database goes away, writes wait and retry; after a reconnect
-//! the lock is taken again before anything else is written, and if another run took it
-//! meanwhile this run stops.
+//! The connection a run keeps for its whole life: it holds the run's advisory locks (one per lock
+//! key, taken in sorted order) and carries every checkpoint write. When the database goes away,
+//! writes wait and retry; after a reconnect every key is taken again before anything else is
+//! written, and if another run took one meanwhile this run stops.
+//!
+//! A child run (a `workflow` phase) does not take the keys its ancestors already hold — their
+//! sessions hold them for it — so its connection may hold only some of its keys, or none.
 
 use crate::error::EngineError;
 use crate::events::{Event, EventSink};
@@ -59,7 +62,8 @@ const UPSERT_PHASES: &str = "INSERT INTO phases AS p (run_id, phase_id, state, a
 pub(crate) struct RunConn {
     url: String,
     conn: Option<PgConnection>,
-    pub lock_key: String,
+    /// The keys this connection holds (sorted): the run's keys minus those held by ancestors.
+    pub lock_keys: Vec<String>,
     pub run_id: Uuid,
     events: EventSink,
     cancel: CancellationToken,
@@ -82,26 +86,25 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
 }
 
 impl RunConn {
-    /// Connects and takes the lock, failing at once if another run holds it.
+    /// Connects and takes every key in `lock_keys` (in sorted order), failing at once — with
+    /// the keys it took released again — if another run holds one.
     pub async fn acquire(
         url: &str,
-        lock_key: &str,
+        lock_keys: &[String],
         run_id: Uuid,
         events: EventSink,
         cancel: CancellationToken,
     ) -> Result<RunConn, EngineError> {
+        let lock_keys = crate::plan::normalise_lock_keys(lock_keys.iter().cloned());
         let mut conn = PgConnection::connect_with(&connect_options(url)?).await?;
-        if !take_lock(&mut conn, lock_key, run_id).await? {
-            let holder = lock_holder(&mut conn, lock_key).await?;
-            return Err(EngineError::LockHeld {
-                key: lock_key.to_string(),
-                holder,
-            });
+        if let Some(key) = take_locks(&mut conn, &lock_keys, run_id).await? {
+            let holder = lock_holder(&mut conn, &key).await?;
+            return Err(EngineError::LockHeld { key, holder });
         }
         Ok(RunConn {
             url: url.to_string(),
             conn: Some(conn),
-            lock_key: lock_key.to_string(),
+            lock_keys,
             run_id,
             events,
             cancel,
@@ -112,12 +115,12 @@ impl RunConn {
     pub async fn create_run(&mut self, plan: &Plan, no_rollback: bool) -> Result<(), EngineError> {
         let conn = self.conn.as_mut().expect("connected after acquire");
         sqlx::query(
-            "INSERT INTO runs (id, workflow, lock_key, state, params, plan, no_rollback) \
-             VALUES ($1, $2, $3, 'running', $4, $5, $6)",
+            "INSERT INTO runs (id, workflow, lock_key, lock_keys, state, params, plan, no_rollback) \
+             VALUES ($1, $2, $3[1], $3, 'running', $4, $5, $6)",
         )
         .bind(self.run_id)
         .bind(&plan.workflow)
-        .bind(&plan.lock_key)
+        .bind(&plan.lock_keys)
         .bind(serde_json::to_value(&plan.params).expect("params serialise"))
         .bind(serde_json::to_value(plan).expect("plan serialises"))
         .bind(no_rollback)
@@ -151,41 +154,33 @@ impl RunConn {
         }
     }
 
-    /// Releases the lock (the connection closing would too).
+    /// Releases the locks (the connection closing would too).
     pub async fn release(mut self) {
         if let Some(conn) = self.conn.as_mut() {
-            let _ = sqlx::query("DELETE FROM locks WHERE key = $1 AND run_id = $2")
-                .bind(&self.lock_key)
-                .bind(self.run_id)
-                .execute(&mut *conn)
-                .await;
-            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-                .bind(&self.lock_key)
-                .execute(&mut *conn)
-                .await;
+            release_locks(conn, &self.lock_keys, self.run_id).await;
         }
     }
 
-    /// Reconnects if needed, and takes the lock again on the new session.
+    /// Reconnects if needed, and takes every lock again on the new session.
     async fn connect(&mut self) -> Result<(), EngineError> {
         let mut attempt = 0u32;
         let mut delays = backoff();
         while self.conn.is_none() {
             let result = async {
                 let mut conn = PgConnection::connect_with(&connect_options(&self.url)?).await?;
-                let got = take_lock(&mut conn, &self.lock_key, self.run_id).await?;
-                Ok::<_, EngineError>((conn, got))
+                let refused = take_locks(&mut conn, &self.lock_keys, self.run_id).await?;
+                Ok::<_, EngineError>((conn, refused))
             }
             .await;
             match result {
-                Ok((conn, true)) => {
+                Ok((conn, None)) => {
                     self.conn = Some(conn);
                     if attempt > 0 {
                         self.events.emit(Event::DatabaseRestored);
                     }
                 }
-                Ok((mut conn, false)) => {
-                    let holder = lock_holder(&mut conn, &self.lock_key).await.ok().flatten();
+                Ok((mut conn, Some(key))) => {
+                    let holder = lock_holder(&mut conn, &key).await.ok().flatten();
                     // Our own row still says running; say why it stopped. It stays resumable.
                     let _ = sqlx::query(
                         "UPDATE runs SET state = 'failed', error = $2 WHERE id = $1 AND state = 'running'",
@@ -193,13 +188,13 @@ impl RunConn {
                     .bind(self.run_id)
                     .bind(format!(
                         "lost lock `{}` during a database outage to run {}",
-                        self.lock_key,
+                        key,
                         holder.map(|h| h.to_string()).unwrap_or_else(|| "(unknown)".into())
                     ))
                     .execute(&mut conn)
                     .await;
                     return Err(EngineError::LockLost {
-                        key: self.lock_key.clone(),
+                        key,
                         holder,
                         run: self.run_id,
                     });
@@ -309,6 +304,48 @@ async fn apply(conn: &mut PgConnection, run_id: Uuid, op: &Op<'_>) -> Result<boo
         }
     }
     Ok(false)
+}
+
+/// Takes every key in `keys` (already sorted) and records us as their holder. When one is held
+/// by another session, releases the ones it took and returns that key.
+async fn take_locks(
+    conn: &mut PgConnection,
+    keys: &[String],
+    run_id: Uuid,
+) -> Result<Option<String>, EngineError> {
+    for (i, key) in keys.iter().enumerate() {
+        match take_lock(conn, key, run_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                release_locks(conn, &keys[..i], run_id).await;
+                return Ok(Some(key.clone()));
+            }
+            Err(e) => {
+                release_locks(conn, &keys[..i], run_id).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Unlocks `keys` on this session and removes our holder rows (best effort: a closing session
+/// frees its advisory locks anyway, and a stale row is shown as not held).
+async fn release_locks(conn: &mut PgConnection, keys: &[String], run_id: Uuid) {
+    if keys.is_empty() {
+        return;
+    }
+    let _ = sqlx::query("DELETE FROM locks WHERE key = ANY($1) AND run_id = $2")
+        .bind(keys)
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await;
+    for key in keys.iter().rev() {
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *conn)
+            .await;
+    }
 }
 
 /// Tries the advisory lock and, when it is ours, records us as its holder.

@@ -39,6 +39,12 @@ pub struct RunOptions {
     pub events: EventSink,
     /// Cancelling it (Ctrl-C) stops the run as `dive runs cancel` would.
     pub cancel: CancellationToken,
+    /// Lock keys that ancestor runs already hold on their own connections — set by a `workflow`
+    /// phase for the child run it starts (from [`PhaseContext::held_lock_keys`]). The run does
+    /// not take these keys itself (it would fail: another session holds them) but runs under
+    /// its ancestors' locks; it takes only its other keys. Empty for a top-level run and on
+    /// `dive resume` of a child, which then takes all of its keys itself.
+    pub held_lock_keys: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -48,7 +54,24 @@ impl Default for RunOptions {
             no_rollback: false,
             events: EventSink::none(),
             cancel: CancellationToken::new(),
+            held_lock_keys: Vec::new(),
         }
+    }
+}
+
+impl RunOptions {
+    /// The keys of `lock_keys` this run takes on its own connection: those no ancestor holds.
+    fn own_lock_keys(&self, lock_keys: &[String]) -> Vec<String> {
+        lock_keys
+            .iter()
+            .filter(|k| !self.held_lock_keys.contains(k))
+            .cloned()
+            .collect()
+    }
+
+    /// Every key the run runs under: its own and its ancestors' (what its phases are told).
+    fn all_lock_keys(&self, lock_keys: &[String]) -> Vec<String> {
+        crate::plan::normalise_lock_keys(lock_keys.iter().chain(&self.held_lock_keys).cloned())
     }
 }
 
@@ -96,14 +119,25 @@ impl Engine {
         &self.store
     }
 
-    /// Starts a new run of `plan`. Fails with [`EngineError::LockHeld`] at once if another
-    /// run holds its lock key.
+    /// Starts a new run of `plan`. Takes its lock keys in sorted order (except those in
+    /// [`RunOptions::held_lock_keys`]) and fails with [`EngineError::LockHeld`] at once, holding
+    /// none of them, if another run holds one.
     pub async fn start(&self, plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
-        self.precheck(plan).await?;
+        if plan.lock_keys.is_empty() {
+            return Err(crate::workflow::InvalidWorkflow {
+                file: plan.source.clone(),
+                problems: vec![crate::workflow::Problem {
+                    phase: None,
+                    message: "lock: the plan has no lock key".into(),
+                }],
+            }
+            .into());
+        }
+        self.precheck(plan, opts).await?;
         let run_id = Uuid::now_v7();
         let mut conn = RunConn::acquire(
             self.store.url(),
-            &plan.lock_key,
+            &opts.own_lock_keys(&plan.lock_keys),
             run_id,
             opts.events.clone(),
             opts.cancel.clone(),
@@ -118,7 +152,7 @@ impl Engine {
     }
 
     /// Runs every phase's precheck that needs no other phase's output.
-    async fn precheck(&self, plan: &Plan) -> Result<(), EngineError> {
+    async fn precheck(&self, plan: &Plan, opts: &RunOptions) -> Result<(), EngineError> {
         let mut problems = Vec::new();
         for p in &plan.phases {
             let needs_outputs = interpolate::references_in(&p.spec)
@@ -138,6 +172,7 @@ impl Engine {
                 cancel: CancellationToken::new(),
                 services: self.services.clone(),
                 events: EventSink::none(),
+                held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
             };
             if let Err(e) = phase.precheck(&ctx).await {
                 problems.push(format!("{}: phase `{}`: {e}", plan.source, p.id));
@@ -151,12 +186,14 @@ impl Engine {
     }
 
     /// Continues a run that stopped: succeeded phases keep their outputs and are not run again.
+    /// Takes all the run's lock keys (but those in [`RunOptions::held_lock_keys`], which
+    /// `dive resume` leaves empty: a child run resumed on its own holds its parent's keys too).
     pub async fn resume(&self, run_id: Uuid, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         let record = self.store.load_run(run_id).await?;
         check_resumable(&record)?;
         let conn = RunConn::acquire(
             self.store.url(),
-            &record.lock_key,
+            &opts.own_lock_keys(&record.lock_keys),
             run_id,
             opts.events.clone(),
             opts.cancel.clone(),
@@ -207,6 +244,8 @@ struct Runner<'a> {
     plan: &'a Plan,
     dag: Dag,
     conn: RunConn,
+    /// Every key the run runs under, its ancestors' included; phases see them.
+    held_lock_keys: Vec<String>,
     opts: &'a RunOptions,
     services: Arc<Services>,
     breakers: Arc<Breakers>,
@@ -244,6 +283,7 @@ impl<'a> Runner<'a> {
             plan,
             dag: plan.dag(),
             conn,
+            held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
             opts,
             services: engine.services.clone(),
             breakers: Arc::new(Breakers::new(engine.breaker_policy, tx)),
@@ -487,6 +527,7 @@ impl<'a> Runner<'a> {
             cancel: self.phase_cancel.clone(),
             services: self.services.clone(),
             events: self.opts.events.clone(),
+            held_lock_keys: self.held_lock_keys.clone(),
         };
         let timeout = planned.timeout;
         let breakers = self.breakers.clone();
@@ -704,6 +745,7 @@ impl<'a> Runner<'a> {
                         cancel: CancellationToken::new(),
                         services: self.services.clone(),
                         events: self.opts.events.clone(),
+                        held_lock_keys: self.held_lock_keys.clone(),
                     };
                     compensate_with_retry(&*phase, &ctx, &output, planned).await
                 }

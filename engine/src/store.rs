@@ -1,6 +1,6 @@
 //! The state database: runs, checkpoints, history, breaker transitions and lock holders.
 //! Queries for the CLI go through a small pool; a running run writes through its own
-//! [`crate::runconn::RunConn`], which also holds the run's advisory lock.
+//! [`crate::runconn::RunConn`], which also holds the run's advisory locks.
 
 use crate::error::EngineError;
 use crate::plan::Plan;
@@ -15,10 +15,17 @@ use uuid::Uuid;
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Matches a held session advisory lock for `lock_key` in this database.
+/// Matches a held session advisory lock for `lock_key` in this database. A run's keys are all
+/// held by one session (or by its ancestors' sessions, for a child run's inherited keys), so a
+/// run whose keys are none of them held has no live process: it is orphaned ([`NONE_HELD`]).
 const LOCK_HELD: &str = "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
      AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(lock_key, 0))";
+
+/// For a `runs` row: true when none of its `lock_keys` is held.
+const NONE_HELD_BEFORE: &str =
+    "NOT EXISTS (SELECT 1 FROM unnest(lock_keys) AS held_key(lock_key) WHERE ";
+const NONE_HELD_AFTER: &str = ")";
 
 /// A run as listed by `dive runs list`.
 #[derive(Debug, Clone, Serialize)]
@@ -26,10 +33,13 @@ pub struct RunSummary {
     pub id: Uuid,
     pub workflow: String,
     pub state: RunState,
+    /// The first of `lock_keys` (what runs with one key show; kept for older readers).
     pub lock_key: String,
+    /// All the run's lock keys, sorted.
+    pub lock_keys: Vec<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Present (true) when the run is active in the database but no process holds its lock.
+    /// Present (true) when the run is active in the database but no process holds its locks.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub orphaned: bool,
     pub error: Option<String>,
@@ -85,7 +95,10 @@ pub struct RunRecord {
     pub workflow: String,
     pub state: RunState,
     pub params: Value,
+    /// The first of `lock_keys` (what runs with one key show; kept for older readers).
     pub lock_key: String,
+    /// All the run's lock keys, sorted (including keys a child run held through its parent).
+    pub lock_keys: Vec<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
@@ -214,6 +227,7 @@ impl Store {
                     workflow: r.get("workflow"),
                     state: parse_state(id, r.get("state"))?,
                     lock_key: r.get("lock_key"),
+                    lock_keys: r.get("lock_keys"),
                     started_at: r.get("started_at"),
                     finished_at: r.get("finished_at"),
                     orphaned: r.get("orphaned"),
@@ -325,6 +339,7 @@ impl Store {
             state: parse_state(id, run.get("state"))?,
             params: run.get("params"),
             lock_key: run.get("lock_key"),
+            lock_keys: run.get("lock_keys"),
             started_at: run.get("started_at"),
             finished_at: run.get("finished_at"),
             error: run.get("error"),
@@ -360,31 +375,55 @@ impl Store {
                 .await?;
             return Ok(CancelOutcome::Requested);
         }
-        // Orphaned: take its lock so no resume races us, then mark it.
+        // Orphaned: take its locks (all of them, in order) so no resume races us, then mark it.
         let mut conn = self.pool.acquire().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&run.lock_key)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !got {
-            sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            return Ok(CancelOutcome::Requested);
+        let mut taken = Vec::new();
+        let mut all = true;
+        for key in &run.lock_keys {
+            let got: Result<bool, sqlx::Error> =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await;
+            match got {
+                Ok(true) => taken.push(key),
+                Ok(false) => {
+                    all = false;
+                    break;
+                }
+                Err(e) => {
+                    // The pooled session must not keep what it took.
+                    conn.close_on_drop();
+                    return Err(e.into());
+                }
+            }
         }
-        let result = sqlx::query(
-            "UPDATE runs SET state = 'cancelled', error = 'cancelled by operator', finished_at = now() WHERE id = $1",
-        )
+        let result = if all {
+            sqlx::query(
+                "UPDATE runs SET state = 'cancelled', error = 'cancelled by operator', finished_at = now() WHERE id = $1",
+            )
+        } else {
+            sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1")
+        }
         .bind(id)
         .execute(&mut *conn)
         .await;
-        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-            .bind(&run.lock_key)
-            .execute(&mut *conn)
-            .await?;
+        for key in taken.iter().rev() {
+            if let Err(e) = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+            {
+                conn.close_on_drop();
+                return Err(e.into());
+            }
+        }
         result?;
-        Ok(CancelOutcome::MarkedCancelled)
+        Ok(if all {
+            CancelOutcome::MarkedCancelled
+        } else {
+            CancelOutcome::Requested
+        })
     }
 
     /// Lock holders, with whether each lock is really held.
@@ -436,16 +475,30 @@ macro_rules! with_lock_held {
         }
     };
 }
-with_lock_held!(
+// ... and those that ask whether any of a run's keys is held.
+macro_rules! with_none_held {
+    ($name:ident, $before:literal, $after:literal) => {
+        fn $name() -> &'static str {
+            static Q: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "{}{}{}{}{}",
+                    $before, NONE_HELD_BEFORE, LOCK_HELD, NONE_HELD_AFTER, $after
+                )
+            });
+            Q.as_str()
+        }
+    };
+}
+with_none_held!(
     sql_run_list,
-    "SELECT id, workflow, state, lock_key, started_at, finished_at, error, \
-     (state IN ('running', 'rolling_back') AND NOT ",
+    "SELECT id, workflow, state, lock_key, lock_keys, started_at, finished_at, error, \
+     (state IN ('running', 'rolling_back') AND ",
     ") AS orphaned FROM runs ORDER BY started_at DESC, id DESC LIMIT $1"
 );
-with_lock_held!(
+with_none_held!(
     sql_run_one,
-    "SELECT id, workflow, state, params, plan, lock_key, started_at, finished_at, error, no_rollback, \
-     (state IN ('running', 'rolling_back') AND NOT ",
+    "SELECT id, workflow, state, params, plan, lock_key, lock_keys, started_at, finished_at, error, \
+     no_rollback, (state IN ('running', 'rolling_back') AND ",
     ") AS orphaned FROM runs WHERE id = $1"
 );
 with_lock_held!(

@@ -1,8 +1,14 @@
 //! `workflow`: runs another workflow as a child run, so bigger operations are composed from the
 //! same building blocks (a quickstart deploys the hub and a spoke side by side as two children).
 //!
-//! The child is a full run of its own: own lock key, own checkpoints, own rollback on failure,
-//! visible in `dive runs list`. Idempotency: the children used here are ensure-style, so running
+//! The child is a full run of its own: own lock keys, own checkpoints, own rollback on failure,
+//! visible in `dive runs list`.
+//!
+//! Locks: the child runs under its ancestors' locks. Keys of the child that the parent run (or
+//! any ancestor) already holds are not taken again — the parent's session holds them, so taking
+//! them would fail — and the child takes only its other keys ([`RunOptions::held_lock_keys`],
+//! passed down from [`PhaseContext::held_lock_keys`]). A child resumed on its own with
+//! `dive resume CHILD_ID` has no parent holding anything and takes all of its keys itself. Idempotency: the children used here are ensure-style, so running
 //! one again (after a crash of the parent, or on resume) converges instead of duplicating.
 //! Compensation: none — a failed child has already rolled itself back, and a child that
 //! succeeded is a finished deployment that a later failure elsewhere should not tear down.
@@ -60,6 +66,7 @@ impl Phase for SubWorkflow {
         let opts = RunOptions {
             events: ctx.events.scoped(&ctx.phase_id),
             cancel: ctx.cancel.child_token(),
+            held_lock_keys: ctx.held_lock_keys.clone(),
             ..RunOptions::default()
         };
         let outcome = engine

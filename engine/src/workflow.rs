@@ -3,7 +3,7 @@
 
 use crate::interpolate::{self, Reference};
 use crate::params;
-use crate::plan::{self, Dag, DagError, Plan, PlannedPhase, RetryPolicy};
+use crate::plan::{self, Dag, DagError, Plan, PlannedPhase, RetryPolicy, normalise_lock_keys};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -164,8 +164,9 @@ struct WorkflowFile {
     name: String,
     #[serde(default)]
     description: Option<String>,
+    /// One key or a list of keys; checked by [`lock_templates`].
     #[serde(default)]
-    lock: Option<String>,
+    lock: Option<Value>,
     #[serde(default)]
     params: BTreeMap<String, ParamSpec>,
     #[serde(default)]
@@ -179,7 +180,9 @@ pub struct Workflow {
     pub name: String,
     pub description: Option<String>,
     pub source: String,
-    pub lock: String,
+    /// The `lock` keys as written (parameters not yet bound), in file order; the workflow's name
+    /// when the file has no `lock`. A plan binds, sorts and deduplicates them.
+    pub locks: Vec<String>,
     pub params: BTreeMap<String, ParamSpec>,
     pub phases: Vec<PlannedPhase>,
 }
@@ -258,7 +261,14 @@ impl Workflow {
             problem!(None, "a workflow needs at least one phase".into());
         }
 
-        let lock = file.lock.unwrap_or_else(|| file.name.clone());
+        let locks = match lock_templates(file.lock.as_ref()) {
+            Ok(Some(locks)) => locks,
+            Ok(None) => vec![file.name.clone()],
+            Err(e) => {
+                problem!(None, e);
+                Vec::new()
+            }
+        };
         let check_refs = |problems: &mut Vec<Problem>,
                           phase: Option<&str>,
                           value: &Value,
@@ -291,7 +301,9 @@ impl Workflow {
                 }
             }
         };
-        check_refs(&mut problems, None, &Value::String(lock.clone()), None);
+        for lock in &locks {
+            check_refs(&mut problems, None, &Value::String(lock.clone()), None);
+        }
         match Dag::new(phases.iter().map(|p| (p.id.as_str(), p.after.as_slice()))) {
             Ok(dag) => {
                 for (i, p) in phases.iter().enumerate() {
@@ -325,7 +337,7 @@ impl Workflow {
             name: file.name,
             description: file.description,
             source: source.to_string(),
-            lock,
+            locks,
             params: file.params,
             phases,
         };
@@ -389,7 +401,11 @@ impl Workflow {
                 .as_ref()
                 .map(|d| as_text(bind(&d.clone().into()))),
             source: self.source.clone(),
-            lock_key: as_text(bind(&Value::String(self.lock.clone()))),
+            lock_keys: normalise_lock_keys(
+                self.locks
+                    .iter()
+                    .map(|l| as_text(bind(&Value::String(l.clone())))),
+            ),
             params: params.clone(),
             context: BTreeMap::new(),
             phases: self
@@ -435,6 +451,37 @@ impl Workflow {
             })
         }
     }
+}
+
+/// The `lock` field: a key or a non-empty list of keys (`None` when the file has none).
+fn lock_templates(lock: Option<&Value>) -> Result<Option<Vec<String>>, String> {
+    const EXPECTED: &str = "expected a key (string) or a list of keys";
+    let keys = match lock {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(key)) => vec![key.clone()],
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(
+                "lock: the list is empty; give at least one key, or leave `lock` out to lock on the workflow name"
+                    .into(),
+            );
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(key) => Ok(key.clone()),
+                other => Err(format!(
+                    "lock: element {} (`{other}`) is not a string; {EXPECTED}",
+                    i + 1
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("lock: `{other}` is not a string; {EXPECTED}")),
+    };
+    if keys.iter().any(|k| k.trim().is_empty()) {
+        return Err("lock: a key must not be empty".into());
+    }
+    Ok(Some(keys))
 }
 
 fn bind_params(value: &Value, params: &BTreeMap<String, String>) -> Value {
@@ -550,7 +597,7 @@ mod tests {
             name: "t".into(),
             description: None,
             source: "t.yaml".into(),
-            lock: "t:${params.code}".into(),
+            locks: vec!["t:${params.code}".into()],
             params: BTreeMap::from([(
                 "code".to_string(),
                 serde_json::from_value::<ParamSpec>(serde_json::json!({"type": "test-upper3"}))
@@ -562,7 +609,7 @@ mod tests {
             .plan(&BTreeMap::from([("code".to_string(), "fra".to_string())]))
             .unwrap();
         assert_eq!(plan.params["code"], "FRA");
-        assert_eq!(plan.lock_key, "t:FRA");
+        assert_eq!(plan.lock_keys, ["t:FRA"]);
         let err = wf
             .plan(&BTreeMap::from([(
                 "code".to_string(),
@@ -585,5 +632,60 @@ mod tests {
             err.contains("parameter `code`: unknown type `no-such-type`"),
             "{err}"
         );
+    }
+
+    fn lock_of(lock_yaml: &str) -> Result<Plan, String> {
+        let text = format!(
+            "name: locky\n{lock_yaml}params:\n  hub: {{ default: USA }}\n  code: {{ default: FRA }}\nphases:\n  - {{ id: a, type: workflow, workflow: other }}\n"
+        );
+        Workflow::parse("locky.yaml", &text)
+            .and_then(|w| w.plan(&BTreeMap::new()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn lock_is_a_string_or_a_list_of_strings() {
+        assert_eq!(
+            lock_of("lock: \"instance:${params.code}\"\n")
+                .unwrap()
+                .lock_keys,
+            ["instance:FRA"]
+        );
+        // Bound, sorted and deduplicated.
+        assert_eq!(
+            lock_of("lock: [\"instance:${params.code}\", \"instance:${params.hub}\", \"instance:FRA\"]\n")
+                .unwrap()
+                .lock_keys,
+            ["instance:FRA", "instance:USA"]
+        );
+        assert_eq!(
+            lock_of("lock:\n  - b\n  - a\n").unwrap().lock_keys,
+            ["a", "b"]
+        );
+        // No `lock`: the workflow's name.
+        assert_eq!(lock_of("").unwrap().lock_keys, ["locky"]);
+    }
+
+    #[test]
+    fn a_bad_lock_is_a_validation_error_naming_the_file_and_field() {
+        let err = lock_of("lock: []\n").unwrap_err();
+        assert!(
+            err.starts_with("locky.yaml: lock: the list is empty"),
+            "{err}"
+        );
+        let err = lock_of("lock: [a, 42]\n").unwrap_err();
+        assert!(
+            err.contains("locky.yaml: lock: element 2 (`42`) is not a string"),
+            "{err}"
+        );
+        let err = lock_of("lock: { a: b }\n").unwrap_err();
+        assert!(err.contains("locky.yaml: lock: "), "{err}");
+        let err = lock_of("lock: [a, \"\"]\n").unwrap_err();
+        assert!(
+            err.contains("locky.yaml: lock: a key must not be empty"),
+            "{err}"
+        );
+        let err = lock_of("lock: [\"x:${params.nope}\"]\n").unwrap_err();
+        assert!(err.contains("undeclared parameter"), "{err}");
     }
 }

@@ -91,6 +91,7 @@ async fn execute(
         no_rollback,
         events,
         cancel,
+        ..RunOptions::default()
     };
     let outcome = match target {
         Target::Start(plan) => engine.start(plan, &opts).await,
