@@ -271,6 +271,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Federation targets on a deployed hub and spoke CODE: the pair is unlinked and linked
+    /// again (timed: a link from nothing), then single brokered logins one after another, then
+    /// `federation-verify` (every test user, both directions). Logins across the pair fail
+    /// while it is unlinked (about two seconds).
+    Federation {
+        code: String,
+        /// Single logins to time (hub user 1 at the spoke).
+        #[arg(long, default_value_t = 10)]
+        logins: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

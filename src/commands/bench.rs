@@ -1,21 +1,32 @@
 //! `dive bench engine`: engine overhead against the configured state database, as JSON.
 
-use crate::cli::BenchCommand;
+use crate::cli::{BenchCommand, ExecArgs};
+use crate::commands::federation_link::pair;
 use crate::commands::print_json;
+use crate::commands::run::start_named;
+use crate::commands::secrets::secret_store;
 use crate::{database, exit};
 use anyhow::{Context, Result, bail};
 use dive_engine::{Engine, RunOptions, RunState, Workflow};
+use dive_phases::keycloak::{test_users, user_password_secret};
+use dive_phases::verify::{Endpoint, brokered_login};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Instant;
 
 pub async fn bench(cmd: BenchCommand) -> Result<u8> {
-    let BenchCommand::Engine {
-        chain,
-        parallel,
-        concurrency,
-    } = cmd;
+    match cmd {
+        BenchCommand::Engine {
+            chain,
+            parallel,
+            concurrency,
+        } => engine(chain, parallel, concurrency).await,
+        BenchCommand::Federation { code, logins } => federation(&code, logins).await,
+    }
+}
+
+async fn engine(chain: usize, parallel: usize, concurrency: usize) -> Result<u8> {
     let engine = Engine::new(database::open().await?);
     let tag = uuid::Uuid::now_v7().simple().to_string();
 
@@ -73,6 +84,86 @@ pub async fn bench(cmd: BenchCommand) -> Result<u8> {
         "peak_rss_mb": peak_rss_mb()?,
     }))?;
     Ok(exit::OK)
+}
+
+/// Times a link from nothing, single logins and a full verification of the pair hub–`code`.
+async fn federation(code: &str, logins: usize) -> Result<u8> {
+    let mut exec = ExecArgs {
+        json: false,
+        concurrency: 8,
+        runtime: None,
+    };
+    let (hub, spoke) = pair(code, &mut exec).await?;
+    let params = BTreeMap::from([
+        ("code".to_string(), spoke.code.clone()),
+        ("hub".to_string(), hub.code.clone()),
+    ]);
+    let mut timed = BTreeMap::new();
+    for workflow in ["federation-unlink", "federation-link", "federation-verify"] {
+        let start = Instant::now();
+        let (_, outcome) = start_named(workflow, &params, false, &exec).await?;
+        if outcome.state != RunState::Succeeded {
+            bail!(
+                "{workflow} (run {}) ended {}",
+                outcome.run_id,
+                outcome.state
+            );
+        }
+        timed.insert(workflow, round(start.elapsed().as_secs_f64() * 1000.0));
+    }
+    let store = database::open().await?;
+    let secrets = secret_store(&store)?;
+    let (from, to) = (Endpoint::from(&hub), Endpoint::from(&spoke));
+    let user = &test_users(&hub.code)[0].username;
+    let password = secrets
+        .get(&user_password_secret(&hub.code, user))
+        .await?
+        .context("the test user's password is not in the store")?
+        .0;
+    let mut ms = Vec::new();
+    for _ in 0..logins {
+        let login = brokered_login(&from, &to, user, password.expose()).await?;
+        ms.push(login.latency.as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        ms.get(((ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .map(round)
+    };
+    let verified = verify_latest(&store, &hub.code, &spoke.code).await?;
+    print_json(&json!({
+        "pair": format!("{}-{}", hub.code, spoke.code),
+        "link_ms": timed["federation-link"],
+        "unlink_ms": timed["federation-unlink"],
+        "verify_run_ms": timed["federation-verify"],
+        "verify_directions": verified,
+        "login_ms": {
+            "user": user,
+            "logins": ms.len(),
+            "median": pick(0.5),
+            "p95": pick(0.95),
+            "max": ms.last().copied().map(round),
+        },
+    }))?;
+    Ok(exit::OK)
+}
+
+/// The latest verification of both directions: `[{from, to, ok, latency_ms}]`.
+async fn verify_latest(
+    store: &dive_engine::Store,
+    hub: &str,
+    spoke: &str,
+) -> Result<serde_json::Value> {
+    let mut out = Vec::new();
+    for (from, to) in [(hub, spoke), (spoke, hub)] {
+        if let Some((_, ok, latency_ms, _)) =
+            dive_phases::verify::latest(store.pool(), from, to).await?
+        {
+            out.push(json!({"from": from, "to": to, "ok": ok, "latency_ms": latency_ms}));
+        }
+    }
+    Ok(serde_json::Value::Array(out))
 }
 
 fn round(x: f64) -> f64 {
