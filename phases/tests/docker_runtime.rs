@@ -1,6 +1,6 @@
 //! The Docker runtime against the real engine and the locally built offline images
 //! (`scripts/images build`): ensure is idempotent, a changed spec recreates, stop/start/remove,
-//! and a missing image is a clear error.
+//! a missing image is a clear error, and deploys racing for a network create one.
 
 use dive_phases::runtime::docker::{DockerRuntime, container_name};
 use dive_phases::runtime::{Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
@@ -118,4 +118,85 @@ async fn a_missing_image_is_a_clear_error() {
         rt.status(&code, "sleeper").await.unwrap().state,
         ServiceState::Missing
     );
+}
+
+/// IDs of the Docker networks named exactly `name`.
+async fn networks_named(name: &str) -> Vec<String> {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "--quiet",
+            "--no-trunc",
+            "--filter",
+            &format!("name=^{name}$"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn deploys_racing_for_a_network_create_one() {
+    // Engines before API 1.44 (20.10 here) create a second network of the same name when two
+    // creates race, as two instances deployed side by side both ensuring `dive-federation` do.
+    let name = format!("dive-{}", code());
+    let mut racers = Vec::new();
+    for _ in 0..6 {
+        let rt = DockerRuntime::connect()
+            .await
+            .expect("a running Docker engine");
+        let name = name.clone();
+        racers.push(tokio::spawn(async move { rt.ensure_network(&name).await }));
+    }
+    let results: Vec<_> = futures::future::join_all(racers).await;
+    let ids = networks_named(&name).await;
+    for id in &ids {
+        let _ = tokio::process::Command::new("docker")
+            .args(["network", "rm", id])
+            .output()
+            .await;
+    }
+    for r in results {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(ids.len(), 1, "one network named {name}: {ids:?}");
+}
+
+#[tokio::test]
+async fn two_networks_of_one_name_are_a_clear_error() {
+    // What an older dive (or a hand) could leave behind; containers on one cannot reach the
+    // other's, so guessing one is worse than saying so.
+    let name = format!("dive-{}", code());
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let rt = DockerRuntime::connect().await.unwrap();
+    let result = rt.ensure_network(&name).await;
+    for id in networks_named(&name).await {
+        docker.remove_network(&id).await.unwrap();
+    }
+    let err = result.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&name) && text.contains("docker network rm"),
+        "{text}"
+    );
+    assert!(!err.is_retryable(), "{text}");
 }

@@ -65,6 +65,32 @@ fn managed_filter() -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{MANAGED}=true")])])
 }
 
+/// Where dive processes on this machine serialise the creation of Docker networks.
+fn network_lock_path() -> std::path::PathBuf {
+    std::env::temp_dir().join("dive-docker-networks.lock")
+}
+
+/// Holds the machine-wide network lock until dropped (an `flock`, so a process that dies
+/// releases it; two holders in one process exclude each other too).
+async fn network_lock() -> Result<std::fs::File, RuntimeError> {
+    let path = network_lock_path();
+    tokio::task::spawn_blocking(move || {
+        use fs4::fs_std::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            // Created by another user: reading is enough to lock it.
+            .or_else(|_| std::fs::File::open(&path))
+            .map_err(|e| RuntimeError::io(format!("opening {}", path.display()), e))?;
+        file.lock_exclusive()
+            .map_err(|e| RuntimeError::io(format!("locking {}", path.display()), e))?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| RuntimeError::Unavailable(format!("network lock task: {e}")))?
+}
+
 impl DockerRuntime {
     /// Connects to the local daemon and agrees on an API version with it.
     pub async fn connect() -> Result<Self, RuntimeError> {
@@ -78,6 +104,23 @@ impl DockerRuntime {
                 ))
             })?;
         Ok(DockerRuntime { docker })
+    }
+
+    /// Whether network `name` exists; two of that name is an error naming the way out.
+    async fn network_exists(&self, name: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 400,
+                message,
+            }) if message.contains("ambiguous") => Err(RuntimeError::Invalid(format!(
+                "more than one Docker network is named `{name}` ({message}); containers on \
+                 different ones cannot reach each other: remove the extra ones \
+                 (`docker network ls --filter name={name}`, `docker network rm ID`)"
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn render(&self, spec: &ServiceSpec, text: &str) -> String {
@@ -295,28 +338,33 @@ impl Runtime for DockerRuntime {
 
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
         check_name("network", name)?;
-        match self.docker.inspect_network(name, None).await {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => {
-                let instance = name.strip_prefix("dive-").filter(|s| *s != "federation");
-                let created = self
-                    .docker
-                    .create_network(NetworkCreateRequest {
-                        name: name.to_string(),
-                        driver: Some("bridge".into()),
-                        labels: Some(labels(instance, None)),
-                        ..Default::default()
-                    })
-                    .await;
-                match created {
-                    // Two deploys racing: the other one created it.
-                    Err(DockerError::DockerResponseServerError {
-                        status_code: 409, ..
-                    }) => Ok(()),
-                    other => other.map(|_| ()).map_err(Into::into),
-                }
-            }
-            Err(e) => Err(e.into()),
+        if self.network_exists(name).await? {
+            return Ok(());
+        }
+        // Engines before API 1.44 create a second network of the same name when two creates
+        // race (two instances deployed side by side both ensuring `dive-federation`), and every
+        // later lookup by name is then ambiguous. Creation is serialised on this machine; a
+        // network that appeared while we waited is taken as it is.
+        let _lock = network_lock().await?;
+        if self.network_exists(name).await? {
+            return Ok(());
+        }
+        let instance = name.strip_prefix("dive-").filter(|s| *s != "federation");
+        let created = self
+            .docker
+            .create_network(NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                labels: Some(labels(instance, None)),
+                ..Default::default()
+            })
+            .await;
+        match created {
+            // Engines from API 1.44 refuse a duplicate: another machine's dive created it.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            other => other.map(|_| ()).map_err(Into::into),
         }
     }
 
