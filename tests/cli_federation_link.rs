@@ -1,5 +1,5 @@
-//! Federation on real Keycloak: `dive federation link|unlink` between hub USA and spoke FRA on the
-//! local runtime — both clients and both identity providers (four mappers each) with the right
+//! Federation on real Keycloak: the README's main command (`quickstart`), then `dive federation
+//! link|unlink` between hub USA and spoke FRA on the local runtime — both clients and both identity providers (four mappers each) with the right
 //! URLs, a second link that changes nothing, a rollback that leaves nothing behind, a spoke that is
 //! not deployed refused before anything runs, and unlink removing everything.
 
@@ -250,10 +250,42 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
     assert!(out.stderr.contains("dive hub deploy"), "{}", out.stderr);
     env.dive(&["federation", "link", "XYZ"]).assert_code(2);
 
-    ok(&env, &["hub", "deploy"], DEPLOY_TIMEOUT);
-    ok(&env, &["spoke", "deploy", "fra"], DEPLOY_TIMEOUT);
+    // The README's main command: hub and spoke deployed side by side, linked, verified.
+    let started = std::time::Instant::now();
+    let out = ok(
+        &env,
+        &["run", "workflow", "quickstart", "--json"],
+        DEPLOY_TIMEOUT,
+    );
+    eprintln!("quickstart took {:?}", started.elapsed());
+    let run = out.json();
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let (hub, spoke) = (
+        common::phase(&run, "hub")["started_at"].clone(),
+        common::phase(&run, "spoke")["started_at"].clone(),
+    );
+    let hub_done = common::ts(&common::phase(&run, "hub")["finished_at"]);
+    assert!(
+        common::ts(&spoke) < hub_done
+            && common::ts(&hub) < common::ts(&common::phase(&run, "spoke")["finished_at"]),
+        "the hub and the spoke deploy side by side: {run}"
+    );
+    let status = env.dive(&["federation", "status", "--json"]).json();
+    let link = &status["links"][0];
+    assert_eq!(
+        (&link["hub"], &link["spoke"]),
+        (&serde_json::json!("USA"), &serde_json::json!("FRA"))
+    );
+    for d in link["directions"].as_array().unwrap() {
+        assert_eq!(d["last_verification"]["ok"], true, "{status}");
+    }
     let usa = url_of(&env, &["hub", "status", "--json"]);
     let fra = url_of(&env, &["spoke", "status", "FRA", "--json"]);
+    ok(
+        &env,
+        &["federation", "unlink", "FRA", "--yes"],
+        LINK_TIMEOUT,
+    );
 
     // A spoke that is not deployed: exit 2, no run, nothing written.
     let runs_before = env.runs_count();

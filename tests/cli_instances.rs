@@ -317,3 +317,33 @@ fn status_follows_the_services_through_down_up_and_reset() {
     assert!(!env.home.path().join("instances/usa").exists());
     assert_eq!(state(&["hub", "status"]), "not deployed");
 }
+
+#[test]
+fn federation_refuses_instances_on_two_runtimes() {
+    let env = TestEnv::new();
+    let hub_wf = register_workflow(&env, "hub.yaml", "hub", false);
+    env.dive(&["run", "workflow", &hub_wf, "--param", "code=usa"])
+        .assert_code(0);
+    let spoke_wf = register_workflow(&env, "spoke.yaml", "spoke", false);
+    env.dive(&[
+        "run",
+        "workflow",
+        &spoke_wf,
+        "--param",
+        "code=ita",
+        "--runtime",
+        "docker",
+    ])
+    .assert_code(0);
+    let runs = env.runs_count();
+    let out = env.dive(&["federation", "link", "ITA"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("on the local runtime")
+            && out.stderr.contains("on the docker runtime")
+            && out.stderr.contains("one runtime"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(env.runs_count(), runs, "refused before a run was written");
+}

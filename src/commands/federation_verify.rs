@@ -11,6 +11,7 @@ use crate::{database, exit};
 use anyhow::{Context, Result};
 use dive_engine::store::RunRecord;
 use dive_engine::{PhaseState, RunOutcome, RunState};
+use dive_phases::federation::{SECRET_VERSION_KEY, client_id, client_secret_name};
 use dive_phases::instance::Instances;
 use dive_phases::keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
 use dive_phases::secrets::SecretStore;
@@ -18,9 +19,6 @@ use dive_phases::verify::{self, DirectionReport};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-
-/// The client attribute the link phases set to the secret version they installed.
-const SECRET_VERSION_ATTRIBUTE: &str = "dive.secret.version";
 
 pub async fn verify(code: &str, json: bool) -> Result<u8> {
     let mut exec = ExecArgs {
@@ -179,8 +177,7 @@ async fn secret_versions(
     from: &str,
     to: &str,
 ) -> (Option<u32>, Option<String>, Option<bool>, Option<String>) {
-    let (f, t) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
-    let name = format!("federation/{f}/{t}/client-secret");
+    let name = client_secret_name(from, to);
     let stored = match secrets.info(&name).await {
         Ok(Some(info)) => Some(info.latest),
         Ok(None) => {
@@ -222,11 +219,11 @@ async fn secret_versions(
         Ok(a) => a,
         Err(e) => return (stored, None, None, Some(e.to_string())),
     };
-    let client_id = format!("federation-{t}");
+    let client_id = client_id(to);
     let attribute = match admin.client_by_client_id(&rec.realm(), &client_id).await {
         Ok(Some(c)) => c
             .attributes
-            .and_then(|a| a.get(SECRET_VERSION_ATTRIBUTE).cloned()),
+            .and_then(|a| a.get(SECRET_VERSION_KEY).cloned()),
         Ok(None) => {
             return (
                 stored,
@@ -247,7 +244,7 @@ async fn secret_versions(
             None,
             None,
             Some(format!(
-                "client {client_id} has no {SECRET_VERSION_ATTRIBUTE} attribute"
+                "client {client_id} has no {SECRET_VERSION_KEY} attribute"
             )),
         ),
         (None, a) => (None, a, None, None),

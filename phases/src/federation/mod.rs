@@ -13,7 +13,7 @@
 //! `<code>/keycloak/admin-password`; the client secret lives in
 //! `federation/<x>/<p>/client-secret`. The precheck refuses a run when either instance is not
 //! registered ("instance FRA is not deployed: run `dive spoke deploy FRA` first"), when both are
-//! the same, or when neither is the hub.
+//! the same, when neither is the hub, or when they are on different runtimes.
 //!
 //! URLs: a browser reaches X at its front URL ([`InstanceRecord::keycloak_url`]), which is also
 //! the issuer of X's tokens; P calls X's token, JWKS and userinfo endpoints on the back channel:
@@ -151,6 +151,13 @@ pub(crate) async fn pair(
     if x.role != Role::Hub && p.role != Role::Hub {
         return Err(format!(
             "neither {from} nor {to} is the hub: federation links the hub with a spoke"
+        ));
+    }
+    if x.runtime != p.runtime {
+        return Err(format!(
+            "{from} runs on the {} runtime and {to} on the {} runtime: federation links instances \
+             on one runtime (each side's Keycloak must reach the other's on the back channel)",
+            x.runtime, p.runtime
         ));
     }
     Ok((x, p))
