@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::federation::{direction, users_have_their_claims};
 use common::{Output, TestEnv};
 use dive_phases::keycloak::KeycloakAdmin;
 use serde_json::{Value, json};
@@ -45,52 +46,6 @@ fn keycloak_url(env: &TestEnv, args: &[&str]) -> String {
 
 fn verify(env: &TestEnv, args: &[&str]) -> Output {
     env.spawn(args).wait(VERIFY_TIMEOUT)
-}
-
-fn direction<'a>(doc: &'a Value, from: &str, to: &str) -> &'a Value {
-    doc["directions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["from"] == from && d["to"] == to)
-        .unwrap_or_else(|| panic!("direction {from}→{to} in {doc}"))
-}
-
-/// Each of the four test users of `code` logged in with exactly the claims DESIGN.md promises.
-fn users_have_their_claims(d: &Value, code: &str, coi: &[&str]) {
-    assert_eq!(d["ok"], true, "{d}");
-    let users = d["users"].as_array().unwrap();
-    assert_eq!(users.len(), 4, "{d}");
-    let lower = code.to_lowercase();
-    let clearances = ["UNCLASSIFIED", "CONFIDENTIAL", "SECRET", "TOP_SECRET"];
-    for (i, u) in users.iter().enumerate() {
-        let name = format!("testuser-{lower}-{}", i + 1);
-        assert_eq!(u["username"], name.as_str());
-        assert_eq!(u["ok"], true, "{u}");
-        assert_eq!(u["mismatches"], json!([]), "{u}");
-        assert_eq!(u["claims"]["uniqueID"], name.as_str(), "{u}");
-        assert_eq!(u["claims"]["clearance"], clearances[i], "{u}");
-        assert_eq!(u["claims"]["countryOfAffiliation"], code, "{u}");
-        let mut got: Vec<&str> = u["claims"]["acpCOI"]
-            .as_array()
-            .unwrap_or_else(|| panic!("acpCOI is a list: {u}"))
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        got.sort();
-        assert_eq!(got, coi, "{u}");
-        assert!(u["latency_ms"].as_u64().unwrap() > 0, "{u}");
-    }
-    let latencies: Vec<u64> = users
-        .iter()
-        .map(|u| u["latency_ms"].as_u64().unwrap())
-        .collect();
-    eprintln!(
-        "{} → {}: 4 users in {} ms; logins {latencies:?} ms",
-        d["from"].as_str().unwrap(),
-        d["to"].as_str().unwrap(),
-        d["latency_ms"]
-    );
 }
 
 /// Gives `usa-idp` in dive-fra another client secret than the one dive-usa expects.

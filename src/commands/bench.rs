@@ -1,7 +1,7 @@
 //! `dive bench engine`: engine overhead against the configured state database, as JSON.
 
-use crate::cli::{BenchCommand, ExecArgs};
-use crate::commands::federation_link::pair;
+use crate::cli::BenchCommand;
+use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
 use crate::commands::run::start_named;
 use crate::commands::secrets::secret_store;
@@ -88,16 +88,12 @@ async fn engine(chain: usize, parallel: usize, concurrency: usize) -> Result<u8>
 
 /// Times a link from nothing, single logins and a full verification of the pair hub–`code`.
 async fn federation(code: &str, logins: usize) -> Result<u8> {
-    let mut exec = ExecArgs {
-        json: false,
-        concurrency: 8,
-        runtime: None,
-    };
-    let (hub, spoke) = pair(code, &mut exec).await?;
-    let params = BTreeMap::from([
-        ("code".to_string(), spoke.code.clone()),
-        ("hub".to_string(), hub.code.clone()),
-    ]);
+    let Federated {
+        hub,
+        spoke,
+        exec,
+        params,
+    } = federated(code).await?;
     let mut timed = BTreeMap::new();
     for workflow in ["federation-unlink", "federation-link", "federation-verify"] {
         let start = Instant::now();

@@ -1,8 +1,7 @@
 //! `dive federation drift CODE`: the three-layer drift check of the pair hub–CODE
 //! ([`dive_phases::federation::drift`]); reports, never changes anything.
 
-use crate::cli::ExecArgs;
-use crate::commands::federation_link::pair;
+use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
 use crate::commands::secrets::secret_store;
 use crate::{database, exit, services};
@@ -18,12 +17,7 @@ async fn side(rec: InstanceRecord) -> Side {
 }
 
 pub async fn drift(code: &str, json: bool) -> Result<u8> {
-    let mut exec = ExecArgs {
-        json,
-        concurrency: 1,
-        runtime: None,
-    };
-    let (hub, spoke) = pair(code, &mut exec).await?;
+    let Federated { hub, spoke, .. } = federated(code).await?;
     let store = database::open().await?;
     let secrets = secret_store(&store)?;
     secrets

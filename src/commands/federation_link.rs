@@ -39,6 +39,31 @@ pub(crate) async fn pair(
     Ok((hub, spoke))
 }
 
+/// What a command that runs a federation workflow itself (and reports in its own format) needs:
+/// the hub, the spoke `code`, run settings on the spoke's runtime, and the workflow parameters.
+pub(crate) struct Federated {
+    pub hub: InstanceRecord,
+    pub spoke: InstanceRecord,
+    pub exec: ExecArgs,
+    pub params: BTreeMap<String, String>,
+}
+
+pub(crate) async fn federated(code: &str) -> Result<Federated> {
+    let mut exec = ExecArgs {
+        json: false,
+        concurrency: 8,
+        runtime: None,
+    };
+    let (hub, spoke) = pair(code, &mut exec).await?;
+    let params = params(&hub, &spoke);
+    Ok(Federated {
+        hub,
+        spoke,
+        exec,
+        params,
+    })
+}
+
 fn params(hub: &InstanceRecord, spoke: &InstanceRecord) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("code".to_string(), spoke.code.clone()),

@@ -2,8 +2,7 @@
 //! user and direction between the hub and spoke CODE, recorded in `federation_verifications`) and `dive federation status`
 //! (every linked pair, each direction's last verification, whether the secret versions agree).
 
-use crate::cli::ExecArgs;
-use crate::commands::federation_link::pair;
+use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
 use crate::commands::run::start_named;
 use crate::commands::secrets::secret_store;
@@ -18,19 +17,14 @@ use dive_phases::secrets::SecretStore;
 use dive_phases::verify::{self, DirectionReport};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 pub async fn verify(code: &str, json: bool) -> Result<u8> {
-    let mut exec = ExecArgs {
-        json: false,
-        concurrency: 8,
-        runtime: None,
-    };
-    let (hub, spoke) = pair(code, &mut exec).await?;
-    let params = BTreeMap::from([
-        ("code".to_string(), spoke.code.clone()),
-        ("hub".to_string(), hub.code.clone()),
-    ]);
+    let Federated {
+        hub,
+        spoke,
+        exec,
+        params,
+    } = federated(code).await?;
     let (engine, outcome) = start_named("federation-verify", &params, false, &exec).await?;
     let pool = engine.store().pool().clone();
     let mut recorded = verify::for_run(&pool, outcome.run_id).await?;

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod federation;
+
 use dive_pgcluster::{Cluster, StopMode};
 use serde_json::Value;
 use std::io::Read;

@@ -389,25 +389,7 @@ async fn live(
         latency_ms: report.latency_ms,
     };
     let finding = (!report.ok).then(|| {
-        let why = report.error.clone().unwrap_or_else(|| {
-            report
-                .users
-                .iter()
-                .map(|u| match &u.error {
-                    Some(e) => format!("{}: {e}", u.username),
-                    None => format!(
-                        "{}: claims differ: {}",
-                        u.username,
-                        u.mismatches
-                            .iter()
-                            .map(|m| m.claim.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
+        let why = report.failure().unwrap_or_default();
         Finding {
             layer: Layer::Live,
             instance: p.code.clone(),

@@ -58,6 +58,32 @@ pub struct DirectionReport {
     pub error: Option<String>,
 }
 
+impl DirectionReport {
+    /// Why the direction failed: its own error, or each failed user's; `None` when it passed.
+    pub fn failure(&self) -> Option<String> {
+        self.error.clone().or_else(|| {
+            let failed: Vec<String> = self
+                .users
+                .iter()
+                .filter(|u| !u.ok)
+                .map(|u| match &u.error {
+                    Some(e) => format!("{}: {e}", u.username),
+                    None => format!(
+                        "{}: claims differ: {}",
+                        u.username,
+                        u.mismatches
+                            .iter()
+                            .map(|m| m.claim.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+                .collect();
+            (!failed.is_empty()).then(|| failed.join("; "))
+        })
+    }
+}
+
 /// A claim or attribute as a set of strings (a string is a set of one).
 fn value_set(v: Option<&Value>) -> BTreeSet<String> {
     match v {
@@ -243,18 +269,7 @@ pub async fn record(
 ) -> Result<(), VerifyError> {
     let users = serde_json::to_value(&report.users)
         .map_err(|e| VerifyError::Setup(format!("encoding the verification: {e}")))?;
-    let error = report.error.clone().or_else(|| {
-        let failed: Vec<String> = report
-            .users
-            .iter()
-            .filter(|u| !u.ok)
-            .map(|u| match &u.error {
-                Some(e) => format!("{}: {e}", u.username),
-                None => format!("{}: claims differ", u.username),
-            })
-            .collect();
-        (!failed.is_empty()).then(|| failed.join("; "))
-    });
+    let error = report.failure();
     sqlx::query(
         "INSERT INTO federation_verifications (run_id, source, target, ok, latency_ms, users, error) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -50,21 +50,11 @@ impl Phase for FederationVerify {
             .await
             .map_err(|e| PhaseError::retryable(e.to_string()))?;
         if !report.ok {
-            let why = report.error.clone().unwrap_or_else(|| {
-                report
-                    .users
-                    .iter()
-                    .filter(|u| !u.ok)
-                    .map(|u| match &u.error {
-                        Some(e) => format!("{}: {e}", u.username),
-                        None => format!("{}: claims differ", u.username),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
             return Err(PhaseError::retryable(format!(
-                "federation logins {} → {} failed: {why}",
-                report.from, report.to
+                "federation logins {} → {} failed: {}",
+                report.from,
+                report.to,
+                report.failure().unwrap_or_default()
             )));
         }
         Ok(json!({
