@@ -308,12 +308,14 @@ pub enum FederationCommand {
     /// Link the hub and spoke CODE in both directions (runs the `federation-link` workflow).
     /// Safe to run again: it reconciles what differs.
     Link {
+        /// ISO 3166-1 alpha-3 code of the spoke (any case); the hub is the registered one.
         code: String,
         #[command(flatten)]
         exec: ExecArgs,
     },
     /// Remove the link in both directions and its secrets.
     Unlink {
+        /// ISO 3166-1 alpha-3 code of the spoke (any case); the hub is the registered one.
         code: String,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -324,7 +326,9 @@ pub enum FederationCommand {
     /// Log in through the federation in both directions as every test user, and compare the
     /// claims with the users' attributes at home. Exit 0 only if every login is right.
     Verify {
+        /// ISO 3166-1 alpha-3 code of the spoke (any case); the hub is the registered one.
         code: String,
+        /// Print one JSON document on stdout instead of the text report.
         #[arg(long)]
         json: bool,
     },
@@ -333,13 +337,16 @@ pub enum FederationCommand {
     /// providers, mappers, flows, scopes) and live (one login each way). Changes nothing; exit 0
     /// when nothing drifted, 1 when something did. `dive federation link CODE` repairs it.
     Drift {
+        /// ISO 3166-1 alpha-3 code of the spoke (any case); the hub is the registered one.
         code: String,
+        /// Print one JSON document on stdout instead of the text report.
         #[arg(long)]
         json: bool,
     },
     /// Every linked pair, the last verification of each direction, and whether the pair's
     /// secret versions agree.
     Status {
+        /// Print one JSON document on stdout instead of the text report.
         #[arg(long)]
         json: bool,
     },

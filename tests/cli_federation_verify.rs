@@ -191,6 +191,7 @@ fn hub_and_two_spokes_verified_then_tampered_found_by_drift_and_repaired_by_link
         assert_eq!(d["last_verification"]["ok"], true, "{link}");
         assert_eq!(d["secret_version"], 1, "{link}");
         assert_eq!(d["client_secret_version"], "1", "{link}");
+        assert_eq!(d["provider_secret_version"], "1", "{link}");
         assert_eq!(d["secrets_agree"], true, "{link}");
     }
     assert_eq!(link["secrets_agree"], true, "{link}");

@@ -10,10 +10,8 @@ use crate::{database, exit};
 use anyhow::{Context, Result};
 use dive_engine::store::RunRecord;
 use dive_engine::{PhaseState, RunOutcome, RunState};
-use dive_phases::federation::{SECRET_VERSION_KEY, client_id, client_secret_name};
+use dive_phases::federation::{SecretVersions, secret_versions};
 use dive_phases::instance::Instances;
-use dive_phases::keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
-use dive_phases::secrets::SecretStore;
 use dive_phases::verify::{self, DirectionReport};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -144,13 +142,8 @@ struct DirectionStatus {
     from: String,
     to: String,
     last_verification: Option<LastVerification>,
-    /// Latest version of `federation/<from>/<to>/client-secret` in the store.
-    secret_version: Option<u32>,
-    /// `dive.secret.version` of client `federation-<to>` in realm `dive-<from>`.
-    client_secret_version: Option<String>,
-    secrets_agree: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secrets_unknown_because: Option<String>,
+    #[serde(flatten)]
+    versions: SecretVersions,
 }
 
 #[derive(Debug, Serialize)]
@@ -162,87 +155,6 @@ struct LinkStatus {
     /// Both directions agree: true; one disagrees: false; otherwise unknown (null).
     secrets_agree: Option<bool>,
     directions: Vec<DirectionStatus>,
-}
-
-/// Compares the store's latest secret version with the client attribute at `from`.
-async fn secret_versions(
-    secrets: &SecretStore,
-    registry: &Instances,
-    from: &str,
-    to: &str,
-) -> (Option<u32>, Option<String>, Option<bool>, Option<String>) {
-    let name = client_secret_name(from, to);
-    let stored = match secrets.info(&name).await {
-        Ok(Some(info)) => Some(info.latest),
-        Ok(None) => {
-            return (
-                None,
-                None,
-                None,
-                Some(format!("no secret `{name}` in the store")),
-            );
-        }
-        Err(e) => return (None, None, None, Some(format!("secret `{name}`: {e}"))),
-    };
-    let rec = match registry.get(from).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return (stored, None, None, Some(format!("{from} is not deployed"))),
-        Err(e) => return (stored, None, None, Some(e.to_string())),
-    };
-    let password = match secrets.get(&admin_password_secret(from)).await {
-        Ok(Some((p, _))) => p,
-        Ok(None) => {
-            return (
-                stored,
-                None,
-                None,
-                Some(format!("no admin password for {from}")),
-            );
-        }
-        Err(e) => return (stored, None, None, Some(e.to_string())),
-    };
-    let url = rec.keycloak_url();
-    let admin = match KeycloakAdmin::connect_named(
-        &format!("keycloak {from}"),
-        &url,
-        ADMIN_USER,
-        password.expose(),
-    )
-    .await
-    {
-        Ok(a) => a,
-        Err(e) => return (stored, None, None, Some(e.to_string())),
-    };
-    let client_id = client_id(to);
-    let attribute = match admin.client_by_client_id(&rec.realm(), &client_id).await {
-        Ok(Some(c)) => c
-            .attributes
-            .and_then(|a| a.get(SECRET_VERSION_KEY).cloned()),
-        Ok(None) => {
-            return (
-                stored,
-                None,
-                Some(false),
-                Some(format!("no client {client_id} in {}", rec.realm())),
-            );
-        }
-        Err(e) => return (stored, None, None, Some(e.to_string())),
-    };
-    match (stored, attribute) {
-        (Some(s), Some(a)) => {
-            let agree = a.trim() == s.to_string();
-            (Some(s), Some(a), Some(agree), None)
-        }
-        (s, None) => (
-            s,
-            None,
-            None,
-            Some(format!(
-                "client {client_id} has no {SECRET_VERSION_KEY} attribute"
-            )),
-        ),
-        (None, a) => (None, a, None, None),
-    }
 }
 
 pub async fn status(json: bool) -> Result<u8> {
@@ -262,21 +174,29 @@ pub async fn status(json: bool) -> Result<u8> {
                     error,
                 },
             );
-            let (secret_version, client_secret_version, secrets_agree, why) =
-                secret_versions(&secrets, &registry, from, to).await;
+            let versions = match (registry.get(from).await?, registry.get(to).await?) {
+                (Some(x), Some(p)) => secret_versions(&secrets, &x, &p).await,
+                _ => SecretVersions {
+                    secrets_unknown_because: Some(format!("{from} or {to} is not deployed")),
+                    ..SecretVersions::default()
+                },
+            };
             directions.push(DirectionStatus {
                 from: from.clone(),
                 to: to.clone(),
                 last_verification: last,
-                secret_version,
-                client_secret_version,
-                secrets_agree,
-                secrets_unknown_because: why,
+                versions,
             });
         }
-        let agree = if directions.iter().any(|d| d.secrets_agree == Some(false)) {
+        let agree = if directions
+            .iter()
+            .any(|d| d.versions.secrets_agree == Some(false))
+        {
             Some(false)
-        } else if directions.iter().all(|d| d.secrets_agree == Some(true)) {
+        } else if directions
+            .iter()
+            .all(|d| d.versions.secrets_agree == Some(true))
+        {
             Some(true)
         } else {
             None
@@ -324,12 +244,14 @@ pub async fn status(json: bool) -> Result<u8> {
                 ),
                 None => "never verified".into(),
             };
-            let secret = match (d.secrets_agree, &d.secrets_unknown_because) {
-                (Some(true), _) => format!("secret v{}", d.secret_version.unwrap_or(0)),
+            let v = &d.versions;
+            let secret = match (v.secrets_agree, &v.secrets_unknown_because) {
+                (Some(true), _) => format!("secret v{}", v.secret_version.unwrap_or(0)),
                 (Some(false), why) => format!(
-                    "secret v{} in the store, client has {}{}",
-                    d.secret_version.map_or("?".into(), |v| v.to_string()),
-                    d.client_secret_version.as_deref().unwrap_or("none"),
+                    "secret v{} in the store, client has {}, provider has {}{}",
+                    v.secret_version.map_or("?".into(), |v| v.to_string()),
+                    v.client_secret_version.as_deref().unwrap_or("none"),
+                    v.provider_secret_version.as_deref().unwrap_or("none"),
                     why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
                 ),
                 (None, Some(why)) => format!("secret unknown: {why}"),

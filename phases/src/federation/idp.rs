@@ -58,7 +58,7 @@ pub struct FederationIdp {
     pub to: String,
 }
 
-fn idp_path(realm: &str, alias: &str) -> String {
+pub(crate) fn idp_path(realm: &str, alias: &str) -> String {
     realm_path(
         realm,
         &format!("/identity-provider/instances/{}", enc(alias)),

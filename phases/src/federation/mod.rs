@@ -37,11 +37,13 @@ pub mod drift;
 mod idp;
 mod record;
 mod unlink;
+mod versions;
 
 pub use client::FederationClient;
 pub use idp::{FederationIdp, MAPPER_TYPE};
 pub use record::FederationRecord;
 pub use unlink::FederationUnlink;
+pub use versions::{SecretVersions, secret_versions};
 
 use crate::instance::{InstanceRecord, Instances, Role, normalize_code};
 use crate::keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
