@@ -1,6 +1,6 @@
 //! The state database: runs, checkpoints, history, breaker transitions and lock holders.
 //! Queries for the CLI go through a small pool; a running run writes through its own
-//! [`crate::runconn::RunConn`], which also holds the run's advisory locks.
+//! `RunConn` (the run's own connection), which also holds the run's advisory locks.
 
 use crate::error::EngineError;
 use crate::plan::Plan;

@@ -8,6 +8,10 @@
 //! | `federation.unlink`  | removes both of the above and the secret (one direction)               |
 //! | `federation.record`  | the pair in table `federation_links` (or removes it: `remove: true`)   |
 //!
+//! Beside the phases: [`drift`] (what differs from what these phases would create, in three
+//! layers, using the same diff functions the phases apply) and [`secret_versions`] (which secret
+//! version each side was given).
+//!
 //! Every direction phase takes `from` (X) and `to` (P), ISO 3166-1 alpha-3 codes in any case.
 //! URLs and runtimes come from the instance registry ([`Instances`]), admin passwords from
 //! `<code>/keycloak/admin-password`; the client secret lives in

@@ -72,9 +72,9 @@ pub struct DataMount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Health {
-    /// An HTTP GET on 127.0.0.1:<host port> answering 2xx.
+    /// An HTTP GET on `127.0.0.1:<host port>` answering 2xx.
     Http { port: String, path: String },
-    /// A TCP connect to 127.0.0.1:<host port>.
+    /// A TCP connect to `127.0.0.1:<host port>`.
     Tcp { port: String },
     /// A command exiting 0 (run on the host locally, inside the container in Docker).
     Command { command: Vec<String> },

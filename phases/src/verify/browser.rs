@@ -17,7 +17,11 @@ pub const CLIENT_ID: &str = "dive-verify";
 /// Its redirect URI; never requested, the flow stops at the redirect to it.
 pub const CALLBACK_URI: &str = "http://127.0.0.1/dive-verify/callback";
 /// Timeout of every HTTP request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-request limit: a login's requests make Keycloak hash a password and call its partner,
+/// which takes seconds on a busy two-core machine.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting is quick when the Keycloak is up at all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Redirects and pages followed before giving up.
 const MAX_HOPS: u32 = 25;
 /// Intermediate forms (review profile, …) submitted before giving up.
@@ -120,7 +124,7 @@ impl<'a> Browser<'a> {
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
             .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("dive-verify/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| VerifyError::Setup(format!("cannot build an HTTP client: {e}")))?;

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-/// Brokered logins tried per user when requests time out (each request waits 5 s at most).
+/// Brokered logins tried per user when requests time out (each request waits 10 s at most).
 const LOGIN_ATTEMPTS: u32 = 3;
 
 /// One claim that differs from the user's attribute at home (values compared as sets).

@@ -2,7 +2,7 @@
 //! login").
 //!
 //! [`brokered_login`] is a scripted browser: its own cookie jar, no automatic redirects (every
-//! hop is looked at), a 5 s timeout on every request. It starts an authorization-code flow with
+//! hop is looked at), a 10 s timeout on every request (5 s to connect). It starts an authorization-code flow with
 //! PKCE S256 on the public client `dive-verify` at the *target* realm with
 //! `kc_idp_hint=<home>-idp`, follows the redirects to the *home* Keycloak's login form, posts the
 //! user's credentials there, follows the redirects back through the target's broker endpoint
@@ -12,9 +12,11 @@
 //! token endpoint and validates the ID token: RS256 signature against the target realm's JWKS
 //! (by `kid`), `iss`, `aud` ∋ `dive-verify`, `nonce`, `exp`.
 //!
-//! [`verify_direction`] does that for every test user of one instance at another and compares
-//! the four DIVE claims with the user's attributes at home (read through the admin API);
-//! [`record`] stores the result in `federation_verifications`.
+//! [`verify_direction`] does that for the test users of one instance at another (all of them,
+//! side by side, or the first few: drift's live layer logs in once) and compares the four DIVE
+//! claims with the user's attributes at home (read through the admin API); [`record`] stores the
+//! result in `federation_verifications`. The phase type `federation.verify` ([`FederationVerify`])
+//! runs one direction inside a workflow (`federation-verify`, `quickstart`).
 //!
 //! Errors name the side that failed (home or target, by code and URL) and never contain a
 //! password, an authorization code or a token: URLs in errors are shown without their query.
