@@ -132,28 +132,9 @@ async fn a_lock_taken_during_the_outage_stops_the_run_resumably() {
 
     // Another session grabs the lock the moment the run's session is gone.
     let intruder = uuid::Uuid::now_v7();
-    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
     cut_lock_holder(&store, &lock).await;
-    let mut got = false;
-    for _ in 0..400 {
-        got = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&lock)
-            .fetch_one(&mut other)
-            .await
-            .unwrap();
-        if got {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert!(got, "the lock became free after the session was cut");
     let stolen_at = chrono::Utc::now();
-    sqlx::query("UPDATE locks SET run_id = $2 WHERE key = $1")
-        .bind(&lock)
-        .bind(intruder)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let other = common::steal_lock(&db.url, &lock, intruder).await;
 
     let err = run.await.unwrap().unwrap_err();
     match &err {

@@ -476,27 +476,8 @@ async fn losing_the_second_key_in_an_outage_stops_the_run_and_frees_the_first() 
 
     // Another session grabs b the moment the run's session is gone.
     let intruder = uuid::Uuid::now_v7();
-    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
     cut_holder(&store, &a).await;
-    let mut got = false;
-    for _ in 0..400 {
-        got = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&b)
-            .fetch_one(&mut other)
-            .await
-            .unwrap();
-        if got {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert!(got, "b became free after the session was cut");
-    sqlx::query("UPDATE locks SET run_id = $2 WHERE key = $1")
-        .bind(&b)
-        .bind(intruder)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let other = common::steal_lock(&db.url, &b, intruder).await;
 
     let err = run.await.unwrap().unwrap_err();
     let run_id = match &err {

@@ -26,3 +26,31 @@ pub fn db(name: &str) -> &'static Db {
         }
     })
 }
+
+/// On a new session, takes lock `key` as soon as its holder's session is gone (polling for up to
+/// about a second) and records `intruder` as its holder — what another run would do.
+#[allow(dead_code)]
+pub async fn steal_lock(url: &str, key: &str, intruder: uuid::Uuid) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut other = sqlx::PgConnection::connect(url).await.unwrap();
+    let mut got = false;
+    for _ in 0..400 {
+        got = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        if got {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(got, "lock `{key}` became free after its session was cut");
+    sqlx::query("UPDATE locks SET run_id = $2 WHERE key = $1")
+        .bind(key)
+        .bind(intruder)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other
+}
