@@ -253,7 +253,7 @@ async fn keys_are_taken_in_sorted_order_and_released_when_one_is_held() {
         .unwrap();
     assert_eq!(runs, 0, "a refused run writes nothing");
 
-    other.close().await.unwrap();
+    common::release_all(other).await;
     let outcome = engine.start(&p, &RunOptions::default()).await.unwrap();
     assert_eq!(outcome.state, RunState::Succeeded);
 }
@@ -381,7 +381,7 @@ async fn a_child_resumed_on_its_own_takes_all_its_keys() {
         other => panic!("expected LockHeld on {a}, got {other:?}"),
     }
     assert_eq!(holder_pid(&store, &b).await, None, "b not left held");
-    parent.close().await.unwrap();
+    common::release_all(parent).await;
     let outcome = engine
         .resume(outcome.run_id, &RunOptions::default())
         .await
@@ -554,7 +554,7 @@ async fn a_run_is_orphaned_only_when_none_of_its_keys_is_held() {
     let two_listed = listed.iter().find(|r| r.id == two).unwrap();
     assert!(!two_listed.orphaned);
     assert_eq!(two_listed.lock_keys, [a.clone(), b.clone()]);
-    holder.close().await.unwrap();
+    common::release_all(holder).await;
     assert!(store.load_run(two).await.unwrap().orphaned);
 
     // Cancelling the orphan takes (and gives back) both keys.

@@ -54,3 +54,15 @@ pub async fn steal_lock(url: &str, key: &str, intruder: uuid::Uuid) -> sqlx::PgC
         .unwrap();
     other
 }
+
+/// Gives back every advisory lock of `conn`, then closes it. Closing alone frees them only once
+/// the server's backend has exited, which a test that takes the keys next would race.
+#[allow(dead_code)]
+pub async fn release_all(mut conn: sqlx::PgConnection) {
+    use sqlx::Connection;
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
