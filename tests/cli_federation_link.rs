@@ -376,6 +376,12 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
         assert_eq!(federation_secrets(env), "2", "both secrets exist halfway");
         run.signal(libc::SIGKILL);
         let _ = run.wait(Duration::from_secs(10));
+        // The database frees the dead session's locks: the run is orphaned, ready to resume.
+        common::wait_until(
+            "the killed link run is orphaned",
+            Duration::from_secs(20),
+            || env.show(&id)["orphaned"] == true,
+        );
         std::fs::remove_file(env.path("hold")).unwrap();
         id
     };
