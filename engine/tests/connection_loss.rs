@@ -2,33 +2,14 @@
 //! or, if another session took the lock meanwhile, it stops (resumable) and says who holds it.
 
 use dive_engine::{
-    Engine, EngineError, Event, EventSink, Phase, PhaseContext, PhaseError, PhaseState, RunOptions,
-    RunState, Store, Workflow, async_trait, typetag,
+    Engine, EngineError, Event, EventSink, PhaseState, RunOptions, RunState, Store, Workflow,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 mod common;
-
-/// Holds for `ms` milliseconds.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Hold {
-    ms: u64,
-}
-
-#[typetag::serde(name = "hold")]
-#[async_trait]
-impl Phase for Hold {
-    async fn run(&self, _ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        tokio::time::sleep(Duration::from_millis(self.ms)).await;
-        Ok(json!({}))
-    }
-}
 
 fn chain(lock: &str, n: usize, ms: u64) -> dive_engine::Plan {
     let mut y = format!("name: loss\nlock: \"{lock}\"\nphases:\n");

@@ -27,22 +27,6 @@ async fn holder_pid(store: &Store, key: &str) -> Option<i32> {
         .unwrap()
 }
 
-/// Holds for `ms` milliseconds.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Hold {
-    ms: u64,
-}
-
-#[typetag::serde(name = "hold")]
-#[async_trait]
-impl Phase for Hold {
-    async fn run(&self, _ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        tokio::time::sleep(Duration::from_millis(self.ms)).await;
-        Ok(json!({}))
-    }
-}
-
 /// Reports which session holds each of `keys` and which keys the run says it runs under.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -66,3 +66,22 @@ pub async fn release_all(mut conn: sqlx::PgConnection) {
         .unwrap();
     conn.close().await.unwrap();
 }
+
+/// Phase type `hold`: holds for `ms` milliseconds (a phase that is running long enough to act on).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    ms: u64,
+}
+
+#[dive_engine::typetag::serde(name = "hold")]
+#[dive_engine::async_trait]
+impl dive_engine::Phase for Hold {
+    async fn run(
+        &self,
+        _ctx: &dive_engine::PhaseContext,
+    ) -> Result<serde_json::Value, dive_engine::PhaseError> {
+        tokio::time::sleep(std::time::Duration::from_millis(self.ms)).await;
+        Ok(serde_json::json!({}))
+    }
+}
