@@ -1,33 +1,12 @@
 //! A run whose database session dies: it pauses, reconnects, takes its lock again and finishes;
 //! or, if another session took the lock meanwhile, it stops (resumable) and says who holds it.
 
-use dive_engine::{
-    Engine, EngineError, Event, EventSink, PhaseState, RunOptions, RunState, Store, Workflow,
-};
+use dive_engine::{Engine, EngineError, Event, EventSink, PhaseState, RunOptions, RunState, Store};
 use sqlx::Connection;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 mod common;
-
-fn chain(lock: &str, n: usize, ms: u64) -> dive_engine::Plan {
-    let mut y = format!("name: loss\nlock: \"{lock}\"\nphases:\n");
-    for i in 0..n {
-        let after = if i == 0 {
-            String::new()
-        } else {
-            format!(", after: [h{}]", i - 1)
-        };
-        y.push_str(&format!(
-            "  - {{ id: h{i}, type: hold, ms: {ms}{after} }}\n"
-        ));
-    }
-    Workflow::parse("loss.yaml", &y)
-        .unwrap()
-        .plan(&BTreeMap::new())
-        .unwrap()
-}
 
 const LOCK_PID: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
      AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0)";
@@ -53,7 +32,7 @@ async fn a_lost_session_is_replaced_and_the_run_finishes() {
         .await
         .unwrap();
     let lock = format!("loss:{}", uuid::Uuid::now_v7());
-    let plan = chain(&lock, 6, 150);
+    let plan = common::hold_chain(&format!("\"{lock}\""), 6, 150);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let opts = RunOptions {
         events: EventSink::new(tx),
@@ -103,7 +82,7 @@ async fn a_lock_taken_during_the_outage_stops_the_run_resumably() {
     let db = common::db("connection-loss");
     let store = Store::open(&db.url).await.unwrap();
     let lock = format!("loss:{}", uuid::Uuid::now_v7());
-    let plan = chain(&lock, 8, 150);
+    let plan = common::hold_chain(&format!("\"{lock}\""), 8, 150);
     let engine = std::sync::Arc::new(Engine::new(store.clone()));
     let run = tokio::spawn({
         let (engine, plan) = (engine.clone(), plan.clone());

@@ -392,28 +392,13 @@ async fn cut_holder(store: &Store, key: &str) -> i32 {
     pid
 }
 
-fn chain(lock: &str, n: usize, ms: u64) -> dive_engine::Plan {
-    let mut y = format!("name: loss\nlock: {lock}\nphases:\n");
-    for i in 0..n {
-        let after = if i == 0 {
-            String::new()
-        } else {
-            format!(", after: [h{}]", i - 1)
-        };
-        y.push_str(&format!(
-            "  - {{ id: h{i}, type: hold, ms: {ms}{after} }}\n"
-        ));
-    }
-    plan(&y)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_lost_session_every_key_is_taken_again() {
     let engine = Arc::new(engine().await);
     let store = engine.store().clone();
     let t = tag();
     let (a, b) = (format!("{t}:a"), format!("{t}:b"));
-    let p = chain(&format!("[\"{b}\", \"{a}\"]"), 8, 150);
+    let p = common::hold_chain(&format!("[\"{b}\", \"{a}\"]"), 8, 150);
     let run = start_in_background(&engine, p, RunOptions::default(), &b).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let old = cut_holder(&store, &a).await;
@@ -454,7 +439,7 @@ async fn losing_the_second_key_in_an_outage_stops_the_run_and_frees_the_first() 
     let store = engine.store().clone();
     let t = tag();
     let (a, b) = (format!("{t}:a"), format!("{t}:b"));
-    let p = chain(&format!("[\"{a}\", \"{b}\"]"), 8, 150);
+    let p = common::hold_chain(&format!("[\"{a}\", \"{b}\"]"), 8, 150);
     let run = start_in_background(&engine, p, RunOptions::default(), &b).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 

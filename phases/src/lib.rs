@@ -1,6 +1,7 @@
 //! dive-phases: the phase types dive workflows are made of. Each type is one struct registered
 //! with typetag; the engine finds it by its `type:` name.
 
+pub mod db;
 pub mod exec;
 pub mod federation;
 pub mod instance;

@@ -31,19 +31,11 @@ fn default_admin() -> String {
 }
 
 /// Connection problems are worth retrying; a refused login or bad SQL is not.
+/// A protocol error here means a connection cut mid-answer (a server still starting).
 fn classify(e: sqlx::Error, what: &str) -> PhaseError {
-    let retry = match &e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
-    };
-    let msg = format!("{what}: {e}");
-    if retry {
-        PhaseError::retryable(msg)
-    } else {
-        PhaseError::fatal(msg)
+    match e {
+        sqlx::Error::Protocol(_) => PhaseError::retryable(format!("{what}: {e}")),
+        e => crate::db::phase_error(&e, what),
     }
 }
 

@@ -85,3 +85,24 @@ impl dive_engine::Phase for Hold {
         Ok(serde_json::json!({}))
     }
 }
+
+/// A plan of `n` `hold` phases of `ms` each, one after the other, under `lock` (written as YAML:
+/// a quoted key or a list).
+#[allow(dead_code)]
+pub fn hold_chain(lock: &str, n: usize, ms: u64) -> dive_engine::Plan {
+    let mut y = format!("name: chain\nlock: {lock}\nphases:\n");
+    for i in 0..n {
+        let after = if i == 0 {
+            String::new()
+        } else {
+            format!(", after: [h{}]", i - 1)
+        };
+        y.push_str(&format!(
+            "  - {{ id: h{i}, type: hold, ms: {ms}{after} }}\n"
+        ));
+    }
+    dive_engine::Workflow::parse("chain.yaml", &y)
+        .unwrap()
+        .plan(&Default::default())
+        .unwrap()
+}

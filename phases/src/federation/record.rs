@@ -35,19 +35,7 @@ pub struct FederationRecord {
 }
 
 fn db_error(e: sqlx::Error) -> PhaseError {
-    let retryable = match &e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("40") || c.starts_with("57P")),
-        _ => false,
-    };
-    let msg = format!("federation_links: {e}");
-    if retryable {
-        PhaseError::retryable(msg)
-    } else {
-        PhaseError::fatal(msg)
-    }
+    crate::db::phase_error(&e, "federation_links")
 }
 
 #[typetag::serde(name = "federation.record")]

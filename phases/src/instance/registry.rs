@@ -224,14 +224,8 @@ fn holder_text(holder: &Option<Uuid>) -> String {
 impl InstanceError {
     /// Whether trying again later can help (connection trouble, serialisation failures).
     pub fn is_retryable(&self) -> bool {
-        let InstanceError::Database(e) = self else {
-            return false;
-        };
-        match e {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                c.starts_with("08") || c.starts_with("40") || c.starts_with("57P")
-            }),
+        match self {
+            InstanceError::Database(e) => crate::db::is_transient(e),
             _ => false,
         }
     }

@@ -72,16 +72,8 @@ pub enum SecretError {
 impl SecretError {
     /// Whether trying again later can help (connection trouble, serialisation failures).
     pub fn is_retryable(&self) -> bool {
-        let SecretError::Database(e) = self else {
-            return false;
-        };
-        match e {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                // Connection exceptions, transaction rollbacks (serialisation, deadlock),
-                // operator intervention (shutdown, cannot connect now).
-                c.starts_with("08") || c.starts_with("40") || c.starts_with("57P")
-            }),
+        match self {
+            SecretError::Database(e) => crate::db::is_transient(e),
             _ => false,
         }
     }
