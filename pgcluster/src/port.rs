@@ -12,8 +12,10 @@ use crate::Error;
 
 /// Candidates come from below Linux's ephemeral range (32768–60999) so that other programs'
 /// `bind(0)` listeners and outgoing connections are unlikely to take the port while the cluster
-/// is stopped.
-const RANGE: std::ops::Range<u16> = 16_000..32_000;
+/// is stopped, and from below 20000, where dive's instances get their port blocks
+/// (`DIVE_PORT_BASE`, default 20000): a cluster must never sit on a port an instance's
+/// PostgreSQL or Keycloak is given.
+const RANGE: std::ops::Range<u16> = 15_000..20_000;
 
 /// Reads the recorded port; `Ok(None)` if the file does not exist.
 pub(crate) fn read(path: &Path) -> Result<Option<u16>, Error> {

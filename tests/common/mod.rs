@@ -289,7 +289,8 @@ impl TestEnv {
     pub fn own_ports(&mut self) -> &mut Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Below Linux's ephemeral range (32768+), so no outgoing connection holds one of them.
+        // Below Linux's ephemeral range (32768+), so no outgoing connection holds one of them,
+        // and above the test clusters' ports (dive-pgcluster picks 15000-19999).
         let base = 21000 + (std::process::id() % 20) * 500 + (slot % 5) * 100;
         self.set("DIVE_PORT_BASE", base.to_string())
     }
