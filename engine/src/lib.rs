@@ -20,7 +20,7 @@ pub mod workflow;
 pub use breakers::BreakerPolicy;
 pub use error::EngineError;
 pub use events::{Event, EventSink};
-pub use phase::{Phase, PhaseContext, PhaseError};
+pub use phase::{Classify, Phase, PhaseContext, PhaseError};
 pub use plan::{Plan, PlannedPhase, RetryPolicy};
 pub use runner::{Engine, RunOptions, RunOutcome};
 pub use services::Services;

@@ -10,15 +10,18 @@
 //!   thing it removes is already gone.
 //! - Every `.await` is a cancellation point: a cancelled run drops the future. Leave nothing that a
 //!   second `run` or a `compensate` could not finish.
-//! - Errors say whether a retry can help ([`PhaseError::Retryable`]) or not ([`PhaseError::Fatal`]:
-//!   bad credentials, invalid configuration). Error text never contains a secret value.
+//! - Errors say whether a retry can help ([`PhaseError::retryable`]) or not ([`PhaseError::fatal`]:
+//!   bad credentials, invalid configuration); domain errors say it through [`Classify`] and
+//!   convert with `?`. Error text never contains a secret value.
 
 use crate::events::{Event, EventSink};
 use crate::services::Services;
 use async_trait::async_trait;
+pub use dive_error::Classify;
 use serde_json::Value;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -60,28 +63,68 @@ impl fmt::Debug for PhaseContext {
     }
 }
 
-/// Why a phase attempt failed, and whether trying again can help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PhaseError {
-    /// A transient failure (network, timeout, service starting): the retry policy applies.
-    #[error("{0}")]
-    Retryable(String),
-    /// A failure a retry cannot fix: the phase fails at once.
-    #[error("{0}")]
-    Fatal(String),
+/// Why a phase attempt failed, whether trying again can help, and the cause chain (rendered
+/// once, so it survives the checkpoint and reaches `dive runs show` whole). Any error type that
+/// implements [`Classify`] converts into it with `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseError {
+    retryable: bool,
+    message: String,
+    retry_after: Option<Duration>,
 }
 
 impl PhaseError {
+    /// A transient failure (network, timeout, service starting): the retry policy applies.
     pub fn retryable(msg: impl Into<String>) -> Self {
-        PhaseError::Retryable(msg.into())
+        PhaseError {
+            retryable: true,
+            message: msg.into(),
+            retry_after: None,
+        }
     }
 
+    /// A failure a retry cannot fix (bad credentials, invalid configuration): the phase fails
+    /// at once.
     pub fn fatal(msg: impl Into<String>) -> Self {
-        PhaseError::Fatal(msg.into())
+        PhaseError {
+            retryable: false,
+            message: msg.into(),
+            retry_after: None,
+        }
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PhaseError::Retryable(_))
+        self.retryable
+    }
+
+    /// The least time to wait before the next attempt, when the failing service said so; the
+    /// retry policy's delay is used when it is longer.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The same error with `what` in front of its message (`what: message`).
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for PhaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PhaseError {}
+
+impl<E: Classify> From<E> for PhaseError {
+    fn from(e: E) -> Self {
+        PhaseError {
+            retryable: e.is_retryable(),
+            message: dive_error::chain(&e),
+            retry_after: e.retry_after(),
+        }
     }
 }
 

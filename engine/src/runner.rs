@@ -536,7 +536,7 @@ impl<'a> Runner<'a> {
         let handle = self.tasks.spawn(
             async move {
                 let result = match phase {
-                    Err(e) => Err(PhaseError::Fatal(e)),
+                    Err(e) => Err(PhaseError::fatal(e)),
                     Ok(phase) => {
                         let call = run_with_timeout(phase.run(&ctx), timeout);
                         match key {
@@ -570,7 +570,7 @@ impl<'a> Runner<'a> {
                 } else {
                     format!("phase panicked: {e}")
                 };
-                (i, Err(PhaseError::Fatal(why)))
+                (i, Err(PhaseError::fatal(why)))
             }
         };
         let id = self.dag.ids[i].clone();
@@ -602,7 +602,8 @@ impl<'a> Runner<'a> {
                     && self.tries[i] < self.plan.phases[i].retry.max_attempts;
                 let retry_in = may_retry
                     .then(|| self.delays[i].as_mut().and_then(|d| d.next()))
-                    .flatten();
+                    .flatten()
+                    .map(|d| d.max(error.retry_after().unwrap_or_default()));
                 tracing::warn!(run.id = %self.run_id(), phase.id = %id, attempt, %error, ?retry_in, "phase attempt failed");
                 self.opts.events.emit(Event::PhaseFailed {
                     phase: id.clone(),
@@ -735,7 +736,7 @@ impl<'a> Runner<'a> {
                 .emit(Event::Compensating { phase: id.clone() });
             let started = Instant::now();
             let result = match phase {
-                Err(e) => Err(PhaseError::Fatal(e)),
+                Err(e) => Err(PhaseError::fatal(e)),
                 Ok(phase) => {
                     let output = self.outputs.get(&id).cloned().unwrap_or(Value::Null);
                     let ctx = PhaseContext {

@@ -98,8 +98,7 @@ pub async fn secret_value(store: &SecretStore, name: &str) -> Result<String, Pha
         Ok(None) => Err(PhaseError::fatal(format!(
             "secret `{name}` does not exist (add a secret.ensure phase before this one)"
         ))),
-        Err(e) if e.is_retryable() => Err(PhaseError::retryable(e.to_string())),
-        Err(e) => Err(PhaseError::fatal(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 

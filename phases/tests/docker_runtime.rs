@@ -2,6 +2,7 @@
 //! (`scripts/images build`): ensure is idempotent, a changed spec recreates, stop/start/remove,
 //! a missing image is a clear error, and deploys racing for a network create one.
 
+use dive_error::Classify;
 use dive_phases::runtime::docker::{DockerRuntime, container_name};
 use dive_phases::runtime::{Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
 use std::collections::BTreeMap;

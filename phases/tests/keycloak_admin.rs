@@ -8,6 +8,7 @@
 //! and everything is removed at the end, also when an assertion fails.
 
 use dive_engine::{Engine, PhaseState, RunOptions, RunState, Services, Store, Workflow};
+use dive_error::Classify;
 use dive_pgcluster::{Cluster, StopMode};
 use dive_phases::keycloak::{
     CLEARANCES, DIVE_ATTRIBUTES, KeycloakAdmin, KeycloakError, admin_password_secret, login_claims,

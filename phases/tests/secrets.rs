@@ -2,6 +2,7 @@
 //! key checks, tamper detection, and `secret.ensure` run by the engine.
 
 use dive_engine::{Engine, PhaseState, RunOptions, RunState, Services, Store, Workflow};
+use dive_error::Classify;
 use dive_pgcluster::{Cluster, StopMode};
 use dive_phases::secrets::{
     Alphabet, KeySource, MasterKey, Secret, SecretError, SecretStore, validate_name,

@@ -30,7 +30,7 @@
 
 use super::{
     SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field, enc, flag,
-    realm_path, resolve, store_error,
+    realm_path, resolve,
 };
 use crate::instance::InstanceRecord;
 use crate::keycloak::client::merge_client;
@@ -177,12 +177,10 @@ impl Phase for FederationClient {
         let secret_name = client_secret_name(&x.code, &p.code);
         let (_, secret_created) = store
             .ensure(&secret_name, SECRET_LENGTH, Alphabet::Alphanumeric)
-            .await
-            .map_err(store_error)?;
+            .await?;
         let (secret, secret_version) = store
             .get(&secret_name)
-            .await
-            .map_err(store_error)?
+            .await?
             .ok_or_else(|| PhaseError::retryable(format!("secret `{secret_name}` vanished")))?;
 
         let admin = admin(ctx, &x).await?;
@@ -291,10 +289,7 @@ impl Phase for FederationClient {
         }
         if flag(output, "secret_created") {
             let name = client_secret_name(&from, &to);
-            secrets(ctx)?
-                .delete_prefix(&name)
-                .await
-                .map_err(store_error)?;
+            secrets(ctx)?.delete_prefix(&name).await?;
             tracing::info!(secret = %name, "deleted federation secret (compensation)");
         }
         Ok(())

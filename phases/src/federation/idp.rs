@@ -35,7 +35,7 @@
 
 use super::{
     SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id, client_secret_name, code_field,
-    enc, flag, idp_alias, realm_path, resolve, store_error,
+    enc, flag, idp_alias, realm_path, resolve,
 };
 use crate::instance::InstanceRecord;
 use crate::keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
@@ -386,17 +386,13 @@ impl Phase for FederationIdp {
         let (x, p) = resolve(ctx, &self.from, &self.to).await?;
         let store = secrets(ctx)?;
         let secret_name = client_secret_name(&x.code, &p.code);
-        let (secret, secret_version) = store
-            .get(&secret_name)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                PhaseError::fatal(format!(
-                    "secret `{secret_name}` does not exist (add a federation.client phase from \
+        let (secret, secret_version) = store.get(&secret_name).await?.ok_or_else(|| {
+            PhaseError::fatal(format!(
+                "secret `{secret_name}` does not exist (add a federation.client phase from \
                      {} to {} before this one)",
-                    x.code, p.code
-                ))
-            })?;
+                x.code, p.code
+            ))
+        })?;
         let admin = admin(ctx, &p).await?;
         let realm = p.realm();
         if admin.realm(&realm).await?.is_none() {

@@ -233,15 +233,6 @@ pub(crate) fn flag(output: &serde_json::Value, key: &str) -> bool {
     output.get(key).and_then(serde_json::Value::as_bool) == Some(true)
 }
 
-/// A secret-store error as a phase error.
-pub(crate) fn store_error(e: crate::secrets::SecretError) -> PhaseError {
-    if e.is_retryable() {
-        PhaseError::retryable(e.to_string())
-    } else {
-        PhaseError::fatal(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@
 
 use super::{
     admin, breaker, client_id, client_secret_name, code, code_field, enc, idp_alias, realm_path,
-    registry, store_error,
+    registry,
 };
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
@@ -67,8 +67,7 @@ impl Phase for FederationUnlink {
         }
         let secret_removed = !secrets(ctx)?
             .delete_prefix(&client_secret_name(&from, &to))
-            .await
-            .map_err(store_error)?
+            .await?
             .is_empty();
         let changed = idp_removed || client_removed || secret_removed;
         if changed {

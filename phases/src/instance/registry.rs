@@ -222,14 +222,6 @@ fn holder_text(holder: &Option<Uuid>) -> String {
 }
 
 impl InstanceError {
-    /// Whether trying again later can help (connection trouble, serialisation failures).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            InstanceError::Database(e) => crate::db::is_transient(e),
-            _ => false,
-        }
-    }
-
     /// Whether the operator can fix it (a code, a role, a runtime, the port base).
     pub fn is_invalid_input(&self) -> bool {
         matches!(
@@ -248,12 +240,12 @@ impl InstanceError {
     }
 }
 
-impl From<InstanceError> for dive_engine::PhaseError {
-    fn from(e: InstanceError) -> Self {
-        if e.is_retryable() {
-            dive_engine::PhaseError::retryable(e.to_string())
-        } else {
-            dive_engine::PhaseError::fatal(e.to_string())
+impl dive_error::Classify for InstanceError {
+    /// Whether trying again later can help (connection trouble, serialisation failures).
+    fn is_retryable(&self) -> bool {
+        match self {
+            InstanceError::Database(e) => dive_error::is_transient_sqlx(e),
+            _ => false,
         }
     }
 }

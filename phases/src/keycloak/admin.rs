@@ -8,6 +8,7 @@
 //! appear in errors, logs or `Debug` output.
 
 use super::types::{ClientRep, ClientScopeRep, ProtocolMapperRep, RealmRep, UserRep};
+use dive_error::Classify;
 use reqwest::{Method, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +38,8 @@ pub enum KeycloakError {
         path: String,
         status: StatusCode,
         message: String,
+        /// The server's `Retry-After` (seconds form), when it sent one.
+        retry_after: Option<Duration>,
     },
     /// No answer: connection refused or reset, DNS, timeout.
     #[error("{target}: {method} {path}: {message}")]
@@ -77,20 +80,6 @@ fn detail(message: &str) -> String {
 }
 
 impl KeycloakError {
-    /// Whether trying again later can help: no answer, 5xx, 408 and 429 yes; other 4xx no (a 409
-    /// is "already there" for callers that create things).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            KeycloakError::Transport { .. } | KeycloakError::NotReady { .. } => true,
-            KeycloakError::Status { status, .. } => {
-                status.is_server_error()
-                    || *status == StatusCode::REQUEST_TIMEOUT
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-            }
-            KeycloakError::Protocol { .. } | KeycloakError::Invalid { .. } => false,
-        }
-    }
-
     /// The HTTP status Keycloak answered with, if it answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
@@ -116,12 +105,25 @@ impl KeycloakError {
     }
 }
 
-impl From<KeycloakError> for dive_engine::PhaseError {
-    fn from(e: KeycloakError) -> Self {
-        if e.is_retryable() {
-            dive_engine::PhaseError::retryable(e.to_string())
-        } else {
-            dive_engine::PhaseError::fatal(e.to_string())
+impl dive_error::Classify for KeycloakError {
+    /// Whether trying again later can help: no answer, 5xx, 408 and 429 yes; other 4xx no (a 409
+    /// is "already there" for callers that create things).
+    fn is_retryable(&self) -> bool {
+        match self {
+            KeycloakError::Transport { .. } | KeycloakError::NotReady { .. } => true,
+            KeycloakError::Status { status, .. } => {
+                status.is_server_error()
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            KeycloakError::Protocol { .. } | KeycloakError::Invalid { .. } => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            KeycloakError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -191,6 +193,12 @@ fn transport_error(target: &str, method: &Method, path: &str, e: &reqwest::Error
 /// Turns a non-2xx answer into an error carrying Keycloak's message.
 async fn status_error(target: &str, method: &Method, path: &str, resp: Response) -> KeycloakError {
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let body = resp.text().await.unwrap_or_default();
     KeycloakError::Status {
         target: target.to_string(),
@@ -198,6 +206,7 @@ async fn status_error(target: &str, method: &Method, path: &str, resp: Response)
         path: path.to_string(),
         status,
         message: error_message(&body),
+        retry_after,
     }
 }
 
@@ -994,6 +1003,7 @@ mod tests {
             path: "/admin/realms/dive-fra/clients".into(),
             status: StatusCode::CONFLICT,
             message: "Client dive-verify already exists".into(),
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),
@@ -1007,6 +1017,7 @@ mod tests {
             path: "/".into(),
             status: StatusCode::from_u16(s).unwrap(),
             message: String::new(),
+            retry_after: (s == 503).then(|| Duration::from_secs(7)),
         };
         for s in [500, 502, 503, 504, 408, 429] {
             assert!(status(s).is_retryable(), "{s}");
@@ -1017,6 +1028,7 @@ mod tests {
         assert_eq!(status(503).to_string(), "k: GET /: 503 Service Unavailable");
         let phase: dive_engine::PhaseError = status(503).into();
         assert!(phase.is_retryable());
+        assert_eq!(phase.retry_after(), Some(Duration::from_secs(7)));
         let phase: dive_engine::PhaseError = status(401).into();
         assert!(!phase.is_retryable());
     }

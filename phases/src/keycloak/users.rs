@@ -34,6 +34,7 @@ use super::types::UserRep;
 use crate::secrets::Alphabet;
 use crate::service::{secret_value, secrets};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_error::Classify;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

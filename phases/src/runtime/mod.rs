@@ -232,20 +232,12 @@ impl RuntimeError {
             source,
         }
     }
-
-    /// Whether trying again later can help (daemon hiccups, a service still starting).
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, RuntimeError::Invalid(_))
-    }
 }
 
-impl From<RuntimeError> for dive_engine::PhaseError {
-    fn from(e: RuntimeError) -> Self {
-        if e.is_retryable() {
-            dive_engine::PhaseError::retryable(e.to_string())
-        } else {
-            dive_engine::PhaseError::fatal(e.to_string())
-        }
+impl dive_error::Classify for RuntimeError {
+    /// Whether trying again later can help (daemon hiccups, a service still starting).
+    fn is_retryable(&self) -> bool {
+        !matches!(self, RuntimeError::Invalid(_))
     }
 }
 

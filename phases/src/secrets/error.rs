@@ -2,7 +2,6 @@
 //! or key material.
 
 use super::key::KeySource;
-use dive_engine::PhaseError;
 use std::path::PathBuf;
 
 /// What the master key must look like, repeated in every malformed-key message.
@@ -70,14 +69,6 @@ pub enum SecretError {
 }
 
 impl SecretError {
-    /// Whether trying again later can help (connection trouble, serialisation failures).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SecretError::Database(e) => crate::db::is_transient(e),
-            _ => false,
-        }
-    }
-
     /// Whether the operator can fix the input (name, length, key format) rather than the system.
     pub fn is_invalid_input(&self) -> bool {
         matches!(
@@ -89,12 +80,12 @@ impl SecretError {
     }
 }
 
-impl From<SecretError> for PhaseError {
-    fn from(e: SecretError) -> Self {
-        if e.is_retryable() {
-            PhaseError::retryable(e.to_string())
-        } else {
-            PhaseError::fatal(e.to_string())
+impl dive_error::Classify for SecretError {
+    /// Whether trying again later can help (connection trouble, serialisation failures).
+    fn is_retryable(&self) -> bool {
+        match self {
+            SecretError::Database(e) => dive_error::is_transient_sqlx(e),
+            _ => false,
         }
     }
 }
