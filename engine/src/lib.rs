@@ -11,6 +11,7 @@ pub mod phase;
 pub mod plan;
 mod runconn;
 pub mod runner;
+pub mod scheduler;
 pub mod services;
 pub mod state;
 pub mod store;

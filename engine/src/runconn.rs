@@ -9,27 +9,14 @@
 use crate::error::EngineError;
 use crate::events::{Event, EventSink};
 use crate::plan::Plan;
+use crate::scheduler::PhaseRow;
 use crate::state::{PhaseState, RunState};
 use crate::store::connect_options;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// One checkpoint row, as written in a batch.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PhaseRow {
-    pub phase_id: String,
-    pub state: PhaseState,
-    pub attempt: u32,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub output: Option<Value>,
-    pub error: Option<String>,
-}
 
 /// A durable write; each is one round trip and one commit.
 pub(crate) enum Op<'a> {
