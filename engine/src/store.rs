@@ -455,6 +455,35 @@ impl Store {
             .await?)
     }
 
+    /// The floor a checkpoint cannot go below: `n` durable single-row upserts, each its own
+    /// commit, on a connection of its own with the settings a run's connection uses. Returns
+    /// each commit's duration. Writes one row of the `locks` table (a key no run uses) and
+    /// removes it again.
+    pub async fn commit_floor(&self, n: usize) -> Result<Vec<std::time::Duration>, EngineError> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(&connect_options(&self.url)?).await?;
+        let key = format!("bench:floor:{}", Uuid::now_v7());
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = std::time::Instant::now();
+            sqlx::query(
+                "INSERT INTO locks (key, run_id, pid, host) VALUES ($1, $2, 0, 'bench') \
+                 ON CONFLICT (key) DO UPDATE SET acquired_at = now()",
+            )
+            .bind(&key)
+            .bind(Uuid::nil())
+            .execute(&mut conn)
+            .await?;
+            times.push(start.elapsed());
+        }
+        sqlx::query("DELETE FROM locks WHERE key = $1")
+            .bind(&key)
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(times)
+    }
+
     /// Counts for `dive db status`.
     pub async fn counts(&self) -> Result<Vec<(String, i64)>, EngineError> {
         let rows =

@@ -43,6 +43,10 @@ async fn engine(chain: usize, parallel: usize, concurrency: usize) -> Result<u8>
         );
     }
     let (chain_wall, run_id) = timed_run(&engine, &yaml, 1).await?;
+    // The floor: as many durable one-row commits, right after, on the same database.
+    let floor = engine.store().commit_floor(chain.max(1)).await?;
+    let floor_ms = floor.iter().map(|d| d.as_secs_f64() * 1000.0).sum::<f64>() / floor.len() as f64;
+    let per_phase_ms = chain_wall / chain.max(1) as f64;
     let run = engine.store().load_run(run_id).await?;
     let mut steps: Vec<f64> = run
         .phases
@@ -70,9 +74,15 @@ async fn engine(chain: usize, parallel: usize, concurrency: usize) -> Result<u8>
         "chain": {
             "phases": chain,
             "wall_ms": round(chain_wall),
-            "per_phase_ms": round(chain_wall / chain.max(1) as f64),
+            "per_phase_ms": round(per_phase_ms),
             "median_step_ms": round(pct(0.5)),
             "p95_step_ms": round(pct(0.95)),
+        },
+        "floor": {
+            "what": "one durable single-row upsert commit, same database and connection settings",
+            "commits": floor.len(),
+            "per_commit_ms": round(floor_ms),
+            "per_phase_to_floor": round(per_phase_ms / floor_ms),
         },
         "parallel": {
             "phases": parallel,
