@@ -11,7 +11,7 @@ pub mod late;
 pub mod noop;
 pub mod postgres_database;
 pub mod runtime;
-pub mod secrets;
+pub mod secret_ensure;
 pub mod service;
 pub mod sleep;
 pub mod verify;

@@ -11,8 +11,8 @@ use crate::late::Late;
 use crate::runtime::{
     DataMount, Health, InitSpec, PortSpec, Runtime, RuntimeHandle, RuntimeKind, ServiceSpec,
 };
-use crate::secrets::SecretStore;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_secrets::SecretStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

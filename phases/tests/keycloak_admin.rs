@@ -16,7 +16,7 @@ use dive_phases::keycloak::{
 };
 use dive_phases::runtime::docker::DockerRuntime;
 use dive_phases::runtime::{DataMount, Health, PortSpec, Resource, Runtime, ServiceSpec};
-use dive_phases::secrets::{Alphabet, KeySource, MasterKey, SecretStore};
+use dive_secrets::{Alphabet, KeySource, MasterKey, SecretStore};
 use futures::FutureExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

@@ -191,7 +191,7 @@ pub(crate) async fn admin(
 
 /// [`admin`] with the secret store at hand.
 pub(crate) async fn admin_with(
-    store: &crate::secrets::SecretStore,
+    store: &dive_secrets::SecretStore,
     rec: &InstanceRecord,
 ) -> Result<KeycloakAdmin, PhaseError> {
     let password =

@@ -31,10 +31,10 @@
 use super::admin::KeycloakAdmin;
 use super::common::{DIVE_ATTRIBUTES, Target, instance_code, realm_name};
 use super::types::UserRep;
-use crate::secrets::Alphabet;
 use crate::service::{secret_value, secrets};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_error::Classify;
+use dive_secrets::Alphabet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

@@ -6,8 +6,8 @@ use crate::keycloak::{
     ADMIN_USER, DIVE_ATTRIBUTES, KeycloakAdmin, admin_password_secret, test_users,
     user_password_secret,
 };
-use crate::secrets::SecretStore;
 use chrono::{DateTime, Utc};
+use dive_secrets::SecretStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;

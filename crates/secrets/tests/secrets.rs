@@ -1,15 +1,33 @@
 //! The secret store against a real PostgreSQL: encryption at rest, versions, ensure semantics,
-//! key checks, tamper detection, and `secret.ensure` run by the engine.
+//! key checks, tamper detection.
 
-use dive_engine::{Engine, PhaseState, RunOptions, RunState, Services, Store, Workflow};
 use dive_error::Classify;
 use dive_pgcluster::{Cluster, StopMode};
-use dive_phases::secrets::{
+use dive_secrets::{
     Alphabet, KeySource, MasterKey, Secret, SecretError, SecretStore, validate_name,
 };
-use std::collections::BTreeMap;
+use sqlx::PgPool;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, OnceLock};
+
+/// The state database's schema, migrated as dive migrates it (without the engine).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A migrated state database.
+#[derive(Clone)]
+struct Store(PgPool);
+
+impl Store {
+    async fn open(url: &str) -> Result<Store, sqlx::Error> {
+        let pool = PgPool::connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store(pool))
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.0
+    }
+}
 
 struct Db {
     cluster: Cluster,
@@ -584,120 +602,4 @@ async fn names_are_validated_and_delete_prefix_is_segment_wise() {
         secrets.delete_prefix("").await.unwrap_err(),
         SecretError::InvalidName { .. }
     ));
-}
-
-fn plan(yaml: &str) -> dive_engine::Plan {
-    Workflow::parse("secrets.yaml", yaml)
-        .unwrap()
-        .plan(&BTreeMap::new())
-        .unwrap()
-}
-
-#[tokio::test]
-async fn secret_ensure_runs_in_a_workflow_and_outputs_no_value() {
-    let (db, _) = fresh("workflow").await;
-    let yaml = r#"
-name: secrets
-lock: "secrets-test"
-phases:
-  - id: admin
-    type: secret.ensure
-    name: usa/keycloak/admin-password
-  - id: client
-    type: secret.ensure
-    name: federation/usa/fra/client-secret
-    length: 48
-    alphabet: base64url
-  - id: after
-    type: noop
-    after: [admin]
-    output: { version: "${phases.admin.output.version}" }
-"#;
-    let mut services = Services::default();
-    services.insert(store(&db, key(9)));
-    let engine = Engine::new(db.clone()).with_services(services);
-    let secrets = store(&db, key(9));
-
-    let mut values = Vec::new();
-    for round in 0..2 {
-        let outcome = engine
-            .start(&plan(yaml), &RunOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(outcome.state, RunState::Succeeded, "{:?}", outcome.error);
-        let run = db.load_run(outcome.run_id).await.unwrap();
-        let output = |id: &str| {
-            run.phases
-                .iter()
-                .find(|p| p.id == id)
-                .and_then(|p| p.output.clone())
-                .unwrap()
-        };
-        assert_eq!(
-            output("admin"),
-            serde_json::json!({
-                "name": "usa/keycloak/admin-password",
-                "version": 1,
-                "created": round == 0,
-            })
-        );
-        assert_eq!(output("client")["name"], "federation/usa/fra/client-secret");
-        let (admin, _) = secrets
-            .get("usa/keycloak/admin-password")
-            .await
-            .unwrap()
-            .unwrap();
-        let (client, _) = secrets
-            .get("federation/usa/fra/client-secret")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((admin.len(), client.len()), (32, 48));
-        let everything = serde_json::to_string(&run).unwrap();
-        let stored_plan = serde_json::to_string(&run.plan).unwrap();
-        for v in [&admin, &client] {
-            assert!(!everything.contains(v.expose()));
-            assert!(!stored_plan.contains(v.expose()));
-        }
-        values.push((admin.expose().to_string(), client.expose().to_string()));
-    }
-    assert_eq!(values[0], values[1], "the second run reused the secrets");
-
-    // Without the store in its services the phase fails at once, saying why.
-    let bare = Engine::new(db.clone());
-    let outcome = bare
-        .start(&plan(yaml), &RunOptions::default())
-        .await
-        .unwrap();
-    assert_ne!(outcome.state, RunState::Succeeded);
-    let run = db.load_run(outcome.run_id).await.unwrap();
-    let admin = run.phases.iter().find(|p| p.id == "admin").unwrap();
-    assert_eq!(admin.state, PhaseState::Failed);
-    assert_eq!(admin.attempts, 1);
-    assert!(
-        admin
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("no secret store is available"),
-        "{:?}",
-        admin.error
-    );
-}
-
-#[test]
-fn secret_ensure_fields_are_checked_when_the_workflow_is_parsed() {
-    let bad = |extra: &str| {
-        let yaml =
-            format!("name: s\nphases:\n  - id: a\n    type: secret.ensure\n    name: x\n{extra}");
-        Workflow::parse("s.yaml", &yaml).unwrap_err().to_string()
-    };
-    assert!(bad("    value: hunter2\n").contains("unknown field `value`"));
-    assert!(bad("    alphabet: emoji\n").contains(
-        "alphabet `emoji` is not one of alphanumeric, lowercase, hex, base64url, digits"
-    ));
-    assert!(bad("    length: -3\n").contains("expected usize"));
-    assert!(bad("    length: 4\n").contains("length 4 is out of range"));
-    let ok = "name: s\nphases:\n  - id: a\n    type: secret.ensure\n    name: x\n";
-    Workflow::parse("s.yaml", ok).unwrap();
 }

@@ -1,8 +1,8 @@
 //! The secret store: versioned, encrypted secrets in the state database.
 
-use super::error::SecretError;
-use super::key::{KeySource, MasterKey};
-use super::secret::{Alphabet, Secret, validate_name};
+use crate::error::SecretError;
+use crate::key::{KeySource, MasterKey};
+use crate::secret::{Alphabet, Secret, validate_name};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use chrono::{DateTime, Utc};

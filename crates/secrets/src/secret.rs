@@ -1,6 +1,6 @@
 //! A secret value that does not print itself, secret names, and generated values.
 
-use super::error::SecretError;
+use crate::error::SecretError;
 use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;

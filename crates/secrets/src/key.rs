@@ -1,6 +1,6 @@
 //! The master key: where it comes from, how it is checked, and how the key file is created.
 
-use super::error::SecretError;
+use crate::error::SecretError;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;

@@ -1,10 +1,27 @@
 //! `secret.ensure`: makes sure a secret exists, generating a random value when it does not.
-//! Output `{name, version, created}`; the value stays in the store. Idempotency and the absence
-//! of a compensation are explained in the [module docs](super).
+//!
+//! ```yaml
+//! - id: admin-password
+//!   type: secret.ensure
+//!   name: usa/keycloak/admin-password
+//!   length: 32            # optional, default 32 (8..=4096)
+//!   alphabet: alphanumeric # optional: alphanumeric (default), lowercase, hex, base64url, digits
+//! ```
+//! Output `{name, version, created}` and never the value; later phases read the value from the
+//! [`SecretStore`] by name. The store must be registered in the engine's services
+//! (`services.insert(SecretStore::new(..))`); without it the phase fails fatally.
+//!
+//! Idempotency: ensure semantics. If the secret exists its latest version is returned with
+//! `created: false`; otherwise version 1 is generated. Concurrent ensures of one name serialise on
+//! a transaction-scoped advisory lock, so exactly one of them creates it.
+//!
+//! Compensation: none, on purpose. A generated secret may already be in use by a service configured
+//! in an earlier run (or by an earlier phase of this one that is not compensated), and deleting it
+//! would strand that service with a password nobody knows. Secrets are removed when an instance is
+//! reset ([`SecretStore::delete_prefix`]).
 
-use super::secret::Alphabet;
-use super::store::{MAX_LENGTH, MIN_LENGTH, SecretStore};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_secrets::{Alphabet, MAX_LENGTH, MIN_LENGTH, SecretStore};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 

@@ -1,7 +1,7 @@
 //! What can go wrong with secrets. Messages name secrets, versions and key sources, never values
 //! or key material.
 
-use super::key::KeySource;
+use crate::key::KeySource;
 use std::path::PathBuf;
 
 /// What the master key must look like, repeated in every malformed-key message.
