@@ -10,8 +10,8 @@ use dive_pgcluster::{Cluster, StopMode};
 use dive_phases::instance::{
     COUNTRIES, InstanceError, Instances, NO_HUB, Role, normalize_code, register_param_types,
 };
-use dive_phases::runtime::local::LocalRuntime;
-use dive_phases::runtime::{RuntimeHandle, RuntimeKind};
+use dive_runtime::local::LocalRuntime;
+use dive_runtime::{RuntimeHandle, RuntimeKind};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, OnceLock};
 

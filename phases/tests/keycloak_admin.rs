@@ -14,8 +14,8 @@ use dive_phases::keycloak::{
     CLEARANCES, DIVE_ATTRIBUTES, KeycloakAdmin, KeycloakError, admin_password_secret, login_claims,
     test_users, user_password_secret, wait_for_admin_token,
 };
-use dive_phases::runtime::docker::DockerRuntime;
-use dive_phases::runtime::{DataMount, Health, PortSpec, Resource, Runtime, ServiceSpec};
+use dive_runtime::docker::DockerRuntime;
+use dive_runtime::{DataMount, Health, PortSpec, Resource, Runtime, ServiceSpec};
 use dive_secrets::{Alphabet, KeySource, MasterKey, SecretStore};
 use futures::FutureExt;
 use serde_json::{Value, json};

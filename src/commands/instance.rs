@@ -14,7 +14,7 @@ use dive_phases::instance::health::{SERVICES, ServiceHealth, service_health};
 use dive_phases::instance::{
     InstanceError, InstanceRecord, Instances, NO_HUB, Ports, Role, country_name, normalize_code,
 };
-use dive_phases::runtime::{Resource, RuntimeKind};
+use dive_runtime::{Resource, RuntimeKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

@@ -51,9 +51,9 @@ pub use versions::{SecretVersions, secret_versions};
 
 use crate::instance::{InstanceRecord, Instances, Role, normalize_code};
 use crate::keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
-use crate::runtime::RuntimeKind;
 use crate::service::{secret_value, secrets};
 use dive_engine::{PhaseContext, PhaseError};
+use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Deserializer};
 use std::sync::Arc;
 
@@ -88,7 +88,7 @@ pub fn backchannel_url(rec: &InstanceRecord) -> String {
         RuntimeKind::Local => rec.keycloak_url(),
         RuntimeKind::Docker => format!(
             "http://{}:{KEYCLOAK_CONTAINER_PORT}",
-            crate::runtime::docker::container_name(&rec.code_lower(), "keycloak")
+            dive_runtime::docker::container_name(&rec.code_lower(), "keycloak")
         ),
     }
 }

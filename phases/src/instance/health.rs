@@ -4,8 +4,8 @@
 //! runtime layer of federation drift detection.
 
 use super::{InstanceRecord, Ports};
-use crate::runtime::health::{http_ok, tcp_ok};
-use crate::runtime::{Runtime, ServiceState};
+use dive_runtime::health::{http_ok, tcp_ok};
+use dive_runtime::{Runtime, ServiceState};
 use serde::Serialize;
 
 /// The services every instance runs, in start order.

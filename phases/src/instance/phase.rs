@@ -20,8 +20,8 @@
 //! deploy made.
 
 use super::registry::{InstanceError, Instances, Role};
-use crate::runtime::{RuntimeHandle, RuntimeKind};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_runtime::{RuntimeHandle, RuntimeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;

@@ -11,8 +11,8 @@
 //! Output `{code, url, latency_ms}`. Idempotency: it only reads. Compensation: none.
 
 use super::{Instances, normalize_code};
-use crate::runtime::health::url_ok;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_runtime::health::url_ok;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Instant;

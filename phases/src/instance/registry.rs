@@ -1,7 +1,7 @@
 //! The instance registry: table `instances` in the state database, and port blocks.
 
-use crate::runtime::RuntimeKind;
 use chrono::{DateTime, Utc};
+use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::types::Uuid;

@@ -3,8 +3,8 @@
 //! a missing image is a clear error, and deploys racing for a network create one.
 
 use dive_error::Classify;
-use dive_phases::runtime::docker::{DockerRuntime, container_name};
-use dive_phases::runtime::{Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
+use dive_runtime::docker::{DockerRuntime, container_name};
+use dive_runtime::{Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -86,7 +86,7 @@ async fn ensure_is_idempotent_and_follows_spec_changes() {
         rt.status(&code, "sleeper").await.unwrap().state,
         ServiceState::Missing
     );
-    rt.remove_resource(&dive_phases::runtime::Resource {
+    rt.remove_resource(&dive_runtime::Resource {
         kind: "network".into(),
         name: format!("dive-{code}"),
     })

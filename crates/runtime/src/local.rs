@@ -4,8 +4,8 @@
 //! time from /proc so a reused pid is never taken for ours, and the spec digest), `logs/<name>.log`,
 //! `data/<volume>/`. Stop is SIGTERM to the process group, SIGKILL after a grace period.
 
-use super::health::{http_ok, tcp_ok, wait_ready};
-use super::{
+use crate::health::{http_ok, tcp_ok, wait_ready};
+use crate::{
     Ensured, Health, Resource, Runtime, RuntimeError, RuntimeKind, ServiceSpec, ServiceState,
     ServiceStatus, check_name,
 };

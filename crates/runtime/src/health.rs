@@ -1,7 +1,7 @@
 //! Readiness checks shared by both runtimes: HTTP and TCP probes against 127.0.0.1, and the
 //! wait loop that polls a check until it passes or the readiness timeout runs out.
 
-use super::RuntimeError;
+use crate::RuntimeError;
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,9 @@
-//! Where services run. Two runtimes behind one trait: `local` (supervised OS processes on
-//! 127.0.0.1, the embedded default) and `docker` (containers through bollard). Deploy phases only
-//! see [`Runtime`]; a [`ServiceSpec`] says what to run in terms both understand.
+//! dive-runtime: where services run. Two runtimes behind one trait: `local` (supervised OS
+//! processes on 127.0.0.1, the embedded default) and `docker` (containers through bollard). Deploy
+//! phases only see [`Runtime`]; a [`ServiceSpec`] says what to run in terms both understand. Also
+//! here: the readiness probes both runtimes use ([`health`]) and the Keycloak server distribution
+//! the local runtime starts ([`keycloak_dist`]). No engine types: the phase types that drive a
+//! runtime live in dive-phases.
 //!
 //! Inside `command`, `env` and health commands, `{port:NAME}` and `{data:NAME}` stand for the
 //! port a service listens on and the directory of a data volume *as the service sees them*: the
@@ -8,6 +11,7 @@
 
 pub mod docker;
 pub mod health;
+pub mod keycloak_dist;
 pub mod local;
 
 use async_trait::async_trait;

@@ -3,7 +3,6 @@
 //! given to each instance as a hard-linked copy so instances keep their own `data/` and can be
 //! started with `--optimized`.
 
-use dive_engine::PhaseError;
 use fs4::fs_std::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,11 +30,30 @@ pub fn version() -> String {
         .unwrap_or_else(|| KEYCLOAK_VERSION.into())
 }
 
-fn fatal(what: &str, e: impl std::fmt::Display) -> PhaseError {
-    PhaseError::fatal(format!("keycloak distribution: {what}: {e}"))
+/// Why the distribution could not be provided.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// A step on this machine failed (a directory, the lock, a command that does not start):
+    /// trying again will not help.
+    #[error("keycloak distribution: {0}")]
+    Setup(String),
+    /// A command ran and failed (Maven, unpacking, `kc.sh build`, copying): it may pass when
+    /// tried again.
+    #[error("keycloak distribution: {0}")]
+    Command(String),
 }
 
-async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), PhaseError> {
+impl dive_error::Classify for DistError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, DistError::Command(_))
+    }
+}
+
+fn fatal(what: &str, e: impl std::fmt::Display) -> DistError {
+    DistError::Setup(format!("{what}: {e}"))
+}
+
+async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), DistError> {
     let out = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -52,8 +70,8 @@ async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), PhaseE
         String::from_utf8_lossy(&out.stderr)
     );
     let tail: Vec<&str> = text.lines().rev().take(8).collect();
-    Err(PhaseError::retryable(format!(
-        "keycloak distribution: {what} failed ({}): {}",
+    Err(DistError::Command(format!(
+        "{what} failed ({}): {}",
         out.status,
         tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
     )))
@@ -61,7 +79,7 @@ async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), PhaseE
 
 /// The built distribution in the cache, fetching and building it the first time.
 /// Safe when several deploys ask at once (an exclusive lock file).
-pub async fn built_distribution() -> Result<PathBuf, PhaseError> {
+pub async fn built_distribution() -> Result<PathBuf, DistError> {
     let version = version();
     let root = cache_dir().join("keycloak");
     std::fs::create_dir_all(&root).map_err(|e| fatal(&root.display().to_string(), e))?;
@@ -123,7 +141,7 @@ pub async fn built_distribution() -> Result<PathBuf, PhaseError> {
 }
 
 /// Unzips with `unzip`, or with the JDK's `jar` where `unzip` is missing.
-async fn unpack(zip: &Path, into: &Path) -> Result<(), PhaseError> {
+async fn unpack(zip: &Path, into: &Path) -> Result<(), DistError> {
     let have_unzip = tokio::process::Command::new("unzip")
         .arg("-v")
         .stdout(Stdio::null())
@@ -163,7 +181,7 @@ async fn unpack(zip: &Path, into: &Path) -> Result<(), PhaseError> {
 }
 
 /// The instance's own copy (hard links into the cache when on the same file system).
-pub async fn instance_copy(instance_dir: &Path) -> Result<PathBuf, PhaseError> {
+pub async fn instance_copy(instance_dir: &Path) -> Result<PathBuf, DistError> {
     let built = built_distribution().await?;
     let target = instance_dir.join("keycloak");
     let marker = target.join(".dive-built");

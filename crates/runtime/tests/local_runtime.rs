@@ -1,10 +1,8 @@
 //! The local runtime against real processes: ensure is idempotent, a changed spec recreates,
 //! a killed process is seen, stop/remove work, and a reused pid is never taken for ours.
 
-use dive_phases::runtime::local::LocalRuntime;
-use dive_phases::runtime::{
-    DataMount, Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState,
-};
+use dive_runtime::local::LocalRuntime;
+use dive_runtime::{DataMount, Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 //! holds its spec digest, so an identical running container is left alone and a changed one is
 //! recreated.
 
-use super::health::{http_ok, tcp_ok, wait_ready};
-use super::{
+use crate::health::{http_ok, tcp_ok, wait_ready};
+use crate::{
     Ensured, Health, Resource, Runtime, RuntimeError, RuntimeKind, ServiceSpec, ServiceState,
     ServiceStatus, check_name,
 };
