@@ -197,9 +197,9 @@ impl Service {
                 "password_secret",
             )
             .await?;
-        let took = crate::keycloak::wait_for_admin_token(
+        let took = dive_keycloak::wait_for_admin_token(
             &url,
-            crate::keycloak::ADMIN_USER,
+            dive_keycloak::ADMIN_USER,
             &password,
             spec.ready_timeout,
         )

@@ -8,7 +8,7 @@ use crate::commands::secrets::secret_store;
 use crate::{database, exit};
 use anyhow::{Context, Result, bail};
 use dive_engine::{Engine, RunOptions, RunState, Workflow};
-use dive_phases::keycloak::{test_users, user_password_secret};
+use dive_keycloak::{test_users, user_password_secret};
 use dive_phases::verify::{Endpoint, brokered_login};
 use serde_json::json;
 use std::collections::BTreeMap;

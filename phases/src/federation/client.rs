@@ -33,11 +33,12 @@ use super::{
     realm_path, resolve,
 };
 use crate::instance::InstanceRecord;
+use crate::keycloak::SCOPE_NAME;
 use crate::keycloak::client::merge_client;
-use crate::keycloak::types::ClientRep;
-use crate::keycloak::{KeycloakAdmin, SCOPE_NAME};
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_keycloak::KeycloakAdmin;
+use dive_keycloak::types::ClientRep;
 use dive_secrets::Alphabet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -38,9 +38,9 @@ use super::{
     enc, flag, idp_alias, realm_path, resolve,
 };
 use crate::instance::InstanceRecord;
-use crate::keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 

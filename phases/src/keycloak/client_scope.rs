@@ -23,10 +23,11 @@
 //! deletes it; when it only added the realm default, removes that. What was there before the
 //! run stays. Both tolerate that the scope (or the realm) is already gone.
 
-use super::admin::KeycloakAdmin;
-use super::common::{DIVE_ATTRIBUTES, Target, flag, instance_code, realm_name};
-use super::types::{ClientScopeRep, ProtocolMapperRep};
+use super::common::{Target, flag, instance_code, realm_name};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_keycloak::DIVE_ATTRIBUTES;
+use dive_keycloak::KeycloakAdmin;
+use dive_keycloak::types::{ClientScopeRep, ProtocolMapperRep};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

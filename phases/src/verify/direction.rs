@@ -2,11 +2,11 @@
 //! claims are compared with the user's attributes at X; the result is recorded.
 
 use super::{Endpoint, VerifyError, brokered_login};
-use crate::keycloak::{
+use chrono::{DateTime, Utc};
+use dive_keycloak::{
     ADMIN_USER, DIVE_ATTRIBUTES, KeycloakAdmin, admin_password_secret, test_users,
     user_password_secret,
 };
-use chrono::{DateTime, Utc};
 use dive_secrets::SecretStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! claims. The signature is not checked here (the federation verifier validates against the
 //! realm's JWKS); this is for reading what a realm puts into its tokens.
 
-use super::admin::{Grant, KeycloakError, http_client, json_error, password_grant};
+use crate::admin::{Grant, KeycloakError, http_client, json_error, password_grant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;

@@ -7,7 +7,7 @@
 //! dive-verify already exists`, and say whether a retry can help. Passwords and tokens never
 //! appear in errors, logs or `Debug` output.
 
-use super::types::{ClientRep, ClientScopeRep, ProtocolMapperRep, RealmRep, UserRep};
+use crate::types::{ClientRep, ClientScopeRep, ProtocolMapperRep, RealmRep, UserRep};
 use dive_error::Classify;
 use reqwest::{Method, Response, StatusCode};
 use serde::Serialize;
@@ -211,7 +211,7 @@ async fn status_error(target: &str, method: &Method, path: &str, resp: Response)
 }
 
 /// Percent-encodes one path segment or query value.
-pub(crate) fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -1026,11 +1026,8 @@ mod tests {
             assert!(!status(s).is_retryable(), "{s}");
         }
         assert_eq!(status(503).to_string(), "k: GET /: 503 Service Unavailable");
-        let phase: dive_engine::PhaseError = status(503).into();
-        assert!(phase.is_retryable());
-        assert_eq!(phase.retry_after(), Some(Duration::from_secs(7)));
-        let phase: dive_engine::PhaseError = status(401).into();
-        assert!(!phase.is_retryable());
+        assert_eq!(status(503).retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(status(401).retry_after(), None);
     }
 
     #[tokio::test]
