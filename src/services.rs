@@ -27,7 +27,7 @@ pub async fn build(store: &Store, kind: RuntimeKind) -> Result<Services> {
         .context("checking the master key")?;
     let mut services = Services::default();
     services.insert(secrets);
-    services.insert(dive_phases::instance::Instances::new(store.pool().clone()));
+    services.insert(dive_instances::Instances::new(store.pool().clone()));
     // Child runs (`type: workflow`) need the database and the built-in workflows.
     services.insert(store.clone());
     services.insert(Catalog(Arc::new(BuiltinWorkflows)));

@@ -16,11 +16,11 @@
 use super::client::{attributes_scope_id, diff_client};
 use super::idp::{FIRST_BROKER_LOGIN, diff_idp, diff_mappers, unlinked_users};
 use super::{SECRET_VERSION_KEY, admin_with, client_secret_name};
-use crate::instance::InstanceRecord;
-use crate::instance::health::service_health;
 use crate::keycloak::SCOPE_NAME;
 use crate::keycloak::client_scope::mapper_differences;
 use crate::verify::{Endpoint, verify_direction};
+use dive_instances::InstanceRecord;
+use dive_instances::health::service_health;
 use dive_keycloak::KeycloakAdmin;
 use dive_runtime::Runtime;
 use dive_secrets::SecretStore;

@@ -49,9 +49,9 @@ pub use record::FederationRecord;
 pub use unlink::FederationUnlink;
 pub use versions::{SecretVersions, secret_versions};
 
-use crate::instance::{InstanceRecord, Instances, Role, normalize_code};
 use crate::service::{secret_value, secrets};
 use dive_engine::{PhaseContext, PhaseError};
+use dive_instances::{InstanceRecord, Instances, Role, normalize_code};
 use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
 use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Deserializer};

@@ -73,8 +73,8 @@ impl Endpoint {
     }
 }
 
-impl From<&crate::instance::InstanceRecord> for Endpoint {
-    fn from(rec: &crate::instance::InstanceRecord) -> Endpoint {
+impl From<&dive_instances::InstanceRecord> for Endpoint {
+    fn from(rec: &dive_instances::InstanceRecord) -> Endpoint {
         Endpoint::new(&rec.code, &rec.keycloak_url())
     }
 }

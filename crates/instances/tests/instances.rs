@@ -1,19 +1,31 @@
 //! The instance registry against a real PostgreSQL: port blocks for every ISO code without a
-//! collision, concurrent registrations, idempotency and conflicts, freed blocks, the instance
-//! lock, the `country-code` parameter type, and `instance.register` run by the engine
-//! (precheck, output, rollback).
+//! collision, concurrent registrations, idempotency and conflicts, freed blocks, and the instance
+//! lock.
 
-use dive_engine::{
-    Engine, EngineError, PhaseState, RunOptions, RunState, Services, Store, Workflow,
-};
+use dive_instances::{COUNTRIES, InstanceError, Instances, Role};
 use dive_pgcluster::{Cluster, StopMode};
-use dive_phases::instance::{
-    COUNTRIES, InstanceError, Instances, NO_HUB, Role, normalize_code, register_param_types,
-};
-use dive_runtime::local::LocalRuntime;
-use dive_runtime::{RuntimeHandle, RuntimeKind};
-use std::collections::{BTreeMap, HashSet};
+use dive_runtime::RuntimeKind;
+use sqlx::PgPool;
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
+
+/// The state database's schema, migrated as dive migrates it (without the engine).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A migrated state database.
+struct Store(PgPool);
+
+impl Store {
+    async fn open(url: &str) -> Result<Store, sqlx::Error> {
+        let pool = PgPool::connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store(pool))
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.0
+    }
+}
 
 /// A cluster under the target tmp dir, wiped and started on first use in this process.
 fn cluster() -> &'static Cluster {
@@ -341,153 +353,4 @@ async fn the_instance_lock_is_exclusive_and_released() {
         "the lock outlived its dropped connection"
     );
     other.release().await;
-}
-
-#[test]
-fn country_code_is_a_parameter_type() {
-    register_param_types();
-    let wf = Workflow::parse(
-        "codes.yaml",
-        r#"
-name: codes
-params:
-  code: { type: country-code }
-phases:
-  - id: n
-    type: noop
-"#,
-    )
-    .unwrap();
-    let plan = wf
-        .plan(&BTreeMap::from([("code".into(), "fra".into())]))
-        .unwrap();
-    assert_eq!(plan.params["code"], "FRA");
-    let e = wf
-        .plan(&BTreeMap::from([("code".into(), "xyz".into())]))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`XYZ` is not an ISO 3166-1 alpha-3 country code"),
-        "{e}"
-    );
-    assert_eq!(normalize_code("gBr").unwrap(), "GBR");
-}
-
-fn engine(store: &Store, home: &std::path::Path) -> Engine {
-    let mut services = Services::default();
-    services.insert(registry(store));
-    services.insert(RuntimeHandle(Arc::new(LocalRuntime::new(home))));
-    Engine::new(store.clone()).with_services(services)
-}
-
-fn deploy_plan(role: &str, code: &str, fail: bool) -> dive_engine::Plan {
-    register_param_types();
-    let yaml = format!(
-        r#"
-name: deploy-{role}
-lock: "instance:${{params.code}}"
-params:
-  code: {{ type: country-code }}
-phases:
-  - id: register
-    type: instance.register
-    code: ${{params.code}}
-    role: {role}
-  - id: next
-    type: exec
-    after: [register]
-    command: ["sh", "-c", "echo ${{phases.register.output.ports.keycloak}}; {}"]
-    retry: {{ max_attempts: 1 }}
-"#,
-        if fail { "exit 1" } else { "true" }
-    );
-    Workflow::parse("deploy.yaml", &yaml)
-        .unwrap()
-        .plan(&BTreeMap::from([("code".into(), code.into())]))
-        .unwrap()
-}
-
-#[tokio::test]
-async fn the_register_phase_prechecks_registers_and_rolls_back() {
-    let store = fresh("phase").await;
-    let home = tempfile::tempdir().unwrap();
-    let engine = engine(&store, home.path());
-    let reg = registry(&store);
-    let runs = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM runs")
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-    };
-
-    // A spoke before any hub: refused before anything is written.
-    let e = engine
-        .start(&deploy_plan("spoke", "fra", false), &RunOptions::default())
-        .await
-        .unwrap_err();
-    assert!(matches!(e, EngineError::Precheck(_)), "{e:?}");
-    assert!(e.is_invalid_input());
-    assert!(e.to_string().contains(NO_HUB), "{e}");
-    assert_eq!(runs().await, 0);
-
-    // The hub registers; its output carries the ports.
-    let outcome = engine
-        .start(&deploy_plan("hub", "usa", false), &RunOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(outcome.state, RunState::Succeeded, "{:?}", outcome.error);
-    let run = store.load_run(outcome.run_id).await.unwrap();
-    let out = run.phases[0].output.clone().unwrap();
-    assert_eq!(out["code"], "USA");
-    assert_eq!(out["code_lower"], "usa");
-    assert_eq!(out["role"], "hub");
-    assert_eq!(out["runtime"], "local");
-    assert_eq!(out["realm"], "dive-usa");
-    assert_eq!(out["ports"]["postgres"], 20000);
-    assert_eq!(out["ports"]["keycloak"], 20001);
-    assert_eq!(out["ports"]["management"], 20002);
-    assert_eq!(out["keycloak_url"], "http://127.0.0.1:20001");
-    assert_eq!(out["created"], true);
-    let next = run.phases.iter().find(|p| p.id == "next").unwrap();
-    assert_eq!(next.output.as_ref().unwrap()["stdout"], "20001");
-
-    // A second hub, or the hub's code as a spoke: refused by the precheck.
-    let e = engine
-        .start(&deploy_plan("hub", "GBR", false), &RunOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("hub USA is already registered"),
-        "{e}"
-    );
-    let e = engine
-        .start(&deploy_plan("spoke", "USA", false), &RunOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("registered as a hub, not as a spoke"),
-        "{e}"
-    );
-
-    // A failing spoke deploy rolls its new registration back.
-    let outcome = engine
-        .start(&deploy_plan("spoke", "FRA", true), &RunOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(outcome.state, RunState::RolledBack, "{:?}", outcome.error);
-    let run = store.load_run(outcome.run_id).await.unwrap();
-    assert_eq!(run.phases[0].state, PhaseState::Compensated);
-    assert!(reg.get("FRA").await.unwrap().is_none());
-
-    // A failing re-deploy of a registered hub leaves the registration alone.
-    let outcome = engine
-        .start(&deploy_plan("hub", "USA", true), &RunOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(outcome.state, RunState::RolledBack);
-    let run = store.load_run(outcome.run_id).await.unwrap();
-    assert_eq!(run.phases[0].output.as_ref().unwrap()["created"], false);
-    assert_eq!(reg.get("USA").await.unwrap().unwrap().port_block, 0);
-    assert_eq!(reg.list().await.unwrap().len(), 1);
 }

@@ -16,6 +16,8 @@ pub const DEFAULT_PORT_BASE: u16 = 20000;
 pub const PORT_BASE_ENV: &str = "DIVE_PORT_BASE";
 /// Lowest accepted base: below it ports need privileges.
 const MIN_PORT_BASE: u16 = 1024;
+/// Why a spoke cannot be registered before any hub (also `dive spoke deploy`'s message).
+pub const NO_HUB: &str = "no hub is deployed: run `dive hub deploy` first";
 /// How often a registration is tried again after losing a race on a unique key.
 const REGISTER_ATTEMPTS: usize = 5;
 
@@ -113,7 +115,7 @@ impl InstanceRecord {
 
     /// The country's English short name.
     pub fn country(&self) -> &'static str {
-        super::country_name(&self.code).unwrap_or("unknown")
+        crate::country_name(&self.code).unwrap_or("unknown")
     }
 
     fn from_row(row: &PgRow, port_base: u16) -> Result<Self, InstanceError> {
@@ -251,7 +253,7 @@ impl dive_error::Classify for InstanceError {
 }
 
 fn code_of(code: &str) -> Result<String, InstanceError> {
-    super::normalize_code(code).map_err(InstanceError::InvalidCode)
+    crate::normalize_code(code).map_err(InstanceError::InvalidCode)
 }
 
 fn check_base(base: u16) -> Result<u16, String> {

@@ -3,7 +3,7 @@
 //! a connection, Keycloak's `/health/ready` says UP). Shared by `dive hub|spoke status` and the
 //! runtime layer of federation drift detection.
 
-use super::{InstanceRecord, Ports};
+use crate::{InstanceRecord, Ports};
 use dive_runtime::health::{http_ok, tcp_ok};
 use dive_runtime::{Runtime, ServiceState};
 use serde::Serialize;
