@@ -12,7 +12,6 @@ pub mod postgres_database;
 pub mod secret_ensure;
 pub mod service;
 pub mod sleep;
-pub mod verify;
 
 /// Forces this crate to be linked so its phase types are registered with typetag, and registers
 /// its workflow parameter types (`country-code`).

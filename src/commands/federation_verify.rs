@@ -12,7 +12,7 @@ use dive_engine::store::RunRecord;
 use dive_engine::{PhaseState, RunOutcome, RunState};
 use dive_instances::Instances;
 use dive_phases::federation::{SecretVersions, secret_versions};
-use dive_phases::verify::{self, DirectionReport};
+use dive_verify::{self as verify, DirectionReport};
 use serde::Serialize;
 use serde_json::{Value, json};
 

@@ -41,12 +41,14 @@ pub mod drift;
 mod idp;
 mod record;
 mod unlink;
+mod verify;
 mod versions;
 
 pub use client::FederationClient;
 pub use idp::{FederationIdp, MAPPER_TYPE};
 pub use record::FederationRecord;
 pub use unlink::FederationUnlink;
+pub use verify::FederationVerify;
 pub use versions::{SecretVersions, secret_versions};
 
 use crate::service::{secret_value, secrets};

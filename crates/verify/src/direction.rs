@@ -1,7 +1,7 @@
 //! One direction X→P: every test user of X logs in at P through P's `<x>-idp`; the four DIVE
 //! claims are compared with the user's attributes at X; the result is recorded.
 
-use super::{Endpoint, VerifyError, brokered_login};
+use crate::{Endpoint, VerifyError, brokered_login};
 use chrono::{DateTime, Utc};
 use dive_keycloak::{
     ADMIN_USER, DIVE_ATTRIBUTES, KeycloakAdmin, admin_password_secret, test_users,

@@ -12,10 +12,10 @@
 //! Output `{from, to, ok, latency_ms, users: [{username, ok}]}`. Idempotency: it only reads and
 //! logs in (each login leaves a short session at both sides). Compensation: none.
 
-use super::{Endpoint, record, verify_direction};
-use crate::federation::{code_field, resolve};
+use super::{code_field, resolve};
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, Store, async_trait, typetag};
+use dive_verify::{Endpoint, record, verify_direction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -67,9 +67,7 @@ impl Phase for FederationVerify {
     }
 
     async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
-        let reg = crate::federation::registry(ctx).map_err(|e| e.to_string())?;
-        crate::federation::pair(&reg, &self.from, &self.to)
-            .await
-            .map(|_| ())
+        let reg = super::registry(ctx).map_err(|e| e.to_string())?;
+        super::pair(&reg, &self.from, &self.to).await.map(|_| ())
     }
 }

@@ -1,5 +1,7 @@
-//! Federation verification by real logins (DESIGN.md, "Federation verification means a real
-//! login").
+//! dive-verify: federation verification by real logins. A federation link is only proven when a
+//! user of one instance logs in at the other through the identity provider and arrives with the
+//! right claims: a Keycloak that merely lists the identity provider, or answers its discovery
+//! document, proves nothing.
 //!
 //! [`brokered_login`] is a scripted browser: its own cookie jar, no automatic redirects (every
 //! hop is looked at), a 10 s timeout on every request (5 s to connect). It starts an authorization-code flow with
@@ -15,8 +17,8 @@
 //! [`verify_direction`] does that for the test users of one instance at another (all of them,
 //! side by side, or the first few: drift's live layer logs in once) and compares the four DIVE
 //! claims with the user's attributes at home (read through the admin API); [`record`] stores the
-//! result in `federation_verifications`. The phase type `federation.verify` ([`FederationVerify`])
-//! runs one direction inside a workflow (`federation-verify`, `quickstart`).
+//! result in `federation_verifications`. No engine types: the phase type `federation.verify`, which
+//! runs one direction inside a workflow (`federation-verify`, `quickstart`), lives in dive-phases.
 //!
 //! Errors name the side that failed (home or target, by code and URL) and never contain a
 //! password, an authorization code or a token: URLs in errors are shown without their query.
@@ -25,14 +27,12 @@ mod browser;
 mod direction;
 mod html;
 mod jwt;
-mod phase;
 
 pub use browser::{CALLBACK_URI, CLIENT_ID, LoginResult, brokered_login};
 pub use direction::{
     ClaimMismatch, DirectionReport, UserReport, compare_claims, for_run, latest, links, record,
     verify_direction,
 };
-pub use phase::FederationVerify;
 
 use std::fmt;
 
@@ -160,6 +160,18 @@ impl VerifyError {
                 ..
             }
         )
+    }
+}
+
+impl dive_error::Classify for VerifyError {
+    /// An unreachable side, or one that answered 5xx, 408 or 429, may answer later; a refused
+    /// login, a page the verifier cannot get past or a missing secret will not change by itself.
+    fn is_retryable(&self) -> bool {
+        match self {
+            VerifyError::Unreachable { .. } => true,
+            VerifyError::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            VerifyError::Flow { .. } | VerifyError::Setup(_) => false,
+        }
     }
 }
 

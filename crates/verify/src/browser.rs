@@ -1,8 +1,8 @@
 //! The scripted browser of [`brokered_login`].
 
-use super::html::{self, Form};
-use super::jwt::{self, Expect};
-use super::{Endpoint, Side, VerifyError};
+use crate::html::{self, Form};
+use crate::jwt::{self, Expect};
+use crate::{Endpoint, Side, VerifyError};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
