@@ -77,8 +77,6 @@ impl Phase for InstanceReachable {
     }
 
     fn breaker_key(&self) -> Option<String> {
-        normalize_code(&self.code)
-            .ok()
-            .map(|c| format!("keycloak:{c}"))
+        crate::federation::breaker(&self.code)
     }
 }

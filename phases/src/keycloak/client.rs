@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Redirect URI of the verification client (DESIGN.md: binding).
+/// Redirect URI of the verification client. Fixed: it is where the verifier's brokered login stops
+/// (`dive_verify::CALLBACK_URI`, never requested), so the two must stay equal.
 pub const REDIRECT_URI: &str = "http://127.0.0.1/dive-verify/callback";
 const PKCE_ATTRIBUTE: &str = "pkce.code.challenge.method";
 

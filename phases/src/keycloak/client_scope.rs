@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// The scope's name (DESIGN.md: binding).
+/// The scope's name. Fixed: `federation.client` adds the scope to every federation client by this
+/// name, and drift detection looks it up by it.
 pub const SCOPE_NAME: &str = "dive-attributes";
 const PROTOCOL: &str = "openid-connect";
 const MAPPER_TYPE: &str = "oidc-usermodel-attribute-mapper";

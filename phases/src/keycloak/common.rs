@@ -104,7 +104,7 @@ impl Target {
     }
 }
 
-/// Whether a compensation's `output` says the run created something (`key: true`).
+/// Whether a compensation's `output` says the run created or did something (`key: true`).
 pub(crate) fn flag(output: &serde_json::Value, key: &str) -> bool {
     output.get(key).and_then(serde_json::Value::as_bool) == Some(true)
 }

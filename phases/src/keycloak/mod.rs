@@ -34,6 +34,7 @@ mod users;
 
 pub use client::KeycloakClient;
 pub use client_scope::{KeycloakClientScope, SCOPE_NAME};
+pub(crate) use common::flag;
 pub use realm::KeycloakRealm;
 pub use user_profile::{CLEARANCES, KeycloakUserProfile};
 pub use users::KeycloakUsers;
