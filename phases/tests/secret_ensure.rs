@@ -43,6 +43,7 @@ fn store(s: &Store, key: MasterKey) -> SecretStore {
 }
 
 fn plan(yaml: &str) -> dive_engine::Plan {
+    dive_phases::register();
     Workflow::parse("secrets.yaml", yaml)
         .unwrap()
         .plan(&BTreeMap::new())
@@ -143,6 +144,7 @@ phases:
 
 #[test]
 fn secret_ensure_fields_are_checked_when_the_workflow_is_parsed() {
+    dive_phases::register();
     let bad = |extra: &str| {
         let yaml =
             format!("name: s\nphases:\n  - id: a\n    type: secret.ensure\n    name: x\n{extra}");
