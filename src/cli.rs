@@ -1,7 +1,7 @@
 //! Command-line definitions (clap), apart from the code that runs them.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dive_phases::runtime::RuntimeKind;
+use dive_runtime::RuntimeKind;
 use std::path::PathBuf;
 use uuid::Uuid;
 

@@ -4,9 +4,9 @@ use crate::commands::secrets::secret_store;
 use crate::database;
 use anyhow::{Context, Result};
 use dive_engine::{Catalog, Services, Store, Workflow, WorkflowCatalog};
-use dive_phases::runtime::docker::DockerRuntime;
-use dive_phases::runtime::local::LocalRuntime;
-use dive_phases::runtime::{Runtime, RuntimeHandle, RuntimeKind};
+use dive_runtime::docker::DockerRuntime;
+use dive_runtime::local::LocalRuntime;
+use dive_runtime::{Runtime, RuntimeHandle, RuntimeKind};
 use std::sync::Arc;
 
 /// The runtime of that kind; Docker is reached (and its API version negotiated) here.
@@ -27,7 +27,7 @@ pub async fn build(store: &Store, kind: RuntimeKind) -> Result<Services> {
         .context("checking the master key")?;
     let mut services = Services::default();
     services.insert(secrets);
-    services.insert(dive_phases::instance::Instances::new(store.pool().clone()));
+    services.insert(dive_instances::Instances::new(store.pool().clone()));
     // Child runs (`type: workflow`) need the database and the built-in workflows.
     services.insert(store.clone());
     services.insert(Catalog(Arc::new(BuiltinWorkflows)));

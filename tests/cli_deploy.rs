@@ -46,7 +46,7 @@ fn users_log_in(env: &TestEnv, url: &str, code: &str) {
         let user = format!("testuser-{lower}-{}", i + 1);
         let password = secret(env, &format!("{lower}/users/{user}"));
         let claims = rt
-            .block_on(dive_phases::keycloak::login_claims(
+            .block_on(dive_keycloak::login_claims(
                 url,
                 &format!("dive-{lower}"),
                 "dive-verify",
@@ -94,7 +94,7 @@ fn profile_declares_the_attributes(env: &TestEnv, url: &str, code: &str) {
     let password = secret(env, &format!("{lower}/keycloak/admin-password"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let profile: Value = rt.block_on(async {
-        let admin = dive_phases::keycloak::KeycloakAdmin::connect(url, "admin", &password)
+        let admin = dive_keycloak::KeycloakAdmin::connect(url, "admin", &password)
             .await
             .unwrap();
         admin.user_profile(&format!("dive-{lower}")).await.unwrap()

@@ -11,7 +11,7 @@ mod common;
 
 use common::federation::{direction, users_have_their_claims};
 use common::{Output, TestEnv};
-use dive_phases::keycloak::KeycloakAdmin;
+use dive_keycloak::KeycloakAdmin;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Output, TestEnv};
-use dive_phases::keycloak::KeycloakAdmin;
+use dive_keycloak::KeycloakAdmin;
 use serde_json::Value;
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ mod common;
 
 use common::federation::{direction, users_have_their_claims};
 use common::{Output, TestEnv};
-use dive_phases::keycloak::KeycloakAdmin;
+use dive_keycloak::KeycloakAdmin;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -6,15 +6,12 @@ pub mod exec;
 pub mod federation;
 pub mod instance;
 pub mod keycloak;
-pub mod keycloak_dist;
 pub mod late;
 pub mod noop;
 pub mod postgres_database;
-pub mod runtime;
-pub mod secrets;
+pub mod secret_ensure;
 pub mod service;
 pub mod sleep;
-pub mod verify;
 
 /// Forces this crate to be linked so its phase types are registered with typetag, and registers
 /// its workflow parameter types (`country-code`).

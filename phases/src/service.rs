@@ -8,11 +8,11 @@
 //! `remove_data: true`.
 
 use crate::late::Late;
-use crate::runtime::{
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_runtime::{
     DataMount, Health, InitSpec, PortSpec, Runtime, RuntimeHandle, RuntimeKind, ServiceSpec,
 };
-use crate::secrets::SecretStore;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_secrets::SecretStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -197,9 +197,9 @@ impl Service {
                 "password_secret",
             )
             .await?;
-        let took = crate::keycloak::wait_for_admin_token(
+        let took = dive_keycloak::wait_for_admin_token(
             &url,
-            crate::keycloak::ADMIN_USER,
+            dive_keycloak::ADMIN_USER,
             &password,
             spec.ready_timeout,
         )
@@ -240,7 +240,7 @@ pub fn keycloak_image() -> String {
         .unwrap_or_else(|| {
             format!(
                 "quay.io/keycloak/keycloak:{}",
-                crate::keycloak_dist::version()
+                dive_runtime::keycloak_dist::version()
             )
         })
 }
@@ -315,7 +315,7 @@ async fn keycloak_template(
             let dir = rt
                 .instance_dir(&spec.instance)
                 .ok_or_else(|| PhaseError::fatal("the local runtime has no instance directory"))?;
-            let dist = crate::keycloak_dist::instance_copy(&dir).await?;
+            let dist = dive_runtime::keycloak_dist::instance_copy(&dir).await?;
             spec.command = vec![
                 dist.join("bin/kc.sh").display().to_string(),
                 "start".into(),
@@ -331,7 +331,7 @@ async fn keycloak_template(
             }
             let mut command = vec!["start".to_string()];
             command.extend(
-                crate::keycloak_dist::BUILD_OPTIONS
+                dive_runtime::keycloak_dist::BUILD_OPTIONS
                     .iter()
                     .map(|o| o.to_string()),
             );

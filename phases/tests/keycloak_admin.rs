@@ -9,14 +9,15 @@
 
 use dive_engine::{Engine, PhaseState, RunOptions, RunState, Services, Store, Workflow};
 use dive_error::Classify;
-use dive_pgcluster::{Cluster, StopMode};
-use dive_phases::keycloak::{
-    CLEARANCES, DIVE_ATTRIBUTES, KeycloakAdmin, KeycloakError, admin_password_secret, login_claims,
-    test_users, user_password_secret, wait_for_admin_token,
+use dive_keycloak::{
+    DIVE_ATTRIBUTES, KeycloakAdmin, KeycloakError, admin_password_secret, login_claims, test_users,
+    user_password_secret, wait_for_admin_token,
 };
-use dive_phases::runtime::docker::DockerRuntime;
-use dive_phases::runtime::{DataMount, Health, PortSpec, Resource, Runtime, ServiceSpec};
-use dive_phases::secrets::{Alphabet, KeySource, MasterKey, SecretStore};
+use dive_pgcluster::{Cluster, StopMode};
+use dive_phases::keycloak::CLEARANCES;
+use dive_runtime::docker::DockerRuntime;
+use dive_runtime::{DataMount, Health, PortSpec, Resource, Runtime, ServiceSpec};
+use dive_secrets::{Alphabet, KeySource, MasterKey, SecretStore};
 use futures::FutureExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -737,7 +738,7 @@ async fn errors_keep_keycloak_status_and_message(h: &Harness, stack: &Stack) {
     // 409 keeps Keycloak's message.
     let master = admin.realm("master").await.unwrap().unwrap();
     let err = admin
-        .create_realm(&dive_phases::keycloak::types::RealmRep {
+        .create_realm(&dive_keycloak::types::RealmRep {
             realm: master.realm.clone(),
             ..Default::default()
         })

@@ -8,8 +8,8 @@ use crate::commands::secrets::secret_store;
 use crate::{database, exit};
 use anyhow::{Context, Result, bail};
 use dive_engine::{Engine, RunOptions, RunState, Workflow};
-use dive_phases::keycloak::{test_users, user_password_secret};
-use dive_phases::verify::{Endpoint, brokered_login};
+use dive_keycloak::{test_users, user_password_secret};
+use dive_verify::{Endpoint, brokered_login};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -163,9 +163,7 @@ async fn verify_latest(
 ) -> Result<serde_json::Value> {
     let mut out = Vec::new();
     for (from, to) in [(hub, spoke), (spoke, hub)] {
-        if let Some((_, ok, latency_ms, _)) =
-            dive_phases::verify::latest(store.pool(), from, to).await?
-        {
+        if let Some((_, ok, latency_ms, _)) = dive_verify::latest(store.pool(), from, to).await? {
             out.push(json!({"from": from, "to": to, "ok": ok, "latency_ms": latency_ms}));
         }
     }

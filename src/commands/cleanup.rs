@@ -4,7 +4,7 @@
 
 use crate::{InvalidInput, database, exit, services};
 use anyhow::Result;
-use dive_phases::runtime::{Resource, Runtime, RuntimeKind};
+use dive_runtime::{Resource, Runtime, RuntimeKind};
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 

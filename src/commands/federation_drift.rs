@@ -6,8 +6,8 @@ use crate::commands::print_json;
 use crate::commands::secrets::secret_store;
 use crate::{database, exit, services};
 use anyhow::{Context, Result};
+use dive_instances::InstanceRecord;
 use dive_phases::federation::drift::{self, Side};
-use dive_phases::instance::InstanceRecord;
 
 async fn side(rec: InstanceRecord) -> Side {
     let runtime = services::runtime(rec.runtime)

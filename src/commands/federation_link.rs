@@ -6,7 +6,7 @@ use crate::cli::ExecArgs;
 use crate::commands::run::run_named;
 use crate::{InvalidInput, database};
 use anyhow::Result;
-use dive_phases::instance::{InstanceRecord, Instances, NO_HUB, Role, normalize_code};
+use dive_instances::{InstanceRecord, Instances, NO_HUB, Role, normalize_code};
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 

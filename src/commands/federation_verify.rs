@@ -10,9 +10,9 @@ use crate::{database, exit};
 use anyhow::{Context, Result};
 use dive_engine::store::RunRecord;
 use dive_engine::{PhaseState, RunOutcome, RunState};
+use dive_instances::Instances;
 use dive_phases::federation::{SecretVersions, secret_versions};
-use dive_phases::instance::Instances;
-use dive_phases::verify::{self, DirectionReport};
+use dive_verify::{self as verify, DirectionReport};
 use serde::Serialize;
 use serde_json::{Value, json};
 

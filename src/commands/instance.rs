@@ -10,11 +10,11 @@ use crate::{InvalidInput, database, exit, services};
 use anyhow::{Context, Result};
 use clap::Args;
 use dive_engine::EngineError;
-use dive_phases::instance::health::{SERVICES, ServiceHealth, service_health};
-use dive_phases::instance::{
+use dive_instances::health::{SERVICES, ServiceHealth, service_health};
+use dive_instances::{
     InstanceError, InstanceRecord, Instances, NO_HUB, Ports, Role, country_name, normalize_code,
 };
-use dive_phases::runtime::{Resource, RuntimeKind};
+use dive_runtime::{Resource, RuntimeKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

@@ -5,7 +5,7 @@ use crate::commands::{parse_params, print_json};
 use crate::{InvalidInput, database, exit, progress, services, workflows};
 use anyhow::Result;
 use dive_engine::{Engine, Plan, RunOptions, RunOutcome, RunState};
-use dive_phases::runtime::RuntimeKind;
+use dive_runtime::RuntimeKind;
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -5,7 +5,7 @@ use crate::commands::print_json;
 use crate::{InvalidInput, database, exit};
 use anyhow::Result;
 use dive_engine::Store;
-use dive_phases::secrets::{MasterKey, SecretError, SecretInfo, SecretStore};
+use dive_secrets::{MasterKey, SecretError, SecretInfo, SecretStore};
 use std::fmt::Write;
 
 /// Input the operator can fix (bad name, malformed key) becomes exit code 2.

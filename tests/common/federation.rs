@@ -13,8 +13,9 @@ pub fn direction<'a>(doc: &'a Value, from: &str, to: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("direction {from}→{to} in {doc}"))
 }
 
-/// Each of the four test users of `code` logged in with exactly the claims DESIGN.md promises
-/// (`coi`: the expected `acpCOI`, sorted).
+/// Each of the four test users of `code` logged in with exactly the claims dive gives them:
+/// `uniqueID` = the username `testuser-<code>-N`, clearance UNCLASSIFIED, CONFIDENTIAL, SECRET,
+/// TOP_SECRET for N = 1..4, `countryOfAffiliation` = CODE, and `acpCOI` = `coi` (sorted).
 #[track_caller]
 pub fn users_have_their_claims(d: &Value, code: &str, coi: &[&str]) {
     assert_eq!(d["ok"], true, "{d}");

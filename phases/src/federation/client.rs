@@ -32,13 +32,14 @@ use super::{
     SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field, enc, flag,
     realm_path, resolve,
 };
-use crate::instance::InstanceRecord;
+use crate::keycloak::SCOPE_NAME;
 use crate::keycloak::client::merge_client;
-use crate::keycloak::types::ClientRep;
-use crate::keycloak::{KeycloakAdmin, SCOPE_NAME};
-use crate::secrets::Alphabet;
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_instances::InstanceRecord;
+use dive_keycloak::KeycloakAdmin;
+use dive_keycloak::types::ClientRep;
+use dive_secrets::Alphabet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

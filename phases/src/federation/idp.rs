@@ -37,10 +37,10 @@ use super::{
     SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id, client_secret_name, code_field,
     enc, flag, idp_alias, realm_path, resolve,
 };
-use crate::instance::InstanceRecord;
-use crate::keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
 use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_instances::InstanceRecord;
+use dive_keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 

@@ -1,5 +1,5 @@
-//! Federation between the hub and a spoke (DESIGN.md, "Stacks and names": Federation). For one
-//! direction X→P (users of X log in at P):
+//! Federation between the hub and a spoke (never two spokes), one direction at a time: a linked
+//! pair (`federation-link`) is federated both ways. For one direction X→P (users of X log in at P):
 //!
 //! | type                 | ensures                                                                |
 //! |----------------------|------------------------------------------------------------------------|
@@ -7,6 +7,7 @@
 //! | `federation.idp`     | in realm `dive-p` of P: OIDC identity provider `<x>-idp`, four mappers  |
 //! | `federation.unlink`  | removes both of the above and the secret (one direction)               |
 //! | `federation.record`  | the pair in table `federation_links` (or removes it: `remove: true`)   |
+//! | `federation.verify`  | every test user of X logs in at P with the right claims (dive-verify)  |
 //!
 //! Beside the phases: [`drift`] (what differs from what these phases would create, in three
 //! layers, using the same diff functions the phases apply) and [`secret_versions`] (which secret
@@ -41,19 +42,23 @@ pub mod drift;
 mod idp;
 mod record;
 mod unlink;
+mod verify;
 mod versions;
 
 pub use client::FederationClient;
 pub use idp::{FederationIdp, MAPPER_TYPE};
 pub use record::FederationRecord;
 pub use unlink::FederationUnlink;
+pub use verify::FederationVerify;
 pub use versions::{SecretVersions, secret_versions};
 
-use crate::instance::{InstanceRecord, Instances, Role, normalize_code};
-use crate::keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
-use crate::runtime::RuntimeKind;
+pub(crate) use crate::keycloak::flag;
 use crate::service::{secret_value, secrets};
 use dive_engine::{PhaseContext, PhaseError};
+use dive_instances::{InstanceRecord, Instances, Role, normalize_code};
+use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
+pub(crate) use dive_keycloak::{enc, realm_path};
+use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Deserializer};
 use std::sync::Arc;
 
@@ -88,7 +93,7 @@ pub fn backchannel_url(rec: &InstanceRecord) -> String {
         RuntimeKind::Local => rec.keycloak_url(),
         RuntimeKind::Docker => format!(
             "http://{}:{KEYCLOAK_CONTAINER_PORT}",
-            crate::runtime::docker::container_name(&rec.code_lower(), "keycloak")
+            dive_runtime::docker::container_name(&rec.code_lower(), "keycloak")
         ),
     }
 }
@@ -191,7 +196,7 @@ pub(crate) async fn admin(
 
 /// [`admin`] with the secret store at hand.
 pub(crate) async fn admin_with(
-    store: &crate::secrets::SecretStore,
+    store: &dive_secrets::SecretStore,
     rec: &InstanceRecord,
 ) -> Result<KeycloakAdmin, PhaseError> {
     let password =
@@ -205,32 +210,10 @@ pub(crate) async fn admin_with(
     .await?)
 }
 
-/// `keycloak:<CODE>`, or `None` while `code` is still a reference.
+/// The breaker of a registered instance's Keycloak, `keycloak:<CODE>` (shared with
+/// `instance.reachable`), or `None` while `code` is still a reference.
 pub(crate) fn breaker(code: &str) -> Option<String> {
     normalize_code(code).ok().map(|c| format!("keycloak:{c}"))
-}
-
-/// Percent-encodes one path segment.
-pub(crate) fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `/admin/realms/<realm><rest>`.
-pub(crate) fn realm_path(realm: &str, rest: &str) -> String {
-    format!("/admin/realms/{}{rest}", enc(realm))
-}
-
-/// Whether a compensation's `output` says the run did something (`key: true`).
-pub(crate) fn flag(output: &serde_json::Value, key: &str) -> bool {
-    output.get(key).and_then(serde_json::Value::as_bool) == Some(true)
 }
 
 #[cfg(test)]

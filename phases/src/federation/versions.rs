@@ -5,8 +5,8 @@
 
 use super::idp::idp_path;
 use super::{SECRET_VERSION_KEY, admin_with, client_id, client_secret_name, idp_alias};
-use crate::instance::InstanceRecord;
-use crate::secrets::SecretStore;
+use dive_instances::InstanceRecord;
+use dive_secrets::SecretStore;
 use serde::Serialize;
 use serde_json::Value;
 

@@ -1,109 +1,19 @@
-//! Instances: ISO 3166-1 alpha-3 codes, the instance registry in the state database (roles and
-//! port blocks), and the phase types `instance.register` and `instance.reachable`.
-//!
-//! # Codes
-//! An instance is named by an ISO 3166-1 alpha-3 code ([`COUNTRIES`], all 249 of them).
-//! [`normalize_code`] accepts any case and returns upper case; it is registered as the workflow
-//! parameter type `country-code` ([`register_param_types`]), so
-//! `params: { code: { type: country-code } }` rejects an unknown code before anything runs.
-//!
-//! # Registry
-//! Table `instances` (migration `0003_instances.sql`): code, role (`hub` | `spoke`, at most one
-//! hub), runtime, and a port block. [`Instances`] registers (idempotently), lists and removes.
-//!
-//! # Ports
-//! Every instance gets the lowest free block of [`BLOCK_SIZE`] ports from the base port
-//! ([`DEFAULT_PORT_BASE`], or `DIVE_PORT_BASE`): `postgres = base + 10 * block`, `keycloak =
-//! +1` (HTTP), `management = +2` (Keycloak health and metrics); the other seven are reserved. The
-//! block is allocated under a table lock in the registering transaction, and `port_block` is
-//! unique in the database, so no two instances share a port whatever their codes and however
-//! many register at once. Ports are computed from the current base (1024..=65526): changing
-//! `DIVE_PORT_BASE` moves every instance on its next deploy.
-//!
-//! # Lock
-//! Runs on an instance should use the lock key `instance:<CODE>` ([`lock_key`]); `dive hub|spoke
-//! down|reset` take the same advisory lock ([`Instances::try_lock`]) and so never act on an
-//! instance while a run deploys it.
+//! The instance phase types, on the registry of dive-instances: `instance.register` (registers
+//! an instance and allocates its port block) and `instance.reachable` (its Keycloak answers), and
+//! the workflow parameter type `country-code` ([`register_param_types`]).
 
-mod countries;
-pub mod health;
 mod phase;
 mod reachable;
-mod registry;
 
-pub use countries::COUNTRIES;
-pub use phase::{InstanceRegister, NO_HUB};
+pub use phase::InstanceRegister;
 pub use reachable::InstanceReachable;
-pub use registry::{
-    BLOCK_SIZE, DEFAULT_PORT_BASE, InstanceError, InstanceLock, InstanceRecord, Instances,
-    PORT_BASE_ENV, Ports, Role, lock_key,
-};
-
-/// The English short name of an ISO 3166-1 alpha-3 code (upper case), if it is one.
-pub fn country_name(code: &str) -> Option<&'static str> {
-    COUNTRIES
-        .binary_search_by(|(c, _)| (*c).cmp(code))
-        .ok()
-        .map(|i| COUNTRIES[i].1)
-}
-
-/// An ISO 3166-1 alpha-3 code in any case, returned in upper case; anything else is an error
-/// that names the value (upper-cased, as codes appear in output).
-pub fn normalize_code(s: &str) -> Result<String, String> {
-    let upper = s.trim().to_ascii_uppercase();
-    if country_name(&upper).is_some() {
-        Ok(upper)
-    } else {
-        Err(format!(
-            "`{upper}` is not an ISO 3166-1 alpha-3 country code"
-        ))
-    }
-}
 
 /// The parameter type name workflows use: `params: { code: { type: country-code } }`.
 pub const COUNTRY_CODE_TYPE: &str = "country-code";
 
-/// Registers this module's workflow parameter types with the engine.
+/// Registers the workflow parameter types of instances with the engine: `country-code` accepts an
+/// ISO 3166-1 alpha-3 code in any case and yields it in upper case
+/// ([`dive_instances::normalize_code`]).
 pub fn register_param_types() {
-    dive_engine::params::register_param_type(COUNTRY_CODE_TYPE, normalize_code);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_list_is_complete_sorted_and_well_formed() {
-        assert_eq!(COUNTRIES.len(), 249);
-        for pair in COUNTRIES.windows(2) {
-            assert!(pair[0].0 < pair[1].0, "{} before {}", pair[0].0, pair[1].0);
-        }
-        for (code, name) in COUNTRIES {
-            assert!(code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()));
-            assert!(!name.is_empty());
-        }
-    }
-
-    #[test]
-    fn codes_are_normalised() {
-        assert_eq!(normalize_code("fra").unwrap(), "FRA");
-        assert_eq!(normalize_code("Usa").unwrap(), "USA");
-        assert_eq!(normalize_code(" gbr ").unwrap(), "GBR");
-        assert_eq!(country_name("DEU"), Some("Germany"));
-        assert_eq!(country_name("deu"), None);
-        for bad in ["XYZ", "xyz", "", "FR", "FRAN", "F1A", "ÅLA", "UK"] {
-            let e = normalize_code(bad).unwrap_err();
-            assert!(
-                e.contains("is not an ISO 3166-1 alpha-3 country code"),
-                "{bad}: {e}"
-            );
-        }
-        assert_eq!(
-            normalize_code("xyz").unwrap_err(),
-            "`XYZ` is not an ISO 3166-1 alpha-3 country code"
-        );
-        for (code, _) in COUNTRIES {
-            assert_eq!(normalize_code(&code.to_ascii_lowercase()).unwrap(), code);
-        }
-    }
+    dive_engine::params::register_param_type(COUNTRY_CODE_TYPE, dive_instances::normalize_code);
 }

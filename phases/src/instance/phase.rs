@@ -19,15 +19,12 @@
 //! the phase ran again after a crash and found its own registration — never one an earlier
 //! deploy made.
 
-use super::registry::{InstanceError, Instances, Role};
-use crate::runtime::{RuntimeHandle, RuntimeKind};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_instances::{InstanceError, Instances, NO_HUB, Role, normalize_code};
+use dive_runtime::{RuntimeHandle, RuntimeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
-
-/// Why a spoke cannot be registered before any hub (also `dive spoke deploy`'s message).
-pub const NO_HUB: &str = "no hub is deployed: run `dive hub deploy` first";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +48,7 @@ fn runtime_kind(ctx: &PhaseContext) -> Option<RuntimeKind> {
 
 impl InstanceRegister {
     fn code(&self) -> Result<String, PhaseError> {
-        super::normalize_code(&self.code).map_err(PhaseError::fatal)
+        normalize_code(&self.code).map_err(PhaseError::fatal)
     }
 
     /// What makes this registration impossible now, if anything (None when it can go ahead).
@@ -140,7 +137,7 @@ impl Phase for InstanceRegister {
     }
 
     async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
-        let code = super::normalize_code(&self.code)?;
+        let code = normalize_code(&self.code)?;
         let reg = registry(ctx).map_err(|e| e.to_string())?;
         match self.refusal(&reg, &code, runtime_kind(ctx)).await {
             Ok(None) => Ok(()),

@@ -10,9 +10,9 @@
 //! ```
 //! Output `{code, url, latency_ms}`. Idempotency: it only reads. Compensation: none.
 
-use super::{Instances, normalize_code};
-use crate::runtime::health::url_ok;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_instances::{Instances, Role, normalize_code};
+use dive_runtime::health::url_ok;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -50,8 +50,8 @@ impl Phase for InstanceReachable {
                 "keycloak {code} ({url}) is unreachable: {e} (is it running? `dive {} status{}`)",
                 rec.role,
                 match rec.role {
-                    super::Role::Hub => format!(" --code {code}"),
-                    super::Role::Spoke => format!(" {code}"),
+                    Role::Hub => format!(" --code {code}"),
+                    Role::Spoke => format!(" {code}"),
                 }
             ))
         })?;
@@ -77,8 +77,6 @@ impl Phase for InstanceReachable {
     }
 
     fn breaker_key(&self) -> Option<String> {
-        normalize_code(&self.code)
-            .ok()
-            .map(|c| format!("keycloak:{c}"))
+        crate::federation::breaker(&self.code)
     }
 }

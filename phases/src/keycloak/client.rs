@@ -23,16 +23,17 @@
 //! Compensation: deletes the client only if this phase created it (output `created: true`);
 //! tolerates that it (or its realm) is already gone.
 
-use super::admin::KeycloakAdmin;
 use super::client_scope::SCOPE_NAME;
 use super::common::{Target, flag, instance_code, realm_name};
-use super::types::ClientRep;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_keycloak::KeycloakAdmin;
+use dive_keycloak::types::ClientRep;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Redirect URI of the verification client (DESIGN.md: binding).
+/// Redirect URI of the verification client. Fixed: it is where the verifier's brokered login stops
+/// (`dive_verify::CALLBACK_URI`, never requested), so the two must stay equal.
 pub const REDIRECT_URI: &str = "http://127.0.0.1/dive-verify/callback";
 const PKCE_ATTRIBUTE: &str = "pkce.code.challenge.method";
 

@@ -23,15 +23,17 @@
 //! deletes it; when it only added the realm default, removes that. What was there before the
 //! run stays. Both tolerate that the scope (or the realm) is already gone.
 
-use super::admin::KeycloakAdmin;
-use super::common::{DIVE_ATTRIBUTES, Target, flag, instance_code, realm_name};
-use super::types::{ClientScopeRep, ProtocolMapperRep};
+use super::common::{Target, flag, instance_code, realm_name};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_keycloak::DIVE_ATTRIBUTES;
+use dive_keycloak::KeycloakAdmin;
+use dive_keycloak::types::{ClientScopeRep, ProtocolMapperRep};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// The scope's name (DESIGN.md: binding).
+/// The scope's name. Fixed: `federation.client` adds the scope to every federation client by this
+/// name, and drift detection looks it up by it.
 pub const SCOPE_NAME: &str = "dive-attributes";
 const PROTOCOL: &str = "openid-connect";
 const MAPPER_TYPE: &str = "oidc-usermodel-attribute-mapper";

@@ -1,25 +1,9 @@
 //! What every `keycloak.*` phase shares: the instance code, the realm, the admin login.
 
-use super::admin::KeycloakAdmin;
 use crate::service::{secret_value, secrets};
 use dive_engine::{PhaseContext, PhaseError};
+use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret, default_realm};
 use serde::{Deserialize, Deserializer};
-
-/// Keycloak's bootstrap admin, as every dive instance creates it.
-pub const ADMIN_USER: &str = "admin";
-
-/// The user attributes (and token claims) dive declares, in this order everywhere.
-pub const DIVE_ATTRIBUTES: [&str; 4] = ["uniqueID", "clearance", "countryOfAffiliation", "acpCOI"];
-
-/// Secret holding the Keycloak admin password of instance `code`.
-pub fn admin_password_secret(code: &str) -> String {
-    format!("{}/keycloak/admin-password", code.to_ascii_lowercase())
-}
-
-/// `dive-<code>`.
-pub fn default_realm(code: &str) -> String {
-    format!("dive-{}", code.to_ascii_lowercase())
-}
 
 /// Checks `instance` when the workflow is read: three letters, or a reference that the engine
 /// resolves later (and that [`Target::new`] checks when the phase runs).
@@ -120,7 +104,7 @@ impl Target {
     }
 }
 
-/// Whether a compensation's `output` says the run created something (`key: true`).
+/// Whether a compensation's `output` says the run created or did something (`key: true`).
 pub(crate) fn flag(output: &serde_json::Value, key: &str) -> bool {
     output.get(key).and_then(serde_json::Value::as_bool) == Some(true)
 }
@@ -143,6 +127,22 @@ mod tests {
         assert!(Target::new("FRA", "127.0.0.1:8080", None).is_err());
         assert_eq!(Target::breaker_key("gbr").as_deref(), Some("keycloak:GBR"));
         assert_eq!(Target::breaker_key("${params.code}"), None);
-        assert_eq!(admin_password_secret("USA"), "usa/keycloak/admin-password");
+    }
+
+    #[test]
+    fn keycloak_errors_become_phase_errors_that_keep_retryability_and_retry_after() {
+        let status = |s: u16| dive_keycloak::KeycloakError::Status {
+            target: "k".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: reqwest::StatusCode::from_u16(s).unwrap(),
+            message: String::new(),
+            retry_after: (s == 503).then(|| std::time::Duration::from_secs(7)),
+        };
+        let phase: PhaseError = status(503).into();
+        assert!(phase.is_retryable());
+        assert_eq!(phase.retry_after(), Some(std::time::Duration::from_secs(7)));
+        let phase: PhaseError = status(401).into();
+        assert!(!phase.is_retryable());
     }
 }

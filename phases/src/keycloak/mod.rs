@@ -1,5 +1,6 @@
-//! Keycloak: an admin client ([`KeycloakAdmin`]) and the phase types that set up an instance's
-//! realm for dive (see DESIGN.md, "Stacks and names").
+//! The phase types that set up an instance's Keycloak realm for dive, through the admin client
+//! of dive-keycloak. An instance CODE (ISO 3166-1 alpha-3) gets realm `dive-<code>` with display
+//! name `DIVE <CODE>`; names use the lower-case code, claims and display names the upper-case one.
 //!
 //! | type                    | ensures                                                        |
 //! |-------------------------|----------------------------------------------------------------|
@@ -16,10 +17,6 @@
 //! `changed: false` when a run found everything as wanted. Each module documents its idempotency
 //! and its compensation.
 //!
-//! Also here: [`wait_for_admin_token`] (readiness = the admin API issues a token and answers
-//! with it, not a health endpoint) and [`login_claims`] (a password grant on a public client,
-//! returning the ID token's claims, for checks).
-//!
 //! ```yaml
 //! - id: realm
 //!   type: keycloak.realm
@@ -28,21 +25,16 @@
 //!   url: "${phases.keycloak.output.keycloak_url}"
 //! ```
 
-mod admin;
 pub(crate) mod client;
 pub(crate) mod client_scope;
 mod common;
-mod login;
 mod realm;
-pub mod types;
 mod user_profile;
 mod users;
 
-pub use admin::{KeycloakAdmin, KeycloakError, wait_for_admin_token};
 pub use client::KeycloakClient;
 pub use client_scope::{KeycloakClientScope, SCOPE_NAME};
-pub use common::{ADMIN_USER, DIVE_ATTRIBUTES, admin_password_secret, default_realm};
-pub use login::{decode_jwt_claims, login_claims};
+pub(crate) use common::flag;
 pub use realm::KeycloakRealm;
 pub use user_profile::{CLEARANCES, KeycloakUserProfile};
-pub use users::{KeycloakUsers, TestUser, test_users, user_password_secret};
+pub use users::KeycloakUsers;

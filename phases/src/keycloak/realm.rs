@@ -18,8 +18,8 @@
 //! tolerates that it is already gone. A realm that was there before is never deleted.
 
 use super::common::{Target, flag, instance_code, realm_name};
-use super::types::RealmRep;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_keycloak::types::RealmRep;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 

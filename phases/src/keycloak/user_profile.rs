@@ -27,8 +27,9 @@
 //! were created by another run), which is worse than leaving four declared attributes behind.
 //! Deleting a realm this workflow created (`keycloak.realm`'s compensation) removes them anyway.
 
-use super::common::{DIVE_ATTRIBUTES, Target, instance_code, realm_name};
+use super::common::{Target, instance_code, realm_name};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_keycloak::DIVE_ATTRIBUTES;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;

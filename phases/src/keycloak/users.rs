@@ -28,22 +28,20 @@
 //! were there before stay. The password secrets stay (secrets have no compensation; see the
 //! secrets module), so a later run gives re-created users the same passwords.
 
-use super::admin::KeycloakAdmin;
-use super::common::{DIVE_ATTRIBUTES, Target, instance_code, realm_name};
-use super::types::UserRep;
-use crate::secrets::Alphabet;
+use super::common::{Target, instance_code, realm_name};
 use crate::service::{secret_value, secrets};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_error::Classify;
+use dive_keycloak::DIVE_ATTRIBUTES;
+use dive_keycloak::KeycloakAdmin;
+use dive_keycloak::types::UserRep;
+use dive_keycloak::{TestUser, test_users, user_password_secret};
+use dive_secrets::Alphabet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use zeroize::Zeroizing;
 
-/// Codes whose users are also in the Five Eyes community of interest.
-const FVEY: [&str; 5] = ["USA", "GBR", "CAN", "AUS", "NZL"];
-/// Clearance of test user N (index N - 1).
-const USER_CLEARANCES: [&str; 4] = ["UNCLASSIFIED", "CONFIDENTIAL", "SECRET", "TOP_SECRET"];
 /// Length of generated test user passwords.
 const PASSWORD_LENGTH: usize = 24;
 
@@ -55,58 +53,6 @@ pub struct KeycloakUsers {
     pub url: String,
     #[serde(default, deserialize_with = "realm_name")]
     pub realm: Option<String>,
-}
-
-/// One test user as dive defines it (DESIGN.md, "Stacks and names").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TestUser {
-    pub username: String,
-    pub email: String,
-    pub first_name: String,
-    pub last_name: String,
-    /// The four DIVE attributes, each a list of values.
-    pub attributes: BTreeMap<String, Vec<String>>,
-}
-
-impl TestUser {
-    pub fn clearance(&self) -> &str {
-        &self.attributes["clearance"][0]
-    }
-}
-
-/// The test users of instance `code` (any case).
-pub fn test_users(code: &str) -> Vec<TestUser> {
-    let upper = code.to_ascii_uppercase();
-    let lower = code.to_ascii_lowercase();
-    let mut coi = vec!["NATO".to_string()];
-    if FVEY.contains(&upper.as_str()) {
-        coi.push("FVEY".into());
-    }
-    USER_CLEARANCES
-        .iter()
-        .enumerate()
-        .map(|(i, clearance)| {
-            let n = i + 1;
-            let username = format!("testuser-{lower}-{n}");
-            TestUser {
-                email: format!("{username}@{lower}.dive.test"),
-                first_name: "Test".into(),
-                last_name: format!("User {upper} {n}"),
-                attributes: BTreeMap::from([
-                    ("uniqueID".to_string(), vec![username.clone()]),
-                    ("clearance".to_string(), vec![clearance.to_string()]),
-                    ("countryOfAffiliation".to_string(), vec![upper.clone()]),
-                    ("acpCOI".to_string(), coi.clone()),
-                ]),
-                username,
-            }
-        })
-        .collect()
-}
-
-/// Secret holding a test user's password: `<code>/users/<username>`.
-pub fn user_password_secret(code: &str, username: &str) -> String {
-    format!("{}/users/{username}", code.to_ascii_lowercase())
 }
 
 /// Values compared as sets: Keycloak does not promise the order of multivalued attributes.
@@ -350,29 +296,6 @@ impl Phase for KeycloakUsers {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_users_follow_the_naming_rules() {
-        let users = test_users("gbr");
-        assert_eq!(users.len(), 4);
-        let u = &users[2];
-        assert_eq!(u.username, "testuser-gbr-3");
-        assert_eq!(u.email, "testuser-gbr-3@gbr.dive.test");
-        assert_eq!(u.last_name, "User GBR 3");
-        assert_eq!(u.clearance(), "SECRET");
-        assert_eq!(u.attributes["uniqueID"], ["testuser-gbr-3"]);
-        assert_eq!(u.attributes["countryOfAffiliation"], ["GBR"]);
-        assert_eq!(u.attributes["acpCOI"], ["NATO", "FVEY"]);
-        assert_eq!(test_users("FRA")[0].attributes["acpCOI"], ["NATO"]);
-        assert_eq!(
-            users.iter().map(TestUser::clearance).collect::<Vec<_>>(),
-            USER_CLEARANCES
-        );
-        assert_eq!(
-            user_password_secret("GBR", "testuser-gbr-1"),
-            "gbr/users/testuser-gbr-1"
-        );
-    }
 
     #[test]
     fn merge_ignores_attribute_order_and_keeps_other_attributes() {

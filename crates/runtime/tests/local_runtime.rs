@@ -1,0 +1,223 @@
+//! The local runtime against real processes: ensure is idempotent, a changed spec recreates,
+//! a killed process is seen, stop/remove work, and a reused pid is never taken for ours.
+
+use dive_runtime::local::LocalRuntime;
+use dive_runtime::{DataMount, Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A small HTTP server that serves its data directory.
+fn web(instance: &str, port: u16) -> ServiceSpec {
+    ServiceSpec {
+        instance: instance.into(),
+        name: "web".into(),
+        image: String::new(),
+        command: vec![
+            "python3".into(),
+            "-m".into(),
+            "http.server".into(),
+            "{port:http}".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--directory".into(),
+            "{data:www}".into(),
+        ],
+        env: BTreeMap::new(),
+        secret_env: BTreeMap::from([("TOKEN".to_string(), "not-shown".to_string())]),
+        ports: vec![PortSpec {
+            name: "http".into(),
+            container: 8000,
+            host: port,
+        }],
+        data: vec![DataMount {
+            volume: "www".into(),
+            target: "/srv".into(),
+        }],
+        health: Some(Health::Http {
+            port: "http".into(),
+            path: "/".into(),
+        }),
+        ready_timeout: Duration::from_secs(20),
+        run_as: None,
+        init: None,
+        networks: vec![],
+    }
+}
+
+fn pid_of(home: &std::path::Path, instance: &str) -> i32 {
+    let text =
+        std::fs::read_to_string(home.join(format!("instances/{instance}/services/web.json")))
+            .unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32
+}
+
+/// Whether `pid` is a live process (a zombie waiting to be reaped is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+#[tokio::test]
+async fn ensure_is_idempotent_and_a_changed_spec_recreates() {
+    let home = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(home.path());
+    let spec = web("t1", free_port());
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Created);
+    let pid = pid_of(home.path(), "t1");
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Unchanged);
+    assert_eq!(
+        pid_of(home.path(), "t1"),
+        pid,
+        "an identical service is left alone"
+    );
+    assert_eq!(
+        rt.status("t1", "web").await.unwrap().state,
+        ServiceState::Running
+    );
+
+    let mut changed = spec.clone();
+    changed.env.insert("MODE".into(), "new".into());
+    assert_eq!(
+        rt.ensure_service(&changed).await.unwrap(),
+        Ensured::Recreated
+    );
+    let new_pid = pid_of(home.path(), "t1");
+    assert_ne!(new_pid, pid);
+    assert!(!alive(pid), "the old process is gone");
+
+    // A changed secret value recreates too (only its digest is stored).
+    let mut rotated = changed.clone();
+    rotated.secret_env.insert("TOKEN".into(), "rotated".into());
+    assert_eq!(
+        rt.ensure_service(&rotated).await.unwrap(),
+        Ensured::Recreated
+    );
+    let stored =
+        std::fs::read_to_string(home.path().join("instances/t1/services/web.json")).unwrap();
+    assert!(!stored.contains("rotated") && !stored.contains("not-shown"));
+
+    rt.remove("t1", "web", &["www".to_string()]).await.unwrap();
+    assert_eq!(
+        rt.status("t1", "web").await.unwrap().state,
+        ServiceState::Missing
+    );
+    assert!(!home.path().join("instances/t1/data/www").exists());
+}
+
+#[tokio::test]
+async fn a_killed_service_is_seen_and_started_again() {
+    let home = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(home.path());
+    let spec = web("t2", free_port());
+    rt.ensure_service(&spec).await.unwrap();
+    let pid = pid_of(home.path(), "t2");
+    // SAFETY: killing the service process we just started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for _ in 0..100 {
+        if rt.status("t2", "web").await.unwrap().state == ServiceState::Stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rt.status("t2", "web").await.unwrap().state,
+        ServiceState::Stopped
+    );
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Started);
+    assert_eq!(
+        rt.status("t2", "web").await.unwrap().state,
+        ServiceState::Running
+    );
+
+    rt.stop("t2", "web").await.unwrap();
+    assert_eq!(
+        rt.status("t2", "web").await.unwrap().state,
+        ServiceState::Stopped
+    );
+    assert!(!alive(pid_of(home.path(), "t2")));
+    rt.remove("t2", "web", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reused_pid_is_not_taken_for_ours() {
+    let home = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(home.path());
+    // A live process that is not ours, recorded with another start time (as after a reboot or
+    // pid wrap-around).
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let dir = home.path().join("instances/t3/services");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("web.json"),
+        serde_json::json!({
+            "pid": stranger.id(),
+            "start_time": 1,
+            "digest": "x",
+            "started_at": "2026-01-01T00:00:00Z"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(
+        rt.status("t3", "web").await.unwrap().state,
+        ServiceState::Stopped
+    );
+    rt.stop("t3", "web").await.unwrap();
+    rt.remove("t3", "web", &[]).await.unwrap();
+    assert!(
+        alive(stranger.id() as i32),
+        "stop/remove never signal a process that is not ours"
+    );
+    stranger.kill().unwrap();
+    let _ = stranger.wait();
+}
+
+#[tokio::test]
+async fn a_service_that_dies_while_starting_fails_fast_with_its_log() {
+    let home = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(home.path());
+    let mut spec = web("t4", free_port());
+    spec.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo broken config >&2; exit 3".into(),
+    ];
+    let started = std::time::Instant::now();
+    let err = rt.ensure_service(&spec).await.unwrap_err().to_string();
+    assert!(err.contains("broken config"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    rt.remove("t4", "web", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn services_outlive_the_process_that_started_them() {
+    let home = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(home.path());
+    let spec = web("t5", free_port());
+    rt.ensure_service(&spec).await.unwrap();
+    let pid = pid_of(home.path(), "t5");
+    // Its own session: a Ctrl-C to our terminal's process group does not reach it.
+    // SAFETY: getsid only reads.
+    let (sid, ours) = unsafe { (libc::getsid(pid), libc::getsid(0)) };
+    assert_eq!(sid, pid);
+    assert_ne!(sid, ours);
+    rt.remove("t5", "web", &[]).await.unwrap();
+}

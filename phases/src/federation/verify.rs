@@ -1,0 +1,73 @@
+//! `federation.verify`: every test user of instance `from` logs in at instance `to` through the
+//! federation (one direction), and the phase fails unless every login arrives with the right
+//! claims. The result is recorded in `federation_verifications` with the run id, whether it
+//! passed or not, so `dive federation verify` and `status` read it from there.
+//!
+//! ```yaml
+//! - id: hub-to-spoke
+//!   type: federation.verify
+//!   from: "${params.hub}"
+//!   to: "${params.code}"
+//! ```
+//! Output `{from, to, ok, latency_ms, users: [{username, ok}]}`. Idempotency: it only reads and
+//! logs in (each login leaves a short session at both sides). Compensation: none.
+
+use super::{code_field, resolve};
+use crate::service::secrets;
+use dive_engine::{Phase, PhaseContext, PhaseError, Store, async_trait, typetag};
+use dive_verify::{Endpoint, record, verify_direction};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationVerify {
+    /// Whose users log in.
+    #[serde(deserialize_with = "code_field")]
+    pub from: String,
+    /// Where they log in.
+    #[serde(deserialize_with = "code_field")]
+    pub to: String,
+}
+
+#[typetag::serde(name = "federation.verify")]
+#[async_trait]
+impl Phase for FederationVerify {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let (x, p) = resolve(ctx, &self.from, &self.to).await?;
+        let store = ctx
+            .services
+            .get::<Store>()
+            .ok_or_else(|| PhaseError::fatal("no state database is available"))?;
+        let secrets = secrets(ctx)?;
+        ctx.note(format!(
+            "logging in as the test users of {} at {}",
+            x.code, p.code
+        ));
+        let report =
+            verify_direction(&secrets, &Endpoint::from(&x), &Endpoint::from(&p), None).await;
+        record(store.pool(), Some(ctx.run_id), &report)
+            .await
+            .map_err(|e| PhaseError::retryable(e.to_string()))?;
+        if !report.ok {
+            return Err(PhaseError::retryable(format!(
+                "federation logins {} → {} failed: {}",
+                report.from,
+                report.to,
+                report.failure().unwrap_or_default()
+            )));
+        }
+        Ok(json!({
+            "from": report.from,
+            "to": report.to,
+            "ok": report.ok,
+            "latency_ms": report.latency_ms,
+            "users": report.users.iter().map(|u| json!({"username": u.username, "ok": u.ok})).collect::<Vec<_>>(),
+        }))
+    }
+
+    async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
+        let reg = super::registry(ctx).map_err(|e| e.to_string())?;
+        super::pair(&reg, &self.from, &self.to).await.map(|_| ())
+    }
+}

@@ -1,0 +1,70 @@
+//! `secret.ensure`: makes sure a secret exists, generating a random value when it does not.
+//!
+//! ```yaml
+//! - id: admin-password
+//!   type: secret.ensure
+//!   name: usa/keycloak/admin-password
+//!   length: 32            # optional, default 32 (8..=4096)
+//!   alphabet: alphanumeric # optional: alphanumeric (default), lowercase, hex, base64url, digits
+//! ```
+//! Output `{name, version, created}` and never the value; later phases read the value from the
+//! [`SecretStore`] by name. The store must be registered in the engine's services
+//! (`services.insert(SecretStore::new(..))`); without it the phase fails fatally.
+//!
+//! Idempotency: ensure semantics. If the secret exists its latest version is returned with
+//! `created: false`; otherwise version 1 is generated. Concurrent ensures of one name serialise on
+//! a transaction-scoped advisory lock, so exactly one of them creates it.
+//!
+//! Compensation: none, on purpose. A generated secret may already be in use by a service configured
+//! in an earlier run (or by an earlier phase of this one that is not compensated), and deleting it
+//! would strand that service with a password nobody knows. Secrets are removed when an instance is
+//! reset ([`SecretStore::delete_prefix`]).
+
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_secrets::{Alphabet, MAX_LENGTH, MIN_LENGTH, SecretStore};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
+
+fn default_length() -> usize {
+    32
+}
+
+/// Checks the range when the workflow is validated rather than when the phase runs.
+fn length<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if (MIN_LENGTH..=MAX_LENGTH).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "length {n} is out of range: it must be between {MIN_LENGTH} and {MAX_LENGTH}"
+        )))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretEnsure {
+    /// e.g. `usa/keycloak/admin-password`.
+    pub name: String,
+    /// Characters in a generated value (8..=4096, default 32). Ignored when the secret exists.
+    #[serde(default = "default_length", deserialize_with = "length")]
+    pub length: usize,
+    /// Characters a generated value is made of (default `alphanumeric`).
+    #[serde(default)]
+    pub alphabet: Alphabet,
+}
+
+#[typetag::serde(name = "secret.ensure")]
+#[async_trait]
+impl Phase for SecretEnsure {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let store = ctx.services.get::<SecretStore>().ok_or_else(|| {
+            PhaseError::fatal(
+                "no secret store is available: the engine was built without a SecretStore in \
+                 its services",
+            )
+        })?;
+        let (version, created) = store.ensure(&self.name, self.length, self.alphabet).await?;
+        Ok(json!({ "name": self.name, "version": version, "created": created }))
+    }
+}
