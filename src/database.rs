@@ -1,34 +1,21 @@
 //! Where the state database is: DIVE_DATABASE_URL, or the embedded cluster under DIVE_HOME,
 //! started on first use and reused afterwards.
 
+use crate::config;
 use anyhow::{Context, Result};
 use dive_engine::Store;
 use dive_pgcluster::Cluster;
-use std::path::PathBuf;
 
 const EMBEDDED_DB: &str = "dive";
 
-/// DIVE_HOME, default ~/.local/share/dive.
-pub fn dive_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("DIVE_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".local/share/dive")
-}
-
 pub fn embedded_cluster() -> Cluster {
-    Cluster::new(dive_home().join("postgres"))
+    Cluster::new(config::get().home.join("postgres"))
 }
 
 /// The configured database URL, starting the embedded cluster if that is what we use.
 pub fn database_url() -> Result<String> {
-    if let Ok(url) = std::env::var("DIVE_DATABASE_URL")
-        && !url.is_empty()
-    {
-        return Ok(url);
+    if let Some(url) = &config::get().database_url {
+        return Ok(url.clone());
     }
     let cluster = embedded_cluster();
     cluster.ensure_running().with_context(|| {
@@ -46,7 +33,7 @@ pub async fn open() -> Result<Store> {
     match Store::open(&url).await {
         Ok(store) => Ok(store),
         // First use of the embedded cluster: its database does not exist yet.
-        Err(e) if std::env::var("DIVE_DATABASE_URL").map_or(true, |u| u.is_empty()) => {
+        Err(e) if config::get().database_url.is_none() => {
             embedded_cluster()
                 .create_database(EMBEDDED_DB)
                 .with_context(|| format!("creating the embedded database after: {e}"))?;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod database;
 mod output;
 mod progress;
@@ -84,7 +85,8 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::RUN_FAILED);
         }
     };
-    match runtime.block_on(commands::dispatch(cli.command)) {
+    let result = config::init().and_then(|()| runtime.block_on(commands::dispatch(cli.command)));
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -1,38 +1,39 @@
-//! What phases of a run get from the CLI: the secret store and the runtime (`--runtime`).
+//! The engine a run executes on: the built-in workflows for child runs, and the services its
+//! phases use, built once from the configuration for the run's runtime (`--runtime`).
 
-use crate::commands::secrets::secret_store;
-use crate::database;
+use crate::commands::secrets::classify;
+use crate::{config, workflows};
 use anyhow::{Context, Result};
-use dive_engine::{Catalog, Services, Store, Workflow, WorkflowCatalog};
-use dive_runtime::docker::DockerRuntime;
-use dive_runtime::local::LocalRuntime;
-use dive_runtime::{Runtime, RuntimeHandle, RuntimeKind};
+use dive_engine::{Engine, Store, Workflow, WorkflowCatalog};
+use dive_phases::{Config, Services};
+use dive_runtime::{Runtime, RuntimeKind};
 use std::sync::Arc;
 
-/// The runtime of that kind; Docker is reached (and its API version negotiated) here.
+/// The runtime of that kind, as configured; Docker is reached (and its API version negotiated)
+/// here.
 pub async fn runtime(kind: RuntimeKind) -> Result<Arc<dyn Runtime>> {
-    Ok(match kind {
-        RuntimeKind::Local => Arc::new(LocalRuntime::new(database::dive_home())),
-        RuntimeKind::Docker => Arc::new(DockerRuntime::connect().await?),
-    })
+    Ok(kind.connect(&config::get().runtimes()).await?)
 }
 
-/// Services for a run; the master key is checked against the stored secrets before anything
-/// runs, so a wrong key stops the run before it writes anything.
-pub async fn build(store: &Store, kind: RuntimeKind) -> Result<Services> {
-    let secrets = secret_store(store)?;
-    secrets
-        .verify_key()
-        .await
-        .context("checking the master key")?;
-    let mut services = Services::default();
-    services.insert(secrets);
-    services.insert(dive_instances::Instances::new(store.pool().clone()));
-    // Child runs (`type: workflow`) need the database and the built-in workflows.
-    services.insert(store.clone());
-    services.insert(Catalog(Arc::new(BuiltinWorkflows)));
-    services.insert(RuntimeHandle(runtime(kind).await?));
-    Ok(services)
+/// An engine for runs on `kind`: the master key is checked against the stored secrets and the
+/// runtime reached before anything runs, so a wrong key or a stopped Docker engine stops the run
+/// before it writes anything.
+pub async fn engine(store: &Store, kind: RuntimeKind) -> Result<Engine> {
+    let cfg = config::get();
+    let services = Services::build(
+        Config {
+            runtime: kind,
+            runtimes: cfg.runtimes(),
+            port_base: cfg.port_base,
+            master_key: cfg.master_key().map_err(classify)?,
+        },
+        store.pool(),
+    )
+    .await
+    .context("preparing the run")?;
+    Ok(Engine::new(store.clone())
+        .with_catalog(Arc::new(BuiltinWorkflows))
+        .with_services(Arc::new(services)))
 }
 
 /// The built-in workflows, for child runs.
@@ -40,7 +41,7 @@ struct BuiltinWorkflows;
 
 impl WorkflowCatalog for BuiltinWorkflows {
     fn load(&self, name: &str) -> Result<Workflow, String> {
-        crate::workflows::builtin()
+        workflows::builtin()
             .find(|(n, _)| *n == name)
             .ok_or_else(|| format!("no built-in workflow `{name}`"))
             .and_then(|(n, text)| {

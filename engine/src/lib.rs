@@ -12,7 +12,6 @@ pub mod plan;
 mod runconn;
 pub mod runner;
 pub mod scheduler;
-pub mod services;
 pub mod state;
 pub mod store;
 pub mod subflow;
@@ -24,10 +23,9 @@ pub use events::{Event, EventSink};
 pub use phase::{Classify, Phase, PhaseContext, PhaseError};
 pub use plan::{Plan, PlannedPhase, RetryPolicy};
 pub use runner::{Engine, RunOptions, RunOutcome};
-pub use services::Services;
 pub use state::{PhaseState, RunState};
 pub use store::Store;
-pub use subflow::{Catalog, WorkflowCatalog};
+pub use subflow::{NoWorkflows, WorkflowCatalog};
 pub use workflow::{InvalidWorkflow, Workflow};
 
 // Re-exported so phase crates register with the same versions the engine deserialises with.

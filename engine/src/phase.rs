@@ -15,10 +15,12 @@
 //!   convert with `?`. Error text never contains a secret value.
 
 use crate::events::{Event, EventSink};
-use crate::services::Services;
+use crate::store::Store;
+use crate::subflow::WorkflowCatalog;
 use async_trait::async_trait;
 pub use dive_error::Classify;
 use serde_json::Value;
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +36,14 @@ pub struct PhaseContext {
     pub attempt: u32,
     /// Cancelled when the run is cancelled; long phases may watch it to stop early.
     pub cancel: CancellationToken,
-    /// Shared resources (runtimes, clients) that phase types registered with the engine.
-    pub services: Arc<Services>,
+    /// The state database (child runs are recorded there too).
+    pub store: Store,
+    /// Where `workflow` phases find child workflows by name.
+    pub catalog: Arc<dyn WorkflowCatalog>,
+    /// What the phase types of other crates work with (a secret store, a runtime, …), built
+    /// once at start-up by the caller and opaque to the engine; read it with
+    /// [`PhaseContext::services`].
+    pub services: Arc<dyn Any + Send + Sync>,
     /// Where [`PhaseContext::note`] goes.
     pub events: EventSink,
     /// Every lock key the run runs under (sorted): its own and those its ancestor runs hold. A
@@ -44,6 +52,19 @@ pub struct PhaseContext {
 }
 
 impl PhaseContext {
+    /// The services the engine was given ([`crate::Engine::with_services`]), as the type the
+    /// caller built them as. A phase crate keeps one such type with typed accessors; this fails
+    /// only when an engine was built without it, which is a bug of that caller.
+    pub fn services<T: Any + Send + Sync>(&self) -> Result<&T, PhaseError> {
+        self.services.downcast_ref::<T>().ok_or_else(|| {
+            PhaseError::fatal(format!(
+                "phase `{}` needs the services `{}`, and this engine was built without them",
+                self.phase_id,
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
     /// Tells the operator what a long phase is waiting for (shown in the progress view).
     pub fn note(&self, message: impl Into<String>) {
         self.events.emit(Event::PhaseNote {

@@ -11,11 +11,12 @@ use crate::phase::{PhaseContext, PhaseError};
 use crate::plan::Plan;
 use crate::runconn::{Op, RunConn};
 use crate::scheduler::{Action, Compensable, Input, Scheduler};
-use crate::services::Services;
 use crate::state::RunState;
 use crate::store::{RunRecord, Store};
+use crate::subflow::{NoWorkflows, WorkflowCatalog};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,26 +86,32 @@ pub struct RunOutcome {
 /// Runs plans against a state database.
 pub struct Engine {
     store: Store,
-    services: Arc<Services>,
+    catalog: Arc<dyn WorkflowCatalog>,
+    services: Arc<dyn Any + Send + Sync>,
     breaker_policy: BreakerPolicy,
 }
 
 impl Engine {
+    /// An engine on `store` with no workflow catalog and no services (enough for the engine's
+    /// own phase types).
     pub fn new(store: Store) -> Self {
         Engine {
             store,
-            services: Arc::new(Services::default()),
+            catalog: Arc::new(NoWorkflows),
+            services: Arc::new(()),
             breaker_policy: BreakerPolicy::default(),
         }
     }
 
-    pub fn with_services(mut self, services: Services) -> Self {
-        self.services = Arc::new(services);
+    /// Where `workflow` phases find their child workflows.
+    pub fn with_catalog(mut self, catalog: Arc<dyn WorkflowCatalog>) -> Self {
+        self.catalog = catalog;
         self
     }
 
-    /// Shares an existing set of services (a child run uses its parent's).
-    pub fn with_shared_services(mut self, services: Arc<Services>) -> Self {
+    /// What other crates' phase types work with (see [`PhaseContext::services`]); a child run
+    /// shares its parent's.
+    pub fn with_services(mut self, services: Arc<dyn Any + Send + Sync>) -> Self {
         self.services = services;
         self
     }
@@ -170,6 +177,8 @@ impl Engine {
                 phase_id: p.id.clone(),
                 attempt: 0,
                 cancel: CancellationToken::new(),
+                store: self.store.clone(),
+                catalog: self.catalog.clone(),
                 services: self.services.clone(),
                 events: EventSink::none(),
                 held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
@@ -249,7 +258,9 @@ struct Runner<'a> {
     /// Every key the run runs under, its ancestors' included; phases see them.
     held_lock_keys: Vec<String>,
     opts: &'a RunOptions,
-    services: Arc<Services>,
+    store: Store,
+    catalog: Arc<dyn WorkflowCatalog>,
+    services: Arc<dyn Any + Send + Sync>,
     breakers: Arc<Breakers>,
     breaker_rx: mpsc::UnboundedReceiver<Transition>,
     tasks: JoinSet<TaskResult>,
@@ -281,6 +292,8 @@ impl<'a> Runner<'a> {
             conn,
             held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
             opts,
+            store: engine.store.clone(),
+            catalog: engine.catalog.clone(),
             services: engine.services.clone(),
             breakers: Arc::new(Breakers::new(engine.breaker_policy, tx)),
             breaker_rx,
@@ -471,6 +484,8 @@ impl<'a> Runner<'a> {
             phase_id: phase_id.to_string(),
             attempt,
             cancel,
+            store: self.store.clone(),
+            catalog: self.catalog.clone(),
             services: self.services.clone(),
             events: self.opts.events.clone(),
             held_lock_keys: self.held_lock_keys.clone(),

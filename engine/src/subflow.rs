@@ -16,22 +16,28 @@
 use crate::phase::{Phase, PhaseContext, PhaseError};
 use crate::runner::{Engine, RunOptions};
 use crate::state::RunState;
-use crate::store::Store;
 use crate::workflow::Workflow;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-/// Where child workflows come from (the CLI's built-in workflows), as a service.
+/// Where child workflows come from (the CLI's built-in workflows).
 pub trait WorkflowCatalog: Send + Sync {
     fn load(&self, name: &str) -> Result<Workflow, String>;
 }
 
-/// The catalog in [`crate::Services`].
-#[derive(Clone)]
-pub struct Catalog(pub Arc<dyn WorkflowCatalog>);
+/// The catalog of an engine given none: child workflows are refused (by the precheck, before
+/// the run starts).
+pub struct NoWorkflows;
+
+impl WorkflowCatalog for NoWorkflows {
+    fn load(&self, name: &str) -> Result<Workflow, String> {
+        Err(format!(
+            "no workflow `{name}`: this engine has no workflow catalog"
+        ))
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,11 +50,7 @@ pub struct SubWorkflow {
 
 impl SubWorkflow {
     fn plan(&self, ctx: &PhaseContext) -> Result<crate::plan::Plan, String> {
-        let catalog = ctx
-            .services
-            .get::<Catalog>()
-            .ok_or("no workflow catalog is available")?;
-        let workflow = catalog.0.load(&self.workflow)?;
+        let workflow = ctx.catalog.load(&self.workflow)?;
         workflow.plan(&self.params).map_err(|e| e.to_string())
     }
 }
@@ -58,11 +60,9 @@ impl SubWorkflow {
 impl Phase for SubWorkflow {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let plan = self.plan(ctx).map_err(PhaseError::fatal)?;
-        let store = ctx
-            .services
-            .get::<Store>()
-            .ok_or_else(|| PhaseError::fatal("no state database is available to child runs"))?;
-        let engine = Engine::new((*store).clone()).with_shared_services(ctx.services.clone());
+        let engine = Engine::new(ctx.store.clone())
+            .with_catalog(ctx.catalog.clone())
+            .with_services(ctx.services.clone());
         let opts = RunOptions {
             events: ctx.events.scoped(&ctx.phase_id),
             cancel: ctx.cancel.child_token(),

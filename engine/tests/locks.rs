@@ -3,8 +3,8 @@
 //! only the others; orphan detection looks at every key.
 
 use dive_engine::{
-    Catalog, Engine, EngineError, Phase, PhaseContext, PhaseError, RunOptions, RunState, Services,
-    Store, Workflow, WorkflowCatalog, async_trait, typetag,
+    Engine, EngineError, Phase, PhaseContext, PhaseError, RunOptions, RunState, Store, Workflow,
+    WorkflowCatalog, async_trait, typetag,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -40,10 +40,10 @@ struct Probe {
 #[async_trait]
 impl Phase for Probe {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let store = ctx.services.get::<Store>().expect("store service");
+        let store = &ctx.store;
         let mut pids = serde_json::Map::new();
         for key in &self.keys {
-            pids.insert(key.clone(), json!(holder_pid(&store, key).await));
+            pids.insert(key.clone(), json!(holder_pid(store, key).await));
         }
         tokio::time::sleep(Duration::from_millis(self.ms)).await;
         Ok(json!({ "held": ctx.held_lock_keys, "pids": pids }))
@@ -101,10 +101,7 @@ impl WorkflowCatalog for Children {
 
 async fn engine() -> Engine {
     let store = Store::open(&common::db("locks").url).await.unwrap();
-    let mut services = Services::default();
-    services.insert(store.clone());
-    services.insert(Catalog(Arc::new(Children)));
-    Engine::new(store).with_services(services)
+    Engine::new(store).with_catalog(Arc::new(Children))
 }
 
 fn plan(yaml: &str) -> dive_engine::Plan {

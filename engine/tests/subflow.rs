@@ -2,8 +2,8 @@
 //! with their progress events scoped under the parent phase.
 
 use dive_engine::{
-    Catalog, Engine, Event, EventSink, Phase, PhaseContext, PhaseError, RunOptions, RunState,
-    Services, Store, Workflow, WorkflowCatalog, async_trait, typetag,
+    Engine, Event, EventSink, Phase, PhaseContext, PhaseError, RunOptions, RunState, Store,
+    Workflow, WorkflowCatalog, async_trait, typetag,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -61,10 +61,7 @@ fn parent(tag: &str, fail_second: bool) -> dive_engine::Plan {
 
 async fn engine() -> Engine {
     let store = Store::open(&common::db("subflow").url).await.unwrap();
-    let mut services = Services::default();
-    services.insert(store.clone());
-    services.insert(Catalog(Arc::new(Children)));
-    Engine::new(store).with_services(services)
+    Engine::new(store).with_catalog(Arc::new(Children))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

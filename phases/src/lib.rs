@@ -1,6 +1,7 @@
 //! dive-phases: the phase types dive workflows are made of. Each type is one struct registered
 //! with typetag; the engine finds it by its `type:` name.
 
+pub mod context;
 pub mod db;
 pub mod exec;
 pub mod federation;
@@ -15,6 +16,8 @@ pub mod sleep;
 
 /// Forces this crate to be linked so its phase types are registered with typetag, and registers
 /// its workflow parameter types (`country-code`).
+pub use context::{Config, Services, StartupError};
+
 pub fn register() {
     instance::register_param_types();
 }

@@ -4,8 +4,9 @@
 //! either way; the database is created if missing. Compensation: drops only what this phase
 //! created (its output says which), so a rollback never removes a database that was there before.
 
+use crate::context::Services;
 use crate::late::Late;
-use crate::service::{secret_value, secrets};
+use crate::service::secret_value;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -41,8 +42,8 @@ fn classify(e: sqlx::Error, what: &str) -> PhaseError {
 
 impl PostgresDatabase {
     async fn connect(&self, ctx: &PhaseContext) -> Result<PgConnection, PhaseError> {
-        let store = secrets(ctx)?;
-        let password = secret_value(&store, &self.admin_password_secret).await?;
+        let store = Services::of(ctx)?.secrets();
+        let password = secret_value(store, &self.admin_password_secret).await?;
         let opts = PgConnectOptions::new()
             .host("127.0.0.1")
             .port(self.port.get("port")?)
@@ -89,7 +90,8 @@ impl PostgresDatabase {
 #[async_trait]
 impl Phase for PostgresDatabase {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let owner_password = secret_value(&*secrets(ctx)?, &self.owner_password_secret).await?;
+        let owner_password =
+            secret_value(Services::of(ctx)?.secrets(), &self.owner_password_secret).await?;
         let mut conn = self.connect(ctx).await?;
         let role_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")

@@ -20,8 +20,9 @@
 //! would strand that service with a password nobody knows. Secrets are removed when an instance is
 //! reset ([`SecretStore::delete_prefix`]).
 
+use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
-use dive_secrets::{Alphabet, MAX_LENGTH, MIN_LENGTH, SecretStore};
+use dive_secrets::{Alphabet, MAX_LENGTH, MIN_LENGTH};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
@@ -58,12 +59,7 @@ pub struct SecretEnsure {
 #[async_trait]
 impl Phase for SecretEnsure {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let store = ctx.services.get::<SecretStore>().ok_or_else(|| {
-            PhaseError::fatal(
-                "no secret store is available: the engine was built without a SecretStore in \
-                 its services",
-            )
-        })?;
+        let store = Services::of(ctx)?.secrets();
         let (version, created) = store.ensure(&self.name, self.length, self.alphabet).await?;
         Ok(json!({ "name": self.name, "version": version, "created": created }))
     }

@@ -1,14 +1,13 @@
 //! `instance.register` run by the engine (precheck, output, rollback) and the `country-code`
 //! parameter type, against a real PostgreSQL.
 
-use dive_engine::{
-    Engine, EngineError, PhaseState, RunOptions, RunState, Services, Store, Workflow,
-};
+use dive_engine::{Engine, EngineError, PhaseState, RunOptions, RunState, Store, Workflow};
 use dive_instances::{Instances, NO_HUB, normalize_code};
 use dive_pgcluster::{Cluster, StopMode};
 use dive_phases::instance::register_param_types;
-use dive_runtime::RuntimeHandle;
-use dive_runtime::local::LocalRuntime;
+use dive_phases::{Config, Services};
+use dive_runtime::{RuntimeConfig, RuntimeKind};
+use dive_secrets::{KeySource, MasterKey};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
@@ -69,11 +68,15 @@ phases:
     assert_eq!(normalize_code("gBr").unwrap(), "GBR");
 }
 
-fn engine(store: &Store, home: &std::path::Path) -> Engine {
-    let mut services = Services::default();
-    services.insert(registry(store));
-    services.insert(RuntimeHandle(Arc::new(LocalRuntime::new(home))));
-    Engine::new(store.clone()).with_services(services)
+async fn engine(store: &Store, home: &std::path::Path) -> Engine {
+    let key = MasterKey::from_bytes([7; 32], KeySource::Env);
+    let config = Config::new(
+        RuntimeKind::LOCAL,
+        RuntimeConfig::new(home, home.join("cache")),
+        key,
+    );
+    let services = Services::build(config, store.pool()).await.unwrap();
+    Engine::new(store.clone()).with_services(Arc::new(services))
 }
 
 fn deploy_plan(role: &str, code: &str, fail: bool) -> dive_engine::Plan {
@@ -107,7 +110,7 @@ phases:
 async fn the_register_phase_prechecks_registers_and_rolls_back() {
     let store = fresh("phase").await;
     let home = tempfile::tempdir().unwrap();
-    let engine = engine(&store, home.path());
+    let engine = engine(&store, home.path()).await;
     let reg = registry(&store);
     let runs = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM runs")

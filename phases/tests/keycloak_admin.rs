@@ -7,7 +7,7 @@
 //! network `dive-xkc`, volume `dive-xkc-pgdata`. Leftovers of an earlier run are removed first,
 //! and everything is removed at the end, also when an assertion fails.
 
-use dive_engine::{Engine, PhaseState, RunOptions, RunState, Services, Store, Workflow};
+use dive_engine::{Engine, PhaseState, RunOptions, RunState, Store, Workflow};
 use dive_error::Classify;
 use dive_keycloak::{
     DIVE_ATTRIBUTES, KeycloakAdmin, KeycloakError, admin_password_secret, login_claims, test_users,
@@ -15,13 +15,16 @@ use dive_keycloak::{
 };
 use dive_pgcluster::{Cluster, StopMode};
 use dive_phases::keycloak::CLEARANCES;
+use dive_phases::{Config, Services};
 use dive_runtime::docker::DockerRuntime;
-use dive_runtime::{DataMount, Health, PortSpec, Resource, Runtime, ServiceSpec};
+use dive_runtime::{DataMount, Health, PortSpec, Runtime, ServiceSpec};
+use dive_runtime::{RuntimeConfig, RuntimeKind};
 use dive_secrets::{Alphabet, KeySource, MasterKey, SecretStore};
 use futures::FutureExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Private instance code of this test (lower case in names).
@@ -45,16 +48,7 @@ fn free_port() -> u16 {
 /// Removes every Docker resource of the test instance: containers, then volumes, then its
 /// network. Only `dive.managed=true` resources are listed, so nothing else is touched.
 async fn remove_stack(rt: &DockerRuntime) {
-    let prefix = format!("dive-{CODE}-");
-    let network = format!("dive-{CODE}");
-    let mut resources = rt.managed().await.expect("list docker resources");
-    resources.retain(|r| r.name.starts_with(&prefix) || r.name == network);
-    let rank = |r: &Resource| match r.kind.as_str() {
-        "container" => 0,
-        "volume" => 1,
-        _ => 2,
-    };
-    resources.sort_by_key(rank);
+    let resources = rt.owned_by(CODE).await.expect("list docker resources");
     for r in resources {
         if let Err(e) = rt.remove_resource(&r).await {
             eprintln!("cleanup: could not remove {} {}: {e}", r.kind, r.name);
@@ -367,8 +361,13 @@ async fn scenario(rt: &DockerRuntime, cluster: &Cluster) {
     let stack = start_stack(rt, &secrets).await;
     assert!(stack.ready_after < Duration::from_secs(240));
 
-    let mut services = Services::default();
-    services.insert(SecretStore::new(db.pool().clone(), master_key()));
+    let home = tempfile::tempdir().unwrap();
+    let config = Config::new(
+        RuntimeKind::LOCAL,
+        RuntimeConfig::new(home.path(), home.path().join("cache")),
+        master_key(),
+    );
+    let services = Arc::new(Services::build(config, db.pool()).await.unwrap());
     let h = Harness {
         engine: Engine::new(db.clone()).with_services(services),
         db,

@@ -1,10 +1,13 @@
 //! `secret.ensure` run by the engine: its output never holds the value, a second run reuses the
 //! secret, and its fields are checked when the workflow is parsed.
 
-use dive_engine::{Engine, PhaseState, RunOptions, RunState, Services, Store, Workflow};
+use dive_engine::{Engine, PhaseState, RunOptions, RunState, Store, Workflow};
 use dive_pgcluster::{Cluster, StopMode};
+use dive_phases::{Config, Services};
+use dive_runtime::{RuntimeConfig, RuntimeKind};
 use dive_secrets::{KeySource, MasterKey, SecretStore};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::OnceLock;
 
 struct Db {
@@ -70,9 +73,14 @@ phases:
     after: [admin]
     output: { version: "${phases.admin.output.version}" }
 "#;
-    let mut services = Services::default();
-    services.insert(store(&db, key(9)));
-    let engine = Engine::new(db.clone()).with_services(services);
+    let home = tempfile::tempdir().unwrap();
+    let config = Config::new(
+        RuntimeKind::LOCAL,
+        RuntimeConfig::new(home.path(), home.path().join("cache")),
+        key(9),
+    );
+    let services = Services::build(config, db.pool()).await.unwrap();
+    let engine = Engine::new(db.clone()).with_services(Arc::new(services));
     let secrets = store(&db, key(9));
 
     let mut values = Vec::new();
@@ -120,7 +128,7 @@ phases:
     }
     assert_eq!(values[0], values[1], "the second run reused the secrets");
 
-    // Without the store in its services the phase fails at once, saying why.
+    // Without dive's services the phase fails at once, saying why.
     let bare = Engine::new(db.clone());
     let outcome = bare
         .start(&plan(yaml), &RunOptions::default())
@@ -136,7 +144,7 @@ phases:
             .error
             .as_deref()
             .unwrap()
-            .contains("no secret store is available"),
+            .contains("this engine was built without them"),
         "{:?}",
         admin.error
     );

@@ -8,26 +8,6 @@ use dive_runtime::{Resource, Runtime, RuntimeKind};
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
-/// Removal order: things that use others go first.
-pub(crate) fn rank(r: &Resource) -> u8 {
-    match r.kind.as_str() {
-        "service" | "container" => 0,
-        "volume" => 1,
-        "network" => 2,
-        _ => 3,
-    }
-}
-
-/// Whether a runtime resource belongs to instance `code` (lower case): `dive-<code>` and
-/// `dive-<code>-…` in Docker, `<code>/…` services and the instance directory locally.
-pub(crate) fn belongs_to(r: &Resource, code: &str) -> bool {
-    let docker_prefix = format!("dive-{code}");
-    r.name == docker_prefix
-        || r.name.starts_with(&format!("{docker_prefix}-"))
-        || r.name.starts_with(&format!("{code}/"))
-        || r.name.ends_with(&format!("/instances/{code}"))
-}
-
 pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result<u8> {
     let code = match (all, instance) {
         (true, None) => None,
@@ -37,19 +17,19 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
         }
     };
     let mut found: Vec<(Arc<dyn Runtime>, Resource)> = Vec::new();
-    for kind in [RuntimeKind::Local, RuntimeKind::Docker] {
+    for kind in RuntimeKind::all() {
         match services::runtime(kind).await {
             Ok(rt) => {
-                for r in rt.managed().await? {
-                    if code.as_deref().is_none_or(|c| belongs_to(&r, c)) {
-                        found.push((rt.clone(), r));
-                    }
-                }
+                let resources = match &code {
+                    Some(c) => rt.owned_by(c).await?,
+                    None => rt.managed().await?,
+                };
+                found.extend(resources.into_iter().map(|r| (rt.clone(), r)));
             }
             Err(e) => eprintln!("{kind}: skipped ({e:#})"),
         }
     }
-    found.sort_by_key(|(_, r)| rank(r));
+    found.sort_by_key(|(_, r)| r.kind.removal_rank());
     if found.is_empty() {
         eprintln!("nothing to remove");
     }

@@ -22,7 +22,7 @@ pub async fn db(cmd: DbCommand) -> Result<u8> {
             let store = database::open().await?;
             let migrations = store.migration_status().await?;
             let counts = store.counts().await?;
-            let embedded = std::env::var("DIVE_DATABASE_URL").map_or(true, |u| u.is_empty());
+            let embedded = crate::config::get().database_url.is_none();
             if json {
                 print_json(&json!({
                     "url": database::redact(store.url()),
@@ -53,7 +53,7 @@ pub async fn db(cmd: DbCommand) -> Result<u8> {
             }
         }
         DbCommand::Stop => {
-            if std::env::var("DIVE_DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+            if crate::config::get().database_url.is_some() {
                 eprintln!("DIVE_DATABASE_URL is set: dive does not manage that server");
             } else {
                 let cluster = database::embedded_cluster();

@@ -4,9 +4,9 @@
 
 use crate::cli::ExecArgs;
 use crate::commands::run::run_named;
-use crate::{InvalidInput, database};
+use crate::{InvalidInput, config, database};
 use anyhow::Result;
-use dive_instances::{InstanceRecord, Instances, NO_HUB, Role, normalize_code};
+use dive_instances::{InstanceRecord, NO_HUB, Role, normalize_code};
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -17,7 +17,7 @@ pub(crate) async fn pair(
 ) -> Result<(InstanceRecord, InstanceRecord)> {
     let code = normalize_code(code).map_err(InvalidInput)?;
     let store = database::open().await?;
-    let registry = Instances::new(store.pool().clone());
+    let registry = config::get().instances(&store);
     let hub = registry
         .hub()
         .await?

@@ -6,11 +6,10 @@ use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
 use crate::commands::run::start_named;
 use crate::commands::secrets::secret_store;
-use crate::{database, exit};
+use crate::{config, database, exit};
 use anyhow::{Context, Result};
 use dive_engine::store::RunRecord;
 use dive_engine::{PhaseState, RunOutcome, RunState};
-use dive_instances::Instances;
 use dive_phases::federation::{SecretVersions, secret_versions};
 use dive_verify::{self as verify, DirectionReport};
 use serde::Serialize;
@@ -160,7 +159,7 @@ struct LinkStatus {
 pub async fn status(json: bool) -> Result<u8> {
     let store = database::open().await?;
     let pool = store.pool().clone();
-    let registry = Instances::new(pool.clone());
+    let registry = config::get().instances(&store);
     let secrets = secret_store(&store)?;
     let mut out = Vec::new();
     for (hub, spoke, linked_at, updated_at) in verify::links(&pool).await? {

@@ -2,11 +2,11 @@
 //! one instance. Codes are checked (ISO 3166-1 alpha-3, any case) before anything happens.
 
 use crate::cli::{ExecArgs, HubCode, InstanceCommand, SpokeCode};
-use crate::commands::cleanup::{belongs_to, confirm, rank};
+use crate::commands::cleanup::confirm;
 use crate::commands::print_json;
 use crate::commands::run::run_named;
 use crate::commands::secrets::secret_store;
-use crate::{InvalidInput, database, exit, services};
+use crate::{InvalidInput, config, database, exit, services};
 use anyhow::{Context, Result};
 use clap::Args;
 use dive_engine::EngineError;
@@ -14,7 +14,7 @@ use dive_instances::health::{SERVICES, ServiceHealth, service_health};
 use dive_instances::{
     InstanceError, InstanceRecord, Instances, NO_HUB, Ports, Role, country_name, normalize_code,
 };
-use dive_runtime::{Resource, RuntimeKind};
+use dive_runtime::RuntimeKind;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -126,8 +126,7 @@ async fn instance(role: Role, code: Option<String>, action: Action) -> Result<u8
         .into());
     }
     let store = database::open().await?;
-    let registry = Instances::new(store.pool().clone());
-    registry.port_base().map_err(classify)?;
+    let registry = config::get().instances(&store);
     let code = match given {
         Some(code) => code,
         None => registry
@@ -370,7 +369,7 @@ async fn reset(
         .as_ref()
         .map(|r| r.runtime)
         .or(runtime)
-        .unwrap_or(RuntimeKind::Local);
+        .unwrap_or_default();
     let lower = code.to_ascii_lowercase();
     let mut summary = format!(
         "reset {code} ({}): removes its services with their data on the {kind} runtime, its \
@@ -454,14 +453,10 @@ async fn remove_everything(
             .with_context(|| format!("removing {name} of {code}"))?;
         view.services.push(name.to_string());
     }
-    let mut leftovers: Vec<Resource> = rt
-        .managed()
+    let leftovers = rt
+        .owned_by(&lower)
         .await
-        .context("listing what is left of the instance")?
-        .into_iter()
-        .filter(|r| belongs_to(r, &lower))
-        .collect();
-    leftovers.sort_by_key(rank);
+        .context("listing what is left of the instance")?;
     for r in leftovers {
         rt.remove_resource(&r)
             .await

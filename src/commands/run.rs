@@ -5,7 +5,6 @@ use crate::commands::{parse_params, print_json};
 use crate::{InvalidInput, database, exit, progress, services, workflows};
 use anyhow::Result;
 use dive_engine::{Engine, Plan, RunOptions, RunOutcome, RunState};
-use dive_runtime::RuntimeKind;
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,10 +42,10 @@ pub async fn start_named(
 ) -> Result<(Engine, RunOutcome)> {
     // Everything is checked before the database is touched: invalid input writes nothing.
     let mut plan = workflows::load(workflow)?.plan(params)?;
-    let kind = exec.runtime.unwrap_or(RuntimeKind::Local);
+    let kind = exec.runtime.unwrap_or_default();
     plan.context.insert(RUNTIME.into(), kind.to_string());
     let store = database::open().await?;
-    let engine = Engine::new(store.clone()).with_services(services::build(&store, kind).await?);
+    let engine = services::engine(&store, kind).await?;
     let outcome = execute(&engine, exec, no_rollback, Target::Start(&plan)).await?;
     Ok((engine, outcome))
 }
@@ -59,7 +58,7 @@ pub async fn resume(run_id: Uuid, exec: ExecArgs) -> Result<u8> {
     let record = store.load_run(run_id).await?;
     let kind = match record.plan.context.get(RUNTIME) {
         Some(k) => k.parse().map_err(|e: String| InvalidInput(e))?,
-        None => exec.runtime.unwrap_or(RuntimeKind::Local),
+        None => exec.runtime.unwrap_or_default(),
     };
     if exec.runtime.is_some_and(|r| r != kind) {
         return Err(InvalidInput(format!(
@@ -67,7 +66,7 @@ pub async fn resume(run_id: Uuid, exec: ExecArgs) -> Result<u8> {
         ))
         .into());
     }
-    let engine = Engine::new(store.clone()).with_services(services::build(&store, kind).await?);
+    let engine = services::engine(&store, kind).await?;
     let outcome = execute(&engine, &exec, false, Target::Resume(run_id)).await?;
     finish(&engine, &exec, outcome).await
 }

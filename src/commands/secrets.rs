@@ -2,14 +2,14 @@
 
 use crate::cli::SecretsCommand;
 use crate::commands::print_json;
-use crate::{InvalidInput, database, exit};
+use crate::{InvalidInput, config, database, exit};
 use anyhow::Result;
 use dive_engine::Store;
-use dive_secrets::{MasterKey, SecretError, SecretInfo, SecretStore};
+use dive_secrets::{SecretError, SecretInfo, SecretStore};
 use std::fmt::Write;
 
 /// Input the operator can fix (bad name, malformed key) becomes exit code 2.
-fn classify(e: SecretError) -> anyhow::Error {
+pub(crate) fn classify(e: SecretError) -> anyhow::Error {
     if e.is_invalid_input() {
         InvalidInput(e.to_string()).into()
     } else {
@@ -17,11 +17,11 @@ fn classify(e: SecretError) -> anyhow::Error {
     }
 }
 
-/// The secret store on `store`'s database, under the master key from `DIVE_MASTER_KEY` or
-/// `DIVE_HOME/master.key` (created on first use). A malformed key fails here, before any run
-/// starts; a wrong key fails at the first secret operation, before anything is written.
+/// The secret store on `store`'s database, under the configured master key. A malformed key
+/// fails here, before any run starts; a wrong key fails at the first secret operation, before
+/// anything is written.
 pub fn secret_store(store: &Store) -> Result<SecretStore> {
-    let key = MasterKey::load(&database::dive_home()).map_err(classify)?;
+    let key = config::get().master_key().map_err(classify)?;
     Ok(SecretStore::new(store.pool().clone(), key))
 }
 

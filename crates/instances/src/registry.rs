@@ -278,8 +278,8 @@ pub fn lock_key(code: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Instances {
     pool: PgPool,
-    /// The base port, or the malformed value of DIVE_PORT_BASE and what is wrong with it.
-    base: Result<u16, (String, String)>,
+    /// The first port of block 0.
+    base: u16,
 }
 
 /// The columns every query returns (a macro, so queries stay `&'static str` for sqlx).
@@ -290,19 +290,12 @@ macro_rules! columns {
 }
 
 impl Instances {
-    /// The registry with the port base from `DIVE_PORT_BASE` (default 20000). A malformed value
-    /// makes every operation fail with an error naming the variable.
+    /// The registry with the default port base ([`DEFAULT_PORT_BASE`]).
     pub fn new(pool: PgPool) -> Instances {
-        let base = match std::env::var(PORT_BASE_ENV) {
-            Ok(v) if !v.trim().is_empty() => v
-                .trim()
-                .parse::<u16>()
-                .map_err(|_| "not a port number".to_string())
-                .and_then(check_base)
-                .map_err(|why| (v, why)),
-            _ => Ok(DEFAULT_PORT_BASE),
-        };
-        Instances { pool, base }
+        Instances {
+            pool,
+            base: DEFAULT_PORT_BASE,
+        }
     }
 
     /// The registry with an explicit port base.
@@ -311,25 +304,33 @@ impl Instances {
             value: base.to_string(),
             why,
         })?;
-        Ok(Instances {
-            pool,
-            base: Ok(base),
-        })
+        Ok(Instances { pool, base })
+    }
+
+    /// A port base as an operator writes it (`DIVE_PORT_BASE`), checked as
+    /// [`Instances::with_port_base`] checks it.
+    pub fn parse_port_base(text: &str) -> Result<u16, InstanceError> {
+        text.trim()
+            .parse::<u16>()
+            .map_err(|_| "not a port number".to_string())
+            .and_then(check_base)
+            .map_err(|why| InstanceError::PortBase {
+                value: text.to_string(),
+                why,
+            })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    pub fn port_base(&self) -> Result<u16, InstanceError> {
+    pub fn port_base(&self) -> u16 {
         self.base
-            .clone()
-            .map_err(|(value, why)| InstanceError::PortBase { value, why })
     }
 
     /// How many blocks fit between the base and port 65535.
     pub fn block_count(&self) -> Result<u32, InstanceError> {
-        let base = self.port_base()?;
+        let base = self.port_base();
         Ok((u32::from(u16::MAX) + 1 - u32::from(base)) / u32::from(BLOCK_SIZE))
     }
 
@@ -365,7 +366,7 @@ impl Instances {
         run: Option<Uuid>,
     ) -> Result<(InstanceRecord, bool), InstanceError> {
         let code = code_of(code)?;
-        let base = self.port_base()?;
+        let base = self.port_base();
         let blocks = self.block_count()?;
         let mut attempt = 0;
         loop {
@@ -467,7 +468,7 @@ impl Instances {
     /// The instance `code` (any case), if registered.
     pub async fn get(&self, code: &str) -> Result<Option<InstanceRecord>, InstanceError> {
         let code = code_of(code)?;
-        let base = self.port_base()?;
+        let base = self.port_base();
         sqlx::query(concat!(
             "SELECT ",
             columns!(),
@@ -482,7 +483,7 @@ impl Instances {
 
     /// The hub, if one is registered.
     pub async fn hub(&self) -> Result<Option<InstanceRecord>, InstanceError> {
-        let base = self.port_base()?;
+        let base = self.port_base();
         sqlx::query(concat!(
             "SELECT ",
             columns!(),
@@ -496,7 +497,7 @@ impl Instances {
 
     /// Every instance: the hub first, then spokes by code.
     pub async fn list(&self) -> Result<Vec<InstanceRecord>, InstanceError> {
-        let base = self.port_base()?;
+        let base = self.port_base();
         sqlx::query(concat!(
             "SELECT ",
             columns!(),
@@ -512,7 +513,7 @@ impl Instances {
     /// Unregisters `code` (any case), freeing its port block; returns what was removed.
     pub async fn remove(&self, code: &str) -> Result<Option<InstanceRecord>, InstanceError> {
         let code = code_of(code)?;
-        let base = self.port_base()?;
+        let base = self.port_base();
         let removed = sqlx::query(concat!(
             "DELETE FROM instances WHERE code = $1 RETURNING ",
             columns!()

@@ -59,7 +59,7 @@ async fn every_iso_code_gets_ports_of_its_own() {
     let store = fresh("every_code").await;
     let reg = registry(&store);
     let (hub, created) = reg
-        .register("usa", Role::Hub, RuntimeKind::Local)
+        .register("usa", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap();
     assert!(created);
@@ -67,7 +67,7 @@ async fn every_iso_code_gets_ports_of_its_own() {
     assert_eq!(hub.port_block, 0);
     for (code, _) in COUNTRIES.iter().filter(|(c, _)| *c != "USA") {
         let (rec, created) = reg
-            .register(&code.to_ascii_lowercase(), Role::Spoke, RuntimeKind::Docker)
+            .register(&code.to_ascii_lowercase(), Role::Spoke, RuntimeKind::DOCKER)
             .await
             .unwrap();
         assert!(created, "{code}");
@@ -110,7 +110,7 @@ async fn every_iso_code_gets_ports_of_its_own() {
 async fn concurrent_registrations_get_distinct_blocks() {
     let store = fresh("concurrent").await;
     let reg = Arc::new(registry(&store));
-    reg.register("USA", Role::Hub, RuntimeKind::Local)
+    reg.register("USA", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap();
     let codes: Vec<&str> = COUNTRIES
@@ -124,7 +124,7 @@ async fn concurrent_registrations_get_distinct_blocks() {
         .map(|code| {
             let reg = reg.clone();
             let code = code.to_string();
-            tokio::spawn(async move { reg.register(&code, Role::Spoke, RuntimeKind::Local).await })
+            tokio::spawn(async move { reg.register(&code, Role::Spoke, RuntimeKind::LOCAL).await })
         })
         .collect();
     let mut blocks = HashSet::new();
@@ -143,7 +143,7 @@ async fn concurrent_registrations_get_distinct_blocks() {
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let reg = reg.clone();
-            tokio::spawn(async move { reg.register("fra", Role::Spoke, RuntimeKind::Local).await })
+            tokio::spawn(async move { reg.register("fra", Role::Spoke, RuntimeKind::LOCAL).await })
         })
         .collect();
     let mut created = 0;
@@ -164,16 +164,16 @@ async fn registering_again_is_idempotent_and_conflicts_name_both_sides() {
     let store = fresh("idempotent").await;
     let reg = registry(&store);
     let (hub, _) = reg
-        .register("USA", Role::Hub, RuntimeKind::Local)
+        .register("USA", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap();
     let (first, created) = reg
-        .register("FRA", Role::Spoke, RuntimeKind::Local)
+        .register("FRA", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap();
     assert!(created);
     let (again, created) = reg
-        .register("fra", Role::Spoke, RuntimeKind::Local)
+        .register("fra", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap();
     assert!(!created);
@@ -182,7 +182,7 @@ async fn registering_again_is_idempotent_and_conflicts_name_both_sides() {
     assert!(again.updated_at >= first.updated_at);
 
     let e = reg
-        .register("FRA", Role::Hub, RuntimeKind::Local)
+        .register("FRA", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap_err();
     assert!(matches!(e, InstanceError::RoleConflict { .. }), "{e:?}");
@@ -194,21 +194,21 @@ async fn registering_again_is_idempotent_and_conflicts_name_both_sides() {
     );
 
     let e = reg
-        .register("FRA", Role::Spoke, RuntimeKind::Docker)
+        .register("FRA", Role::Spoke, RuntimeKind::DOCKER)
         .await
         .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("local") && msg.contains("docker"), "{msg}");
 
     let e = reg
-        .register("GBR", Role::Hub, RuntimeKind::Local)
+        .register("GBR", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("USA") && msg.contains("GBR"), "{msg}");
 
     let e = reg
-        .register("XYZ", Role::Spoke, RuntimeKind::Local)
+        .register("XYZ", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap_err();
     assert_eq!(
@@ -234,11 +234,11 @@ async fn registering_again_is_idempotent_and_conflicts_name_both_sides() {
 async fn removing_frees_the_block_for_reuse() {
     let store = fresh("remove").await;
     let reg = registry(&store);
-    reg.register("USA", Role::Hub, RuntimeKind::Local)
+    reg.register("USA", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap();
     for code in ["FRA", "GBR", "DEU"] {
-        reg.register(code, Role::Spoke, RuntimeKind::Local)
+        reg.register(code, Role::Spoke, RuntimeKind::LOCAL)
             .await
             .unwrap();
     }
@@ -248,14 +248,14 @@ async fn removing_frees_the_block_for_reuse() {
     assert_eq!(removed.code, "GBR");
     assert!(reg.remove("GBR").await.unwrap().is_none(), "second remove");
     let (ita, created) = reg
-        .register("ITA", Role::Spoke, RuntimeKind::Local)
+        .register("ITA", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap();
     assert!(created);
     assert_eq!(ita.port_block, 2, "the freed block is the lowest free one");
     assert_eq!(ita.ports(), gbr.ports());
     let (nld, _) = reg
-        .register("NLD", Role::Spoke, RuntimeKind::Local)
+        .register("NLD", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap();
     assert_eq!(nld.port_block, 4);
@@ -263,7 +263,7 @@ async fn removing_frees_the_block_for_reuse() {
     // The hub can go and come back (on another code, too).
     reg.remove("USA").await.unwrap().unwrap();
     let (can, _) = reg
-        .register("CAN", Role::Hub, RuntimeKind::Local)
+        .register("CAN", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap();
     assert_eq!(can.port_block, 0);
@@ -276,19 +276,19 @@ async fn blocks_run_out_below_port_65536() {
     assert!(Instances::with_port_base(store.pool().clone(), 65530).is_err());
     let reg = Instances::with_port_base(store.pool().clone(), 65500).unwrap();
     assert_eq!(reg.block_count().unwrap(), 3);
-    reg.register("USA", Role::Hub, RuntimeKind::Local)
+    reg.register("USA", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap();
-    reg.register("FRA", Role::Spoke, RuntimeKind::Local)
+    reg.register("FRA", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap();
     let (last, _) = reg
-        .register("GBR", Role::Spoke, RuntimeKind::Local)
+        .register("GBR", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap();
     assert_eq!(last.ports().management, 65522);
     let e = reg
-        .register("DEU", Role::Spoke, RuntimeKind::Local)
+        .register("DEU", Role::Spoke, RuntimeKind::LOCAL)
         .await
         .unwrap_err();
     assert!(matches!(e, InstanceError::PortsExhausted { .. }), "{e:?}");
@@ -301,22 +301,22 @@ async fn a_run_recognises_its_own_registration() {
     let reg = registry(&store);
     let run = sqlx::types::Uuid::now_v7();
     let other = sqlx::types::Uuid::now_v7();
-    reg.register("USA", Role::Hub, RuntimeKind::Local)
+    reg.register("USA", Role::Hub, RuntimeKind::LOCAL)
         .await
         .unwrap();
     let (_, created) = reg
-        .register_for_run("FRA", Role::Spoke, RuntimeKind::Local, run)
+        .register_for_run("FRA", Role::Spoke, RuntimeKind::LOCAL, run)
         .await
         .unwrap();
     assert!(created);
     // The phase ran again in the same run (a crash before its checkpoint): still its own.
     let (_, created) = reg
-        .register_for_run("FRA", Role::Spoke, RuntimeKind::Local, run)
+        .register_for_run("FRA", Role::Spoke, RuntimeKind::LOCAL, run)
         .await
         .unwrap();
     assert!(created);
     let (_, created) = reg
-        .register_for_run("FRA", Role::Spoke, RuntimeKind::Local, other)
+        .register_for_run("FRA", Role::Spoke, RuntimeKind::LOCAL, other)
         .await
         .unwrap();
     assert!(!created);

@@ -6,8 +6,10 @@
 
 use crate::health::{http_ok, tcp_ok, wait_ready};
 use crate::{
-    Ensured, Health, Resource, Runtime, RuntimeError, RuntimeKind, ServiceSpec, ServiceState,
-    ServiceStatus, check_name,
+    Builtin, Ensured, Health, Resource, ResourceKind, Runtime, RuntimeConfig, RuntimeEntry,
+    RuntimeError, RuntimeKind, ServiceSpec, ServiceState, ServiceStatus, check_name,
+    keycloak_dist::BUILD_OPTIONS,
+    templates::{POSTGRES_IMAGE, pg_isready},
 };
 use async_trait::async_trait;
 use bollard::Docker;
@@ -25,11 +27,37 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 const MANAGED: &str = "dive.managed";
+const INSTANCE: &str = "dive.instance";
+/// The network every instance's Keycloak joins, so partners reach each other by container name.
+pub const FEDERATION_NETWORK: &str = "dive-federation";
+
+/// The Docker runtime in [`crate::RUNTIMES`]: instances reach each other by container name on
+/// `dive-federation`, and a service its siblings by service name on `dive-<code>`.
+pub const ENTRY: RuntimeEntry = RuntimeEntry {
+    name: "docker",
+    connect: |config| {
+        Box::pin(async move {
+            Ok(Arc::new(DockerRuntime::connect().await?.configured(&config)) as Arc<dyn Runtime>)
+        })
+    },
+    peer_addr: |instance, service, port| (container_name(instance, service), port.container),
+    sibling_addr: |_, service, port| (service.to_string(), port.container),
+};
 
 pub struct DockerRuntime {
     docker: Docker,
+    /// The image Keycloak services run.
+    keycloak_image: String,
+}
+
+impl crate::sealed::Sealed for DockerRuntime {}
+
+/// The official Keycloak image of `version` (users with a registry; tests use the offline one).
+fn official_keycloak_image(version: &str) -> String {
+    format!("quay.io/keycloak/keycloak:{version}")
 }
 
 pub fn container_name(instance: &str, name: &str) -> String {
@@ -53,7 +81,7 @@ fn not_found(e: &DockerError) -> bool {
 fn labels(instance: Option<&str>, service: Option<&str>) -> HashMap<String, String> {
     let mut l = HashMap::from([(MANAGED.to_string(), "true".to_string())]);
     if let Some(i) = instance {
-        l.insert("dive.instance".into(), i.to_string());
+        l.insert(INSTANCE.into(), i.to_string());
     }
     if let Some(s) = service {
         l.insert("dive.service".into(), s.to_string());
@@ -103,7 +131,20 @@ impl DockerRuntime {
                     "cannot reach the Docker daemon ({e}); is dockerd running?"
                 ))
             })?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime {
+            docker,
+            keycloak_image: official_keycloak_image(crate::keycloak_dist::KEYCLOAK_VERSION),
+        })
+    }
+
+    /// Uses the configured Keycloak image (by default the official one of the configured
+    /// version).
+    pub fn configured(mut self, config: &RuntimeConfig) -> Self {
+        self.keycloak_image = config
+            .keycloak_image
+            .clone()
+            .unwrap_or_else(|| official_keycloak_image(&config.keycloak.version));
+        self
     }
 
     /// Whether network `name` exists; two of that name is an error naming the way out.
@@ -329,7 +370,42 @@ impl DockerRuntime {
 #[async_trait]
 impl Runtime for DockerRuntime {
     fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Docker
+        RuntimeKind::DOCKER
+    }
+
+    /// PostgreSQL from the offline image, Keycloak from the configured one (joining
+    /// `dive-federation`); both with their health checks inside the container.
+    async fn builtin(&self, spec: &mut ServiceSpec, which: Builtin) -> Result<(), RuntimeError> {
+        match which {
+            Builtin::Postgres { password } => {
+                if spec.image.is_empty() {
+                    spec.image = POSTGRES_IMAGE.into();
+                }
+                spec.env
+                    .insert("PGDATA".into(), "/var/lib/postgresql/data/pgdata".into());
+                spec.secret_env.insert("POSTGRES_PASSWORD".into(), password);
+                spec.health = Some(pg_isready("pg_isready".into(), "5432".into()));
+            }
+            Builtin::Keycloak => {
+                if spec.image.is_empty() {
+                    spec.image = self.keycloak_image.clone();
+                }
+                let mut command = vec!["start".to_string()];
+                command.extend(BUILD_OPTIONS.iter().map(|o| o.to_string()));
+                spec.command = command;
+                spec.networks.push(FEDERATION_NETWORK.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn check_spec(&self, spec: &ServiceSpec) -> Result<(), RuntimeError> {
+        if spec.image.is_empty() {
+            return Err(RuntimeError::Invalid(
+                "`image` is required on the docker runtime".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn breaker_key(&self) -> Option<String> {
@@ -537,8 +613,9 @@ impl Runtime for DockerRuntime {
         for c in containers {
             if let Some(name) = c.names.and_then(|n| n.into_iter().next()) {
                 found.push(Resource {
-                    kind: "container".into(),
+                    kind: ResourceKind::Container,
                     name: name.trim_start_matches('/').to_string(),
+                    instance: c.labels.and_then(|mut l| l.remove(INSTANCE)),
                 });
             }
         }
@@ -548,9 +625,10 @@ impl Runtime for DockerRuntime {
                 ListVolumesOptionsBuilder::new().filters(&filters).build(),
             ))
             .await?;
-        for v in volumes.volumes.unwrap_or_default() {
+        for mut v in volumes.volumes.unwrap_or_default() {
             found.push(Resource {
-                kind: "volume".into(),
+                kind: ResourceKind::Volume,
+                instance: v.labels.remove(INSTANCE),
                 name: v.name,
             });
         }
@@ -563,7 +641,8 @@ impl Runtime for DockerRuntime {
         for n in networks {
             if let Some(name) = n.name {
                 found.push(Resource {
-                    kind: "network".into(),
+                    kind: ResourceKind::Network,
+                    instance: n.labels.and_then(|mut l| l.remove(INSTANCE)),
                     name,
                 });
             }
@@ -572,14 +651,14 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError> {
-        let result = match resource.kind.as_str() {
-            "container" => {
+        let result = match resource.kind {
+            ResourceKind::Container => {
                 let opts = RemoveContainerOptionsBuilder::new().force(true).build();
                 self.docker
                     .remove_container(&resource.name, Some(opts))
                     .await
             }
-            "volume" => {
+            ResourceKind::Volume => {
                 self.docker
                     .remove_volume(
                         &resource.name,
@@ -587,10 +666,10 @@ impl Runtime for DockerRuntime {
                     )
                     .await
             }
-            "network" => self.docker.remove_network(&resource.name).await,
+            ResourceKind::Network => self.docker.remove_network(&resource.name).await,
             other => {
                 return Err(RuntimeError::Invalid(format!(
-                    "unknown docker resource kind `{other}`"
+                    "the docker runtime has no {other} resources"
                 )));
             }
         };

@@ -1,5 +1,5 @@
-//! The Keycloak server distribution for the local runtime: fetched once with Maven into
-//! `DIVE_CACHE`, unpacked, built once (`kc.sh build` for PostgreSQL with health enabled), then
+//! The Keycloak server distribution for the local runtime: fetched once with Maven into the
+//! download cache, unpacked, built once (`kc.sh build` for PostgreSQL with health enabled), then
 //! given to each instance as a hard-linked copy so instances keep their own `data/` and can be
 //! started with `--optimized`.
 
@@ -12,22 +12,23 @@ pub const KEYCLOAK_VERSION: &str = "26.5.5";
 /// Options baked in by `kc.sh build`; `start --optimized` must not contradict them.
 pub const BUILD_OPTIONS: [&str; 2] = ["--db=postgres", "--health-enabled=true"];
 
-/// `DIVE_CACHE`, default `~/.cache/dive`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(c) = std::env::var_os("DIVE_CACHE").filter(|c| !c.is_empty()) {
-        return PathBuf::from(c);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".cache/dive")
+/// Which Keycloak distribution, and where downloads are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeycloakDist {
+    /// The download cache (`DIVE_CACHE`); the distribution goes to `<cache>/keycloak`.
+    pub cache: PathBuf,
+    /// A version Maven Central serves (default [`KEYCLOAK_VERSION`]).
+    pub version: String,
 }
 
-pub fn version() -> String {
-    std::env::var("DIVE_KEYCLOAK_VERSION")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| KEYCLOAK_VERSION.into())
+impl KeycloakDist {
+    /// The pinned version, cached under `cache`.
+    pub fn new(cache: impl Into<PathBuf>) -> KeycloakDist {
+        KeycloakDist {
+            cache: cache.into(),
+            version: KEYCLOAK_VERSION.into(),
+        }
+    }
 }
 
 /// Why the distribution could not be provided.
@@ -77,12 +78,21 @@ async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<(), DistEr
     )))
 }
 
-/// The built distribution in the cache, fetching and building it the first time.
-/// Safe when several deploys ask at once (an exclusive lock file).
-pub async fn built_distribution() -> Result<PathBuf, DistError> {
-    let version = version();
-    let root = cache_dir().join("keycloak");
-    std::fs::create_dir_all(&root).map_err(|e| fatal(&root.display().to_string(), e))?;
+impl KeycloakDist {
+    /// The built distribution in the cache, fetching and building it the first time.
+    /// Safe when several deploys ask at once (an exclusive lock file).
+    pub async fn built(&self) -> Result<PathBuf, DistError> {
+        built_distribution(&self.cache.join("keycloak"), &self.version).await
+    }
+
+    /// The instance's own copy (hard links into the cache when on the same file system).
+    pub async fn instance_copy(&self, instance_dir: &Path) -> Result<PathBuf, DistError> {
+        instance_copy(&self.built().await?, instance_dir).await
+    }
+}
+
+async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistError> {
+    std::fs::create_dir_all(root).map_err(|e| fatal(&root.display().to_string(), e))?;
     let built = root.join(format!("keycloak-{version}-built"));
     if built.join(".dive-built").exists() {
         return Ok(built);
@@ -180,9 +190,7 @@ async fn unpack(zip: &Path, into: &Path) -> Result<(), DistError> {
     }
 }
 
-/// The instance's own copy (hard links into the cache when on the same file system).
-pub async fn instance_copy(instance_dir: &Path) -> Result<PathBuf, DistError> {
-    let built = built_distribution().await?;
+async fn instance_copy(built: &Path, instance_dir: &Path) -> Result<PathBuf, DistError> {
     let target = instance_dir.join("keycloak");
     let marker = target.join(".dive-built");
     if std::fs::read_to_string(&marker).ok()
@@ -197,7 +205,7 @@ pub async fn instance_copy(instance_dir: &Path) -> Result<PathBuf, DistError> {
     let linked = run(
         tokio::process::Command::new("cp")
             .arg("-al")
-            .arg(&built)
+            .arg(built)
             .arg(&target),
         "cp -al",
     )
@@ -207,7 +215,7 @@ pub async fn instance_copy(instance_dir: &Path) -> Result<PathBuf, DistError> {
         run(
             tokio::process::Command::new("cp")
                 .arg("-a")
-                .arg(&built)
+                .arg(built)
                 .arg(&target),
             "cp -a",
         )

@@ -13,41 +13,144 @@ pub mod docker;
 pub mod health;
 pub mod keycloak_dist;
 pub mod local;
+mod templates;
+
+pub use keycloak_dist::KeycloakDist;
+pub use templates::{KEYCLOAK_HTTP_PORT, POSTGRES_IMAGE, keycloak_template, postgres_template};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Which runtime a run uses (`--runtime` / `DIVE_RUNTIME`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeKind {
-    Local,
-    Docker,
+/// Which runtime a run uses (`--runtime` / `DIVE_RUNTIME`): one of [`RUNTIMES`], by name.
+/// Stored as its name (plans, the instance registry), and parsed back only if a runtime of that
+/// name is registered.
+#[derive(Clone, Copy)]
+pub struct RuntimeKind(&'static RuntimeEntry);
+
+impl RuntimeKind {
+    /// Supervised processes on 127.0.0.1 (the default).
+    pub const LOCAL: RuntimeKind = RuntimeKind(&local::ENTRY);
+    /// Containers through the Docker engine.
+    pub const DOCKER: RuntimeKind = RuntimeKind(&docker::ENTRY);
+
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    /// Connects to this runtime (Docker: reaches the daemon and agrees on an API version).
+    pub async fn connect(self, config: &RuntimeConfig) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        (self.0.connect)(config.clone()).await
+    }
+
+    /// Where a service of *another* instance on this runtime reaches `port` of `service` of
+    /// `instance` (the federation back channel): `(host, port)`.
+    pub fn peer_addr(self, instance: &str, service: &str, port: &PortSpec) -> (String, u16) {
+        (self.0.peer_addr)(instance, service, port)
+    }
+
+    /// Where another service of the *same* instance reaches it (Keycloak its PostgreSQL).
+    pub fn sibling_addr(self, instance: &str, service: &str, port: &PortSpec) -> (String, u16) {
+        (self.0.sibling_addr)(instance, service, port)
+    }
+
+    /// Every registered runtime, the default first.
+    pub fn all() -> impl Iterator<Item = RuntimeKind> {
+        RUNTIMES.iter().map(RuntimeKind)
+    }
+}
+
+impl Default for RuntimeKind {
+    fn default() -> Self {
+        RuntimeKind(&RUNTIMES[0])
+    }
+}
+
+impl PartialEq for RuntimeKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for RuntimeKind {}
+
+impl fmt::Debug for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl fmt::Display for RuntimeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            RuntimeKind::Local => "local",
-            RuntimeKind::Docker => "docker",
-        })
+        f.pad(self.name())
     }
 }
 
 impl std::str::FromStr for RuntimeKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "local" => Ok(RuntimeKind::Local),
-            "docker" => Ok(RuntimeKind::Docker),
-            other => Err(format!(
-                "unknown runtime `{other}` (expected local or docker)"
-            )),
+        RuntimeKind::all().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = RuntimeKind::all().map(RuntimeKind::name).collect();
+            format!("unknown runtime `{s}` (expected {})", names.join(" or "))
+        })
+    }
+}
+
+impl Serialize for RuntimeKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for RuntimeKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A runtime being connected to.
+pub type Connecting = BoxFuture<'static, Result<Arc<dyn Runtime>, RuntimeError>>;
+
+/// One runtime dive can use: its name, how to connect to it and how its services address
+/// each other. Each runtime's file defines one as `ENTRY`.
+pub struct RuntimeEntry {
+    pub name: &'static str,
+    pub connect: fn(RuntimeConfig) -> Connecting,
+    pub peer_addr: fn(&str, &str, &PortSpec) -> (String, u16),
+    pub sibling_addr: fn(&str, &str, &PortSpec) -> (String, u16),
+}
+
+/// Every runtime dive knows, the default first. Adding one (Kubernetes, a remote Docker host) is
+/// its own file implementing [`Runtime`] and one line here.
+pub static RUNTIMES: &[RuntimeEntry] = &[local::ENTRY, docker::ENTRY];
+
+/// What the runtimes are configured with, read once at start-up by the caller (the CLI reads
+/// flags and environment; nothing in this crate does).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where local services keep their files (`DIVE_HOME`).
+    pub home: PathBuf,
+    /// The Keycloak distribution the local runtime starts.
+    pub keycloak: KeycloakDist,
+    /// The Keycloak image on Docker; `None`: the official one of [`KeycloakDist::version`].
+    pub keycloak_image: Option<String>,
+}
+
+impl RuntimeConfig {
+    /// Local services under `home`, downloads in `cache`, the pinned Keycloak, its official image.
+    pub fn new(home: impl Into<PathBuf>, cache: impl Into<PathBuf>) -> RuntimeConfig {
+        RuntimeConfig {
+            home: home.into(),
+            keycloak: KeycloakDist::new(cache),
+            keycloak_image: None,
         }
     }
 }
@@ -204,12 +307,51 @@ pub struct ServiceStatus {
     pub health: String,
 }
 
+/// What kind of thing a runtime created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    /// A supervised local process.
+    Service,
+    Container,
+    Volume,
+    Network,
+    /// An instance's directory of files (local).
+    Directory,
+}
+
+impl ResourceKind {
+    /// Removal order: things that use others go first.
+    pub fn removal_rank(self) -> u8 {
+        match self {
+            ResourceKind::Service | ResourceKind::Container => 0,
+            ResourceKind::Volume => 1,
+            ResourceKind::Network => 2,
+            ResourceKind::Directory => 3,
+        }
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            ResourceKind::Service => "service",
+            ResourceKind::Container => "container",
+            ResourceKind::Volume => "volume",
+            ResourceKind::Network => "network",
+            ResourceKind::Directory => "directory",
+        })
+    }
+}
+
 /// Something a runtime created, for cleanup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resource {
-    /// `service`, `container`, `network`, `volume`, `directory`.
-    pub kind: String,
+    pub kind: ResourceKind,
     pub name: String,
+    /// The instance (code, lower case) it belongs to; `None` for what instances share (the
+    /// `dive-federation` network).
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +369,8 @@ pub enum RuntimeError {
     },
     #[error("docker: {0}")]
     Docker(#[from] bollard::errors::Error),
+    #[error(transparent)]
+    Dist(#[from] keycloak_dist::DistError),
 }
 
 impl RuntimeError {
@@ -238,24 +382,47 @@ impl RuntimeError {
     }
 }
 
-impl dive_error::Classify for RuntimeError {
+use dive_error::Classify;
+
+impl Classify for RuntimeError {
     /// Whether trying again later can help (daemon hiccups, a service still starting).
     fn is_retryable(&self) -> bool {
-        !matches!(self, RuntimeError::Invalid(_))
+        match self {
+            RuntimeError::Invalid(_) => false,
+            RuntimeError::Dist(e) => e.is_retryable(),
+            _ => true,
+        }
     }
 }
 
+mod sealed {
+    /// Only this crate's runtimes implement [`super::Runtime`]: callers can rely on the set
+    /// in [`super::RUNTIMES`] being all there is.
+    pub trait Sealed {}
+}
+
+/// A service dive defines itself; each runtime knows how to run it ([`Runtime::builtin`]).
+pub enum Builtin {
+    /// PostgreSQL 15; its superuser's password is given to the first start only.
+    Postgres { password: String },
+    /// Keycloak for PostgreSQL, health on its management port.
+    Keycloak,
+}
+
+/// Where services run. Sealed: the runtimes are the ones in [`RUNTIMES`].
 #[async_trait]
-pub trait Runtime: Send + Sync {
+pub trait Runtime: sealed::Sealed + Send + Sync {
     fn kind(&self) -> RuntimeKind;
     /// Breaker key for calls into this runtime (e.g. the Docker daemon).
     fn breaker_key(&self) -> Option<String> {
         None
     }
-    /// Where an instance's files live on this machine (local runtime only).
-    fn instance_dir(&self, _instance: &str) -> Option<std::path::PathBuf> {
-        None
-    }
+    /// Fills in what only this runtime knows about a built-in service (program or image,
+    /// initialisation, health command, networks); the runtime-neutral part is done by
+    /// [`postgres_template`] and [`keycloak_template`].
+    async fn builtin(&self, spec: &mut ServiceSpec, which: Builtin) -> Result<(), RuntimeError>;
+    /// Checks that a spec has what this runtime needs (an image, a command).
+    fn check_spec(&self, spec: &ServiceSpec) -> Result<(), RuntimeError>;
     /// The private network of an instance (and the shared federation network).
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError>;
     /// Persistent data for `instance`: a directory or a volume.
@@ -276,13 +443,21 @@ pub trait Runtime: Send + Sync {
     ) -> Result<String, RuntimeError>;
     /// Everything this runtime created (for `dive cleanup`).
     async fn managed(&self) -> Result<Vec<Resource>, RuntimeError>;
+    /// What this runtime created for `instance` (code, any case).
+    async fn owned_by(&self, instance: &str) -> Result<Vec<Resource>, RuntimeError> {
+        let code = instance.to_ascii_lowercase();
+        let mut found: Vec<Resource> = self
+            .managed()
+            .await?
+            .into_iter()
+            .filter(|r| r.instance.as_deref() == Some(code.as_str()))
+            .collect();
+        found.sort_by_key(|r| r.kind.removal_rank());
+        Ok(found)
+    }
     /// Removes one resource listed by [`Runtime::managed`].
     async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError>;
 }
-
-/// The runtime of a run, as phases find it in the engine's services.
-#[derive(Clone)]
-pub struct RuntimeHandle(pub Arc<dyn Runtime>);
 
 /// Checks a name used in service, volume and network names.
 pub fn check_name(what: &str, name: &str) -> Result<(), RuntimeError> {
@@ -298,5 +473,70 @@ pub fn check_name(what: &str, name: &str) -> Result<(), RuntimeError> {
         Err(RuntimeError::Invalid(format!(
             "{what} `{name}` must be lower-case letters, digits, `-` or `_` (at most 48)"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_are_known_by_name_and_nothing_else_parses() {
+        let names: Vec<&str> = RuntimeKind::all().map(RuntimeKind::name).collect();
+        assert_eq!(names, ["local", "docker"]);
+        assert_eq!(RuntimeKind::default(), RuntimeKind::LOCAL);
+        assert_eq!("docker".parse::<RuntimeKind>(), Ok(RuntimeKind::DOCKER));
+        assert_eq!(
+            "k8s".parse::<RuntimeKind>().unwrap_err(),
+            "unknown runtime `k8s` (expected local or docker)"
+        );
+        let json = serde_json::to_string(&RuntimeKind::DOCKER).unwrap();
+        assert_eq!(json, "\"docker\"");
+        assert_eq!(
+            serde_json::from_str::<RuntimeKind>(&json).unwrap(),
+            RuntimeKind::DOCKER
+        );
+        assert!(serde_json::from_str::<RuntimeKind>("\"k8s\"").is_err());
+    }
+
+    #[test]
+    fn each_runtime_says_how_its_services_reach_each_other() {
+        let http = PortSpec {
+            name: "http".into(),
+            container: 8080,
+            host: 20011,
+        };
+        assert_eq!(
+            RuntimeKind::LOCAL.peer_addr("fra", "keycloak", &http),
+            ("127.0.0.1".to_string(), 20011)
+        );
+        assert_eq!(
+            RuntimeKind::DOCKER.peer_addr("fra", "keycloak", &http),
+            ("dive-fra-keycloak".to_string(), 8080)
+        );
+        assert_eq!(
+            RuntimeKind::DOCKER.sibling_addr("fra", "postgres", &http),
+            ("postgres".to_string(), 8080)
+        );
+    }
+
+    #[test]
+    fn resources_go_users_first() {
+        let mut kinds = [
+            ResourceKind::Network,
+            ResourceKind::Directory,
+            ResourceKind::Volume,
+            ResourceKind::Container,
+        ];
+        kinds.sort_by_key(|k| k.removal_rank());
+        assert_eq!(
+            kinds,
+            [
+                ResourceKind::Container,
+                ResourceKind::Volume,
+                ResourceKind::Network,
+                ResourceKind::Directory
+            ]
+        );
     }
 }

@@ -5,18 +5,34 @@
 //! `data/<volume>/`. Stop is SIGTERM to the process group, SIGKILL after a grace period.
 
 use crate::health::{http_ok, tcp_ok, wait_ready};
+use crate::keycloak_dist::KeycloakDist;
+use crate::templates::pg_isready;
 use crate::{
-    Ensured, Health, Resource, Runtime, RuntimeError, RuntimeKind, ServiceSpec, ServiceState,
-    ServiceStatus, check_name,
+    Builtin, Ensured, Health, InitSpec, Resource, ResourceKind, Runtime, RuntimeConfig,
+    RuntimeEntry, RuntimeError, RuntimeKind, ServiceSpec, ServiceState, ServiceStatus, check_name,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The local runtime in [`crate::RUNTIMES`]: every service on 127.0.0.1, reached on its host port.
+pub const ENTRY: RuntimeEntry = RuntimeEntry {
+    name: "local",
+    connect: |config| {
+        Box::pin(
+            async move { Ok(Arc::new(LocalRuntime::from_config(&config)) as Arc<dyn Runtime>) },
+        )
+    },
+    peer_addr: |_, _, port| ("127.0.0.1".into(), port.host),
+    sibling_addr: |_, _, port| ("127.0.0.1".into(), port.host),
+};
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -32,7 +48,10 @@ struct PidFile {
 
 pub struct LocalRuntime {
     home: PathBuf,
+    keycloak: KeycloakDist,
 }
+
+impl crate::sealed::Sealed for LocalRuntime {}
 
 /// Start time (clock ticks since boot) of a live, non-zombie process.
 fn proc_start_time(pid: i32) -> Option<u64> {
@@ -100,8 +119,21 @@ fn tail_lines(text: &str, lines: usize) -> String {
 }
 
 impl LocalRuntime {
+    /// Services under `home`; the Keycloak distribution (only Keycloak services need it) is
+    /// cached in `home/cache`.
     pub fn new(home: impl Into<PathBuf>) -> Self {
-        LocalRuntime { home: home.into() }
+        let home = home.into();
+        LocalRuntime {
+            keycloak: KeycloakDist::new(home.join("cache")),
+            home,
+        }
+    }
+
+    pub fn from_config(config: &RuntimeConfig) -> Self {
+        LocalRuntime {
+            home: config.home.clone(),
+            keycloak: config.keycloak.clone(),
+        }
     }
 
     fn instance_dir(&self, instance: &str) -> PathBuf {
@@ -359,11 +391,70 @@ fn signal_group(pid: i32, signal: i32) {
 #[async_trait]
 impl Runtime for LocalRuntime {
     fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Local
+        RuntimeKind::LOCAL
     }
 
-    fn instance_dir(&self, instance: &str) -> Option<PathBuf> {
-        Some(LocalRuntime::instance_dir(self, instance))
+    /// PostgreSQL from the machine's binaries (initdb with the password from a file, run as
+    /// `postgres` when dive is root); Keycloak from the built distribution, `--optimized`.
+    async fn builtin(&self, spec: &mut ServiceSpec, which: Builtin) -> Result<(), RuntimeError> {
+        match which {
+            Builtin::Postgres { password } => {
+                let bin = dive_pgcluster::find_bin_dir()
+                    .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+                let tool = |t: &str| bin.join(t).display().to_string();
+                spec.command = vec![
+                    tool("postgres"),
+                    "-D".into(),
+                    "{data:pgdata}".into(),
+                    "-p".into(),
+                    "{port:postgres}".into(),
+                    "-k".into(),
+                    "{data:pgdata}".into(),
+                    "-c".into(),
+                    "listen_addresses=127.0.0.1".into(),
+                ];
+                spec.run_as = Some("postgres".into());
+                spec.init = Some(InitSpec {
+                    command: vec![
+                        tool("initdb"),
+                        "-D".into(),
+                        "{data:pgdata}".into(),
+                        "--username=postgres".into(),
+                        "--auth=scram-sha-256".into(),
+                        "--pwfile={file:pwfile}".into(),
+                        "--encoding=UTF8".into(),
+                        "--no-locale".into(),
+                    ],
+                    creates: "{data:pgdata}/PG_VERSION".into(),
+                    secret_files: BTreeMap::from([("pwfile".to_string(), password)]),
+                });
+                spec.health = Some(pg_isready(tool("pg_isready"), "{port:postgres}".into()));
+            }
+            Builtin::Keycloak => {
+                let dist = self
+                    .keycloak
+                    .instance_copy(&self.instance_dir(&spec.instance))
+                    .await?;
+                spec.command = vec![
+                    dist.join("bin/kc.sh").display().to_string(),
+                    "start".into(),
+                    "--optimized".into(),
+                    "--http-host=127.0.0.1".into(),
+                    "--http-port={port:http}".into(),
+                    "--http-management-port={port:management}".into(),
+                ];
+            }
+        }
+        Ok(())
+    }
+
+    fn check_spec(&self, spec: &ServiceSpec) -> Result<(), RuntimeError> {
+        if spec.command.is_empty() {
+            return Err(RuntimeError::Invalid(
+                "`command` is required on the local runtime".into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
@@ -513,29 +604,31 @@ impl Runtime for LocalRuntime {
                 for s in services.flatten() {
                     if let Some(name) = s.file_name().to_string_lossy().strip_suffix(".json") {
                         found.push(Resource {
-                            kind: "service".into(),
+                            kind: ResourceKind::Service,
                             name: format!("{code}/{name}"),
+                            instance: Some(code.clone()),
                         });
                     }
                 }
             }
             found.push(Resource {
-                kind: "directory".into(),
+                kind: ResourceKind::Directory,
                 name: inst.path().display().to_string(),
+                instance: Some(code),
             });
         }
         Ok(found)
     }
 
     async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError> {
-        match resource.kind.as_str() {
-            "service" => {
+        match resource.kind {
+            ResourceKind::Service => {
                 let (instance, name) = resource.name.split_once('/').ok_or_else(|| {
                     RuntimeError::Invalid(format!("bad service name `{}`", resource.name))
                 })?;
                 self.remove(instance, name, &[]).await
             }
-            "directory" => {
+            ResourceKind::Directory => {
                 let dir = Path::new(&resource.name);
                 if !dir.starts_with(self.home.join("instances")) {
                     return Err(RuntimeError::Invalid(format!(
@@ -550,7 +643,7 @@ impl Runtime for LocalRuntime {
                 })
             }
             other => Err(RuntimeError::Invalid(format!(
-                "unknown local resource kind `{other}`"
+                "the local runtime has no {other} resources"
             ))),
         }
     }

@@ -86,12 +86,14 @@ async fn ensure_is_idempotent_and_follows_spec_changes() {
         rt.status(&code, "sleeper").await.unwrap().state,
         ServiceState::Missing
     );
-    rt.remove_resource(&dive_runtime::Resource {
-        kind: "network".into(),
-        name: format!("dive-{code}"),
-    })
-    .await
-    .unwrap();
+    // The instance's network is listed as its own, and goes.
+    let owned = rt.owned_by(&code).await.unwrap();
+    let network = owned
+        .iter()
+        .find(|r| r.kind == dive_runtime::ResourceKind::Network)
+        .expect("the instance network is owned by the instance");
+    assert_eq!(network.name, format!("dive-{code}"));
+    rt.remove_resource(network).await.unwrap();
 }
 
 #[tokio::test]

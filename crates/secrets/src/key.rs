@@ -109,25 +109,7 @@ impl MasterKey {
         &self.bytes
     }
 
-    /// The key from `DIVE_MASTER_KEY`, else from `dive_home/master.key` (created when absent).
-    pub fn load(dive_home: &Path) -> Result<MasterKey, SecretError> {
-        let env = match std::env::var(MASTER_KEY_ENV) {
-            Ok(v) => Some(Zeroizing::new(v)),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(SecretError::MalformedKey {
-                    origin: KeySource::Env,
-                    problem: "it is not valid UTF-8 text".into(),
-                });
-            }
-        };
-        MasterKey::load_from(
-            env.as_ref().map(|v| v.as_str()),
-            &dive_home.join(MASTER_KEY_FILE),
-        )
-    }
-
-    /// [`MasterKey::load`] with the environment value given: `env` when set and not empty, else
+    /// The key from `env` (the value of `DIVE_MASTER_KEY`) when set and not empty, else
     /// the key file at `file`, which is created (mode 0600, parent directories 0700) with a fresh
     /// key when it does not exist.
     pub fn load_from(env: Option<&str>, file: &Path) -> Result<MasterKey, SecretError> {

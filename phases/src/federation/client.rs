@@ -32,9 +32,9 @@ use super::{
     SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field, enc, flag,
     realm_path, resolve,
 };
+use crate::context::Services;
 use crate::keycloak::SCOPE_NAME;
 use crate::keycloak::client::merge_client;
-use crate::service::secrets;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_instances::InstanceRecord;
 use dive_keycloak::KeycloakAdmin;
@@ -174,7 +174,7 @@ pub(crate) async fn attributes_scope_id(
 impl Phase for FederationClient {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let (x, p) = resolve(ctx, &self.from, &self.to).await?;
-        let store = secrets(ctx)?;
+        let store = Services::of(ctx)?.secrets();
         let secret_name = client_secret_name(&x.code, &p.code);
         let (_, secret_created) = store
             .ensure(&secret_name, SECRET_LENGTH, Alphabet::Alphanumeric)
@@ -272,33 +272,26 @@ impl Phase for FederationClient {
         let from = super::code(&self.from)?;
         let to = super::code(&self.to)?;
         if flag(output, "created") {
-            let reg = super::registry(ctx)?;
+            let reg = Services::of(ctx)?.instances();
             // An instance reset since is already clean.
-            if let Ok(x) = super::instance(&reg, &from).await {
+            if let Ok(x) = super::instance(reg, &from).await {
                 let admin = admin(ctx, &x).await?;
-                let realm = x.realm();
-                if admin.realm(&realm).await?.is_some()
-                    && let Some(id) = admin
-                        .client_by_client_id(&realm, &client_id(&to))
-                        .await?
-                        .and_then(|c| c.id)
-                {
-                    admin.delete_client(&realm, &id).await?;
+                if super::delete_client(&admin, &x, &to).await? {
                     tracing::info!(from = %from, to = %to, "deleted federation client (compensation)");
                 }
             }
         }
         if flag(output, "secret_created") {
             let name = client_secret_name(&from, &to);
-            secrets(ctx)?.delete_prefix(&name).await?;
+            Services::of(ctx)?.secrets().delete_prefix(&name).await?;
             tracing::info!(secret = %name, "deleted federation secret (compensation)");
         }
         Ok(())
     }
 
     async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
-        let reg = super::registry(ctx).map_err(|e| e.to_string())?;
-        super::pair(&reg, &self.from, &self.to).await.map(|_| ())
+        let reg = Services::of(ctx).map_err(|e| e.to_string())?.instances();
+        super::pair(reg, &self.from, &self.to).await.map(|_| ())
     }
 
     fn breaker_key(&self) -> Option<String> {

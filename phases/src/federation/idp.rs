@@ -37,7 +37,7 @@ use super::{
     SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id, client_secret_name, code_field,
     enc, flag, idp_alias, realm_path, resolve,
 };
-use crate::service::secrets;
+use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_instances::InstanceRecord;
 use dive_keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
@@ -384,7 +384,7 @@ pub(crate) async fn diff_idp(
 impl Phase for FederationIdp {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let (x, p) = resolve(ctx, &self.from, &self.to).await?;
-        let store = secrets(ctx)?;
+        let store = Services::of(ctx)?.secrets();
         let secret_name = client_secret_name(&x.code, &p.code);
         let (secret, secret_version) = store.get(&secret_name).await?.ok_or_else(|| {
             PhaseError::fatal(format!(
@@ -478,8 +478,8 @@ impl Phase for FederationIdp {
         }
         let from = super::code(&self.from)?;
         let to = super::code(&self.to)?;
-        let reg = super::registry(ctx)?;
-        let Ok(p) = super::instance(&reg, &to).await else {
+        let reg = Services::of(ctx)?.instances();
+        let Ok(p) = super::instance(reg, &to).await else {
             return Ok(());
         };
         let admin = admin(ctx, &p).await?;
@@ -512,8 +512,8 @@ impl Phase for FederationIdp {
     }
 
     async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
-        let reg = super::registry(ctx).map_err(|e| e.to_string())?;
-        super::pair(&reg, &self.from, &self.to).await.map(|_| ())
+        let reg = Services::of(ctx).map_err(|e| e.to_string())?.instances();
+        super::pair(reg, &self.from, &self.to).await.map(|_| ())
     }
 
     fn breaker_key(&self) -> Option<String> {

@@ -52,15 +52,15 @@ pub use unlink::FederationUnlink;
 pub use verify::FederationVerify;
 pub use versions::{SecretVersions, secret_versions};
 
+use crate::context::Services;
 pub(crate) use crate::keycloak::flag;
-use crate::service::{secret_value, secrets};
+use crate::service::secret_value;
 use dive_engine::{PhaseContext, PhaseError};
 use dive_instances::{InstanceRecord, Instances, Role, normalize_code};
-use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
+use dive_keycloak::{ADMIN_USER, KeycloakAdmin, KeycloakError, admin_password_secret};
 pub(crate) use dive_keycloak::{enc, realm_path};
-use dive_runtime::RuntimeKind;
+use dive_runtime::{KEYCLOAK_HTTP_PORT, PortSpec};
 use serde::{Deserialize, Deserializer};
-use std::sync::Arc;
 
 /// Secret holding the client secret of direction `from`→`to`.
 pub fn client_secret_name(from: &str, to: &str) -> String {
@@ -84,18 +84,35 @@ pub fn idp_alias(from: &str) -> String {
 /// Client attribute (and IdP config key) recording the secret version Keycloak was given.
 pub const SECRET_VERSION_KEY: &str = "dive.secret.version";
 
-/// Keycloak's HTTP port inside its container (the keycloak service template's).
-const KEYCLOAK_CONTAINER_PORT: u16 = 8080;
-
-/// Where P's server reaches X's Keycloak on the back channel.
+/// Where P's server reaches X's Keycloak on the back channel (as the runtime of X addresses
+/// one instance's service from another's).
 pub fn backchannel_url(rec: &InstanceRecord) -> String {
-    match rec.runtime {
-        RuntimeKind::Local => rec.keycloak_url(),
-        RuntimeKind::Docker => format!(
-            "http://{}:{KEYCLOAK_CONTAINER_PORT}",
-            dive_runtime::docker::container_name(&rec.code_lower(), "keycloak")
-        ),
+    let port = PortSpec {
+        name: "http".into(),
+        container: KEYCLOAK_HTTP_PORT,
+        host: rec.ports().keycloak,
+    };
+    let (host, port) = rec.runtime.peer_addr(&rec.code_lower(), "keycloak", &port);
+    format!("http://{host}:{port}")
+}
+
+/// Deletes the client `federation-<to>` from X's realm, if the realm and the client are there;
+/// returns whether it deleted one.
+pub(crate) async fn delete_client(
+    admin: &KeycloakAdmin,
+    x: &InstanceRecord,
+    to: &str,
+) -> Result<bool, KeycloakError> {
+    let realm = x.realm();
+    if admin.realm(&realm).await?.is_some()
+        && let Some(id) = admin
+            .client_by_client_id(&realm, &client_id(to))
+            .await?
+            .and_then(|c| c.id)
+    {
+        return admin.delete_client(&realm, &id).await;
     }
+    Ok(false)
 }
 
 /// `${...}` references pass (resolved later); anything else must be a country code.
@@ -109,15 +126,6 @@ pub(crate) fn code_field<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::E
 
 pub(crate) fn code(s: &str) -> Result<String, PhaseError> {
     normalize_code(s).map_err(PhaseError::fatal)
-}
-
-pub(crate) fn registry(ctx: &PhaseContext) -> Result<Arc<Instances>, PhaseError> {
-    ctx.services.get::<Instances>().ok_or_else(|| {
-        PhaseError::fatal(
-            "no instance registry is available: the engine was built without Instances in its \
-             services",
-        )
-    })
 }
 
 fn deploy_hint(code: &str, hub: Option<&InstanceRecord>) -> String {
@@ -180,8 +188,8 @@ pub(crate) async fn resolve(
     from: &str,
     to: &str,
 ) -> Result<(InstanceRecord, InstanceRecord), PhaseError> {
-    let reg = registry(ctx)?;
-    pair(&reg, &code(from)?, &code(to)?)
+    let reg = Services::of(ctx)?.instances();
+    pair(reg, &code(from)?, &code(to)?)
         .await
         .map_err(PhaseError::fatal)
 }
@@ -191,7 +199,7 @@ pub(crate) async fn admin(
     ctx: &PhaseContext,
     rec: &InstanceRecord,
 ) -> Result<KeycloakAdmin, PhaseError> {
-    admin_with(&*secrets(ctx)?, rec).await
+    admin_with(Services::of(ctx)?.secrets(), rec).await
 }
 
 /// [`admin`] with the secret store at hand.

@@ -18,7 +18,8 @@
 //!
 //! Compensation (linking only): deletes the row if this run created it. Removal has none.
 
-use super::{code, code_field, flag, registry};
+use super::{code, code_field, flag};
+use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -44,7 +45,7 @@ impl Phase for FederationRecord {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let hub = code(&self.hub)?;
         let spoke = code(&self.spoke)?;
-        let reg = registry(ctx)?;
+        let reg = Services::of(ctx)?.instances();
         let pool = reg.pool();
         if self.remove {
             let n = sqlx::query("DELETE FROM federation_links WHERE hub = $1 AND spoke = $2")
@@ -81,7 +82,7 @@ impl Phase for FederationRecord {
         if self.remove || !flag(output, "created") {
             return Ok(());
         }
-        let reg = registry(ctx)?;
+        let reg = Services::of(ctx)?.instances();
         sqlx::query("DELETE FROM federation_links WHERE hub = $1 AND spoke = $2 AND run_id = $3")
             .bind(code(&self.hub)?)
             .bind(code(&self.spoke)?)

@@ -15,11 +15,8 @@
 //! Compensation: none — a removed secret cannot be brought back, and linking again recreates
 //! everything (`dive federation link`).
 
-use super::{
-    admin, breaker, client_id, client_secret_name, code, code_field, enc, idp_alias, realm_path,
-    registry,
-};
-use crate::service::secrets;
+use super::{admin, breaker, client_secret_name, code, code_field, enc, idp_alias, realm_path};
+use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -39,7 +36,7 @@ impl Phase for FederationUnlink {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let from = code(&self.from)?;
         let to = code(&self.to)?;
-        let reg = registry(ctx)?;
+        let reg = Services::of(ctx)?.instances();
         let mut idp_removed = false;
         let mut client_removed = false;
         if let Some(p) = reg.get(&to).await? {
@@ -55,17 +52,10 @@ impl Phase for FederationUnlink {
         }
         if let Some(x) = reg.get(&from).await? {
             let admin = admin(ctx, &x).await?;
-            let realm = x.realm();
-            if admin.realm(&realm).await?.is_some()
-                && let Some(id) = admin
-                    .client_by_client_id(&realm, &client_id(&to))
-                    .await?
-                    .and_then(|c| c.id)
-            {
-                client_removed = admin.delete_client(&realm, &id).await?;
-            }
+            client_removed = super::delete_client(&admin, &x, &to).await?;
         }
-        let secret_removed = !secrets(ctx)?
+        let secret_removed = !Services::of(ctx)?
+            .secrets()
             .delete_prefix(&client_secret_name(&from, &to))
             .await?
             .is_empty();

@@ -13,8 +13,8 @@
 //! logs in (each login leaves a short session at both sides). Compensation: none.
 
 use super::{code_field, resolve};
-use crate::service::secrets;
-use dive_engine::{Phase, PhaseContext, PhaseError, Store, async_trait, typetag};
+use crate::context::Services;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_verify::{Endpoint, record, verify_direction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,18 +35,15 @@ pub struct FederationVerify {
 impl Phase for FederationVerify {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let (x, p) = resolve(ctx, &self.from, &self.to).await?;
-        let store = ctx
-            .services
-            .get::<Store>()
-            .ok_or_else(|| PhaseError::fatal("no state database is available"))?;
-        let secrets = secrets(ctx)?;
+        let services = Services::of(ctx)?;
+        let secrets = services.secrets();
         ctx.note(format!(
             "logging in as the test users of {} at {}",
             x.code, p.code
         ));
         let report =
-            verify_direction(&secrets, &Endpoint::from(&x), &Endpoint::from(&p), None).await;
-        record(store.pool(), Some(ctx.run_id), &report)
+            verify_direction(secrets, &Endpoint::from(&x), &Endpoint::from(&p), None).await;
+        record(services.pool(), Some(ctx.run_id), &report)
             .await
             .map_err(|e| PhaseError::retryable(e.to_string()))?;
         if !report.ok {
@@ -67,7 +64,7 @@ impl Phase for FederationVerify {
     }
 
     async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
-        let reg = super::registry(ctx).map_err(|e| e.to_string())?;
-        super::pair(&reg, &self.from, &self.to).await.map(|_| ())
+        let reg = Services::of(ctx).map_err(|e| e.to_string())?.instances();
+        super::pair(reg, &self.from, &self.to).await.map(|_| ())
     }
 }

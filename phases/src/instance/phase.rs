@@ -19,12 +19,12 @@
 //! the phase ran again after a crash and found its own registration — never one an earlier
 //! deploy made.
 
+use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_instances::{InstanceError, Instances, NO_HUB, Role, normalize_code};
-use dive_runtime::{RuntimeHandle, RuntimeKind};
+use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::sync::Arc;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,17 +33,8 @@ pub struct InstanceRegister {
     pub role: Role,
 }
 
-fn registry(ctx: &PhaseContext) -> Result<Arc<Instances>, PhaseError> {
-    ctx.services.get::<Instances>().ok_or_else(|| {
-        PhaseError::fatal(
-            "no instance registry is available: the engine was built without Instances in its \
-             services",
-        )
-    })
-}
-
 fn runtime_kind(ctx: &PhaseContext) -> Option<RuntimeKind> {
-    ctx.services.get::<RuntimeHandle>().map(|h| h.0.kind())
+    Services::of(ctx).ok().map(|s| s.runtime().kind())
 }
 
 impl InstanceRegister {
@@ -103,11 +94,11 @@ impl InstanceRegister {
 #[async_trait]
 impl Phase for InstanceRegister {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let reg = registry(ctx)?;
+        let reg = Services::of(ctx)?.instances();
         let code = self.code()?;
         let kind = runtime_kind(ctx)
             .ok_or_else(|| PhaseError::fatal("no runtime configured for this run"))?;
-        if let Some(why) = self.refusal(&reg, &code, Some(kind)).await? {
+        if let Some(why) = self.refusal(reg, &code, Some(kind)).await? {
             return Err(PhaseError::fatal(why));
         }
         let (rec, created) = reg
@@ -131,15 +122,15 @@ impl Phase for InstanceRegister {
     }
 
     async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
-        let reg = registry(ctx)?;
+        let reg = Services::of(ctx)?.instances();
         reg.remove_if_created_by(&self.code()?, ctx.run_id).await?;
         Ok(())
     }
 
     async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
         let code = normalize_code(&self.code)?;
-        let reg = registry(ctx).map_err(|e| e.to_string())?;
-        match self.refusal(&reg, &code, runtime_kind(ctx)).await {
+        let reg = Services::of(ctx).map_err(|e| e.to_string())?.instances();
+        match self.refusal(reg, &code, runtime_kind(ctx)).await {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(why),
             // The database is the run's business: a run that cannot reach it fails there.

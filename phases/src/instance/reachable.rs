@@ -10,8 +10,9 @@
 //! ```
 //! Output `{code, url, latency_ms}`. Idempotency: it only reads. Compensation: none.
 
+use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
-use dive_instances::{Instances, Role, normalize_code};
+use dive_instances::{Role, normalize_code};
 use dive_runtime::health::url_ok;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -29,10 +30,7 @@ pub struct InstanceReachable {
 impl Phase for InstanceReachable {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let code = normalize_code(&self.code).map_err(PhaseError::fatal)?;
-        let registry = ctx
-            .services
-            .get::<Instances>()
-            .ok_or_else(|| PhaseError::fatal("no instance registry is available"))?;
+        let registry = Services::of(ctx)?.instances();
         let rec = registry
             .get(&code)
             .await
@@ -67,9 +65,10 @@ impl Phase for InstanceReachable {
             return Ok(());
         }
         let code = normalize_code(&self.code)?;
-        let Some(registry) = ctx.services.get::<Instances>() else {
+        let Ok(services) = Services::of(ctx) else {
             return Ok(());
         };
+        let registry = services.instances();
         match registry.get(&code).await {
             Ok(None) => Err(format!("instance {code} is not deployed")),
             _ => Ok(()),

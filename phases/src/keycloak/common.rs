@@ -1,6 +1,7 @@
 //! What every `keycloak.*` phase shares: the instance code, the realm, the admin login.
 
-use crate::service::{secret_value, secrets};
+use crate::context::Services;
+use crate::service::secret_value;
 use dive_engine::{PhaseContext, PhaseError};
 use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret, default_realm};
 use serde::{Deserialize, Deserializer};
@@ -78,9 +79,9 @@ impl Target {
 
     /// Logs in as [`ADMIN_USER`] with the password from the secret store.
     pub async fn admin(&self, ctx: &PhaseContext) -> Result<KeycloakAdmin, PhaseError> {
-        let store = secrets(ctx)?;
+        let store = Services::of(ctx)?.secrets();
         let password = zeroize::Zeroizing::new(
-            secret_value(&store, &admin_password_secret(&self.lower)).await?,
+            secret_value(store, &admin_password_secret(&self.lower)).await?,
         );
         Ok(KeycloakAdmin::connect_named(
             &format!("keycloak {}", self.upper),

@@ -29,7 +29,8 @@
 //! secrets module), so a later run gives re-created users the same passwords.
 
 use super::common::{Target, instance_code, realm_name};
-use crate::service::{secret_value, secrets};
+use crate::context::Services;
+use crate::service::secret_value;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_error::Classify;
 use dive_keycloak::DIVE_ATTRIBUTES;
@@ -211,7 +212,7 @@ impl KeycloakUsers {
 impl Phase for KeycloakUsers {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let t = self.target()?;
-        let store = secrets(ctx)?;
+        let store = Services::of(ctx)?.secrets();
         let admin = t.admin(ctx).await?;
         t.require_realm(&admin).await?;
         let mut outcomes = Vec::new();
@@ -227,7 +228,7 @@ impl Phase for KeycloakUsers {
                         PhaseError::fatal(e.to_string())
                     }
                 })?;
-            let password = Zeroizing::new(secret_value(&store, &secret).await?);
+            let password = Zeroizing::new(secret_value(store, &secret).await?);
             outcomes.push(Self::ensure_user(&admin, &t, &want, &password, secret_created).await?);
         }
         let count = |f: fn(&UserOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();

@@ -1,0 +1,103 @@
+//! What dive's phase types work with — the secret store, the instance registry, the run's
+//! runtime — built once at start-up from one [`Config`] and reached through typed accessors.
+//! The engine carries it without knowing its type (`Engine::with_services`); a phase reads it
+//! with [`Services::of`]. Nothing in the phase types reads the environment: the CLI reads flags
+//! and environment into the [`Config`].
+
+use dive_engine::{PhaseContext, PhaseError};
+use dive_instances::{InstanceError, Instances};
+use dive_runtime::{Runtime, RuntimeConfig, RuntimeError, RuntimeKind};
+use dive_secrets::{MasterKey, SecretError, SecretStore};
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Everything the services are built from.
+pub struct Config {
+    /// The runtime the run's services go to (`--runtime`).
+    pub runtime: RuntimeKind,
+    /// How runtimes are set up (home, Keycloak distribution and image).
+    pub runtimes: RuntimeConfig,
+    /// First port of the instances' port blocks.
+    pub port_base: u16,
+    /// The key the secret store encrypts with.
+    pub master_key: MasterKey,
+}
+
+impl Config {
+    /// `runtime` set up as `runtimes`, secrets under `master_key`, the default port base.
+    pub fn new(runtime: RuntimeKind, runtimes: RuntimeConfig, master_key: MasterKey) -> Config {
+        Config {
+            runtime,
+            runtimes,
+            port_base: dive_instances::DEFAULT_PORT_BASE,
+            master_key,
+        }
+    }
+}
+
+/// Why the services could not be built; nothing has run yet.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("secret store: {0}")]
+    Secrets(#[from] SecretError),
+    #[error("instance registry: {0}")]
+    Instances(#[from] InstanceError),
+    #[error("runtime {kind}: {source}")]
+    Runtime {
+        kind: RuntimeKind,
+        source: RuntimeError,
+    },
+}
+
+/// The services of a run.
+pub struct Services {
+    secrets: SecretStore,
+    instances: Instances,
+    runtime: Arc<dyn Runtime>,
+}
+
+impl Services {
+    /// Connects the runtime and checks the master key against the stored secrets, so a wrong
+    /// key or an unreachable Docker engine stops the run before it writes anything.
+    pub async fn build(config: Config, pool: &PgPool) -> Result<Services, StartupError> {
+        let secrets = SecretStore::new(pool.clone(), config.master_key);
+        secrets.verify_key().await?;
+        let instances = Instances::with_port_base(pool.clone(), config.port_base)?;
+        let runtime = config
+            .runtime
+            .connect(&config.runtimes)
+            .await
+            .map_err(|source| StartupError::Runtime {
+                kind: config.runtime,
+                source,
+            })?;
+        Ok(Services {
+            secrets,
+            instances,
+            runtime,
+        })
+    }
+
+    /// The services of the run `ctx` belongs to.
+    pub fn of(ctx: &PhaseContext) -> Result<&Services, PhaseError> {
+        ctx.services::<Services>()
+    }
+
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+
+    pub fn instances(&self) -> &Instances {
+        &self.instances
+    }
+
+    /// The state database (federation links and verifications are recorded there).
+    pub fn pool(&self) -> &PgPool {
+        self.instances.pool()
+    }
+
+    /// The runtime the run's services go to.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+}
