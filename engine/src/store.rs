@@ -598,3 +598,90 @@ with_lock_held!(
     "DELETE FROM locks k USING (SELECT key AS lock_key FROM locks) x WHERE x.lock_key = k.key AND NOT ",
     " RETURNING k.key"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType};
+
+    fn owner(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+        Migrator::with_migrations(
+            migrations
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        (*description).into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn versions(m: &Migrator) -> Vec<i64> {
+        m.iter().map(|m| m.version).collect()
+    }
+
+    #[test]
+    fn alone_the_engine_has_its_own_migrations() {
+        let engine: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        assert!(!engine.is_empty());
+        assert_eq!(versions(&migrator(&[]).unwrap()), engine);
+    }
+
+    #[test]
+    fn other_owners_merge_sorted_by_version() {
+        let a = owner(&[
+            (900_002, "a second", "SELECT 2"),
+            (900_000, "a first", "SELECT 0"),
+        ]);
+        let b = owner(&[(900_001, "b", "SELECT 1")]);
+        let merged = migrator(&[&a, &b]).unwrap();
+        let all = versions(&merged);
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted);
+        assert_eq!(all.len(), MIGRATOR.iter().count() + 3);
+        assert!(all.ends_with(&[900_000, 900_001, 900_002]));
+    }
+
+    #[test]
+    fn one_owner_given_twice_counts_once() {
+        let a = owner(&[(900_000, "a", "SELECT 0")]);
+        let merged = migrator(&[&a, &a, &MIGRATOR]).unwrap();
+        assert_eq!(merged.iter().count(), MIGRATOR.iter().count() + 1);
+    }
+
+    #[test]
+    fn two_migrations_with_one_version_are_refused() {
+        let a = owner(&[(900_000, "owner a", "SELECT 0")]);
+        let b = owner(&[(900_000, "owner b", "SELECT 1")]);
+        let err = migrator(&[&a, &b]).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                EngineError::MigrationConflict {
+                    version: 900_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("owner a") && text.contains("owner b"),
+            "{text}"
+        );
+
+        let engine_version = MIGRATOR.iter().next().unwrap().version;
+        let c = owner(&[(engine_version, "not the engine's", "SELECT 1")]);
+        assert!(matches!(
+            migrator(&[&c]),
+            Err(EngineError::MigrationConflict { .. })
+        ));
+    }
+}
