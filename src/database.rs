@@ -5,8 +5,17 @@ use crate::config;
 use anyhow::{Context, Result};
 use dive_engine::Store;
 use dive_pgcluster::Cluster;
+use sqlx::migrate::Migrator;
 
 const EMBEDDED_DB: &str = "dive";
+
+/// The migrations of the crates that keep tables in the state database, besides the engine's
+/// own (which `Store` always applies): they run as one merged set.
+pub static MIGRATORS: [&Migrator; 3] = [
+    &dive_secrets::MIGRATOR,
+    &dive_instances::MIGRATOR,
+    &dive_verify::MIGRATOR,
+];
 
 pub fn embedded_cluster() -> Cluster {
     Cluster::new(config::get().home.join("postgres"))
@@ -27,17 +36,17 @@ pub fn database_url() -> Result<String> {
     Ok(cluster.url(EMBEDDED_DB)?)
 }
 
-/// Opens the state database and applies migrations.
+/// Opens the state database and applies migrations (the engine's and [`MIGRATORS`]).
 pub async fn open() -> Result<Store> {
     let url = database_url()?;
-    match Store::open(&url).await {
+    match Store::open_with(&url, &MIGRATORS).await {
         Ok(store) => Ok(store),
         // First use of the embedded cluster: its database does not exist yet.
         Err(e) if config::get().database_url.is_none() => {
             embedded_cluster()
                 .create_database(EMBEDDED_DB)
                 .with_context(|| format!("creating the embedded database after: {e}"))?;
-            Ok(Store::open(&url).await?)
+            Ok(Store::open_with(&url, &MIGRATORS).await?)
         }
         Err(e) => Err(e).context("opening the state database (DIVE_DATABASE_URL)"),
     }

@@ -36,6 +36,15 @@ pub enum EngineError {
     Store(#[from] sqlx::Error),
     #[error("state database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Two different migrations with one version (from two crates' migrators).
+    #[error(
+        "state database migration: version {version} is both `{first}` and `{second}`; every crate's migrations need versions of their own"
+    )]
+    MigrationConflict {
+        version: i64,
+        first: String,
+        second: String,
+    },
     /// A bug guard: the engine tried a transition its state machine forbids.
     #[error("{what}: transition {from} -> {to} is not allowed")]
     IllegalTransition {

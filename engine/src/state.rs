@@ -1,5 +1,5 @@
 //! Run and phase state machines. The same transitions are enforced by triggers in
-//! `migrations/0001_engine.sql`, so a bug in either place is caught by the other.
+//! `migrations/engine/0001_engine.sql`, so a bug in either place is caught by the other.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

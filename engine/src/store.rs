@@ -1,6 +1,11 @@
 //! The state database: runs, checkpoints, history, breaker transitions and lock holders.
 //! Queries for the CLI go through a small pool; a running run writes through its own
 //! `RunConn` (the run's own connection), which also holds the run's advisory locks.
+//!
+//! The engine migrates only its own tables ([`MIGRATOR`], `migrations/engine/`). Other crates
+//! that keep tables in the same database ship their own migrators; the caller passes them to
+//! [`Store::open_with`], which merges everything into one migrator (one `_sqlx_migrations`
+//! table, one run, one status listing). Versions are unique across all owners.
 
 use crate::error::EngineError;
 use crate::plan::Plan;
@@ -8,12 +13,44 @@ use crate::state::{PhaseState, RunState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use std::str::FromStr;
+use std::sync::Arc;
 use uuid::Uuid;
 
-pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The engine's own migrations (`migrations/engine/`): runs, phases, attempts, compensations,
+/// breaker events and locks.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations/engine");
+
+/// One migrator holding the engine's migrations and those of `others`, sorted by version.
+///
+/// The same migration given twice (same version and checksum) counts once; two different
+/// migrations with one version are refused ([`EngineError::MigrationConflict`]). Like any
+/// migrator, the result refuses a database where a migration it does not hold was applied, so
+/// pass every crate whose tables the database has.
+pub fn migrator(others: &[&Migrator]) -> Result<Migrator, EngineError> {
+    let mut all: Vec<sqlx::migrate::Migration> = Vec::new();
+    for m in std::iter::once(&MIGRATOR).chain(others.iter().copied()) {
+        for migration in m.iter() {
+            match all.iter().find(|a| {
+                a.version == migration.version && a.migration_type == migration.migration_type
+            }) {
+                Some(a) if a.checksum == migration.checksum => {}
+                Some(a) => {
+                    return Err(EngineError::MigrationConflict {
+                        version: migration.version,
+                        first: a.description.to_string(),
+                        second: migration.description.to_string(),
+                    });
+                }
+                None => all.push(migration.clone()),
+            }
+        }
+    }
+    Ok(Migrator::with_migrations(all))
+}
 
 /// Matches a held session advisory lock for `lock_key` in this database. A run's keys are all
 /// held by one session (or by its ancestors' sessions, for a child run's inherited keys), so a
@@ -159,11 +196,21 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, EngineError> {
 pub struct Store {
     pool: PgPool,
     url: String,
+    /// What [`Store::migrate`] runs and [`Store::migration_status`] lists.
+    migrator: Arc<Migrator>,
 }
 
 impl Store {
-    /// Connects without touching the schema.
+    /// Connects without touching the schema; [`Store::migrate`] would apply the engine's
+    /// migrations only.
     pub async fn connect(url: &str) -> Result<Store, EngineError> {
+        Store::connect_with(url, &[]).await
+    }
+
+    /// Connects without touching the schema; [`Store::migrate`] would apply the engine's
+    /// migrations and those of `others` ([`migrator`]).
+    pub async fn connect_with(url: &str, others: &[&Migrator]) -> Result<Store, EngineError> {
+        let migrator = Arc::new(migrator(others)?);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(std::time::Duration::from_secs(10))
@@ -172,12 +219,19 @@ impl Store {
         Ok(Store {
             pool,
             url: url.to_string(),
+            migrator,
         })
     }
 
-    /// Connects and brings the schema up to date.
+    /// Connects and brings the engine's tables up to date.
     pub async fn open(url: &str) -> Result<Store, EngineError> {
-        let store = Store::connect(url).await?;
+        Store::open_with(url, &[]).await
+    }
+
+    /// Connects and brings the engine's tables and those of `others` up to date, in one run of
+    /// one merged migrator ([`migrator`]).
+    pub async fn open_with(url: &str, others: &[&Migrator]) -> Result<Store, EngineError> {
+        let store = Store::connect_with(url, others).await?;
         store.migrate().await?;
         Ok(store)
     }
@@ -190,11 +244,13 @@ impl Store {
         &self.pool
     }
 
+    /// Applies the pending migrations of the set the store was opened with.
     pub async fn migrate(&self) -> Result<(), EngineError> {
-        MIGRATOR.run(&self.pool).await?;
+        self.migrator.run(&self.pool).await?;
         Ok(())
     }
 
+    /// Every migration of the set the store was opened with, by version, and whether it is applied.
     pub async fn migration_status(&self) -> Result<Vec<MigrationStatus>, EngineError> {
         let applied: Vec<i64> = sqlx::query_scalar(
             "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
@@ -202,7 +258,8 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .unwrap_or_default();
-        Ok(MIGRATOR
+        Ok(self
+            .migrator
             .iter()
             .filter(|m| m.migration_type.is_up_migration())
             .map(|m| MigrationStatus {
@@ -541,3 +598,90 @@ with_lock_held!(
     "DELETE FROM locks k USING (SELECT key AS lock_key FROM locks) x WHERE x.lock_key = k.key AND NOT ",
     " RETURNING k.key"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType};
+
+    fn owner(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+        Migrator::with_migrations(
+            migrations
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        (*description).into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn versions(m: &Migrator) -> Vec<i64> {
+        m.iter().map(|m| m.version).collect()
+    }
+
+    #[test]
+    fn alone_the_engine_has_its_own_migrations() {
+        let engine: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        assert!(!engine.is_empty());
+        assert_eq!(versions(&migrator(&[]).unwrap()), engine);
+    }
+
+    #[test]
+    fn other_owners_merge_sorted_by_version() {
+        let a = owner(&[
+            (900_002, "a second", "SELECT 2"),
+            (900_000, "a first", "SELECT 0"),
+        ]);
+        let b = owner(&[(900_001, "b", "SELECT 1")]);
+        let merged = migrator(&[&a, &b]).unwrap();
+        let all = versions(&merged);
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted);
+        assert_eq!(all.len(), MIGRATOR.iter().count() + 3);
+        assert!(all.ends_with(&[900_000, 900_001, 900_002]));
+    }
+
+    #[test]
+    fn one_owner_given_twice_counts_once() {
+        let a = owner(&[(900_000, "a", "SELECT 0")]);
+        let merged = migrator(&[&a, &a, &MIGRATOR]).unwrap();
+        assert_eq!(merged.iter().count(), MIGRATOR.iter().count() + 1);
+    }
+
+    #[test]
+    fn two_migrations_with_one_version_are_refused() {
+        let a = owner(&[(900_000, "owner a", "SELECT 0")]);
+        let b = owner(&[(900_000, "owner b", "SELECT 1")]);
+        let err = migrator(&[&a, &b]).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                EngineError::MigrationConflict {
+                    version: 900_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("owner a") && text.contains("owner b"),
+            "{text}"
+        );
+
+        let engine_version = MIGRATOR.iter().next().unwrap().version;
+        let c = owner(&[(engine_version, "not the engine's", "SELECT 1")]);
+        assert!(matches!(
+            migrator(&[&c]),
+            Err(EngineError::MigrationConflict { .. })
+        ));
+    }
+}

@@ -1,6 +1,8 @@
 //! `instance.register` run by the engine (precheck, output, rollback) and the `country-code`
 //! parameter type, against a real PostgreSQL.
 
+mod common;
+
 use dive_engine::{Engine, EngineError, PhaseState, RunOptions, RunState, Store, Workflow};
 use dive_instances::{Instances, NO_HUB, normalize_code};
 use dive_pgcluster::{Cluster, StopMode};
@@ -29,9 +31,7 @@ async fn fresh(name: &str) -> Store {
     let db = format!("instances_{name}");
     let cluster = cluster();
     cluster.create_database(&db).expect("test database");
-    Store::open(&cluster.url(&db).expect("url"))
-        .await
-        .expect("store opens")
+    common::open_store(&cluster.url(&db).expect("url")).await
 }
 
 fn registry(store: &Store) -> Instances {

@@ -7,6 +7,8 @@
 //! network `dive-xkc`, volume `dive-xkc-pgdata`. Leftovers of an earlier run are removed first,
 //! and everything is removed at the end, also when an assertion fails.
 
+mod common;
+
 use dive_engine::{Engine, PhaseState, RunOptions, RunState, Store, Workflow};
 use dive_error::Classify;
 use dive_keycloak::{
@@ -354,9 +356,7 @@ async fn keycloak_phases_against_a_real_keycloak() {
 
 async fn scenario(rt: &DockerRuntime, cluster: &Cluster) {
     cluster.create_database("keycloak_test").unwrap();
-    let db = Store::open(&cluster.url("keycloak_test").unwrap())
-        .await
-        .expect("state database");
+    let db = common::open_store(&cluster.url("keycloak_test").unwrap()).await;
     let secrets = SecretStore::new(db.pool().clone(), master_key());
     let stack = start_stack(rt, &secrets).await;
     assert!(stack.ready_after < Duration::from_secs(240));

@@ -1,6 +1,8 @@
 //! `secret.ensure` run by the engine: its output never holds the value, a second run reuses the
 //! secret, and its fields are checked when the workflow is parsed.
 
+mod common;
+
 use dive_engine::{Engine, PhaseState, RunOptions, RunState, Store, Workflow};
 use dive_pgcluster::{Cluster, StopMode};
 use dive_phases::{Config, Services};
@@ -34,7 +36,7 @@ async fn fresh(name: &str) -> (Store, String) {
     let cluster = cluster();
     cluster.create_database(&db).expect("test database");
     let url = cluster.url(&db).expect("url");
-    (Store::open(&url).await.expect("store opens"), db)
+    (common::open_store(&url).await, db)
 }
 
 fn key(byte: u8) -> MasterKey {

@@ -10,7 +10,8 @@
 //! an unknown code before anything runs.
 //!
 //! # Registry
-//! Table `instances` (migration `0003_instances.sql`): code, role (`hub` | `spoke`, at most one
+//! Table `instances` (migration `migrations/instances/0003_instances.sql`, run by [`MIGRATOR`]
+//! together with the engine's through `dive_engine::Store::open_with`): code, role (`hub` | `spoke`, at most one
 //! hub), runtime, and a port block. [`Instances`] registers (idempotently), lists and removes.
 //!
 //! # Ports
@@ -36,6 +37,9 @@ pub use registry::{
     BLOCK_SIZE, DEFAULT_PORT_BASE, InstanceError, InstanceLock, InstanceRecord, Instances, NO_HUB,
     PORT_BASE_ENV, Ports, Role, lock_key,
 };
+
+/// The migrations of table `instances` (`migrations/instances/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/instances");
 
 /// The English short name of an ISO 3166-1 alpha-3 code (upper case), if it is one.
 pub fn country_name(code: &str) -> Option<&'static str> {

@@ -9,24 +9,6 @@ use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
-/// The state database's schema, migrated as dive migrates it (without the engine).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
-
-/// A migrated state database.
-struct Store(PgPool);
-
-impl Store {
-    async fn open(url: &str) -> Result<Store, sqlx::Error> {
-        let pool = PgPool::connect(url).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store(pool))
-    }
-
-    fn pool(&self) -> &PgPool {
-        &self.0
-    }
-}
-
 /// A cluster under the target tmp dir, wiped and started on first use in this process.
 fn cluster() -> &'static Cluster {
     static DB: OnceLock<Cluster> = OnceLock::new();
@@ -40,18 +22,23 @@ fn cluster() -> &'static Cluster {
     })
 }
 
-/// A fresh, migrated database for one test.
-async fn fresh(name: &str) -> Store {
+/// A fresh database for one test, with this crate's table only ([`dive_instances::MIGRATOR`]).
+async fn fresh(name: &str) -> PgPool {
     let db = format!("instances_{name}");
     let cluster = cluster();
     cluster.create_database(&db).expect("test database");
-    Store::open(&cluster.url(&db).expect("url"))
+    let pool = PgPool::connect(&cluster.url(&db).expect("url"))
         .await
-        .expect("store opens")
+        .expect("database connects");
+    dive_instances::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations");
+    pool
 }
 
-fn registry(store: &Store) -> Instances {
-    Instances::with_port_base(store.pool().clone(), 20000).unwrap()
+fn registry(store: &PgPool) -> Instances {
+    Instances::with_port_base(store.clone(), 20000).unwrap()
 }
 
 #[tokio::test]
@@ -82,7 +69,7 @@ async fn every_iso_code_gets_ports_of_its_own() {
     // Every port of every instance is distinct and valid, with the default base and with a
     // base so high that the last block ends just below 65535.
     for base in [20000, 63000] {
-        let reg = Instances::with_port_base(store.pool().clone(), base).unwrap();
+        let reg = Instances::with_port_base(store.clone(), base).unwrap();
         let mut seen = HashSet::new();
         for rec in reg.list().await.unwrap() {
             let ports = rec.ports();
@@ -221,7 +208,7 @@ async fn registering_again_is_idempotent_and_conflicts_name_both_sides() {
         "INSERT INTO instances (code, role, runtime, port_block) \
          VALUES ('GBR', 'hub', 'local', 77)",
     )
-    .execute(store.pool())
+    .execute(&store)
     .await;
     assert!(direct.is_err(), "a second hub row was accepted");
 
@@ -272,9 +259,9 @@ async fn removing_frees_the_block_for_reuse() {
 #[tokio::test]
 async fn blocks_run_out_below_port_65536() {
     let store = fresh("exhausted").await;
-    assert!(Instances::with_port_base(store.pool().clone(), 80).is_err());
-    assert!(Instances::with_port_base(store.pool().clone(), 65530).is_err());
-    let reg = Instances::with_port_base(store.pool().clone(), 65500).unwrap();
+    assert!(Instances::with_port_base(store.clone(), 80).is_err());
+    assert!(Instances::with_port_base(store.clone(), 65530).is_err());
+    let reg = Instances::with_port_base(store.clone(), 65500).unwrap();
     assert_eq!(reg.block_count().unwrap(), 3);
     reg.register("USA", Role::Hub, RuntimeKind::LOCAL)
         .await

@@ -24,6 +24,10 @@
 //! there is none. Concurrent ensures of one name serialise on a transaction-scoped advisory lock,
 //! so exactly one of them creates it. Secrets are removed when an instance is reset
 //! ([`SecretStore::delete_prefix`]).
+//!
+//! # Migrations
+//! The tables are this crate's: [`MIGRATOR`] (`migrations/secrets/`). The state database applies
+//! it together with the engine's (`dive_engine::Store::open_with`).
 
 mod error;
 mod key;
@@ -34,3 +38,6 @@ pub use error::SecretError;
 pub use key::{KeySource, MASTER_KEY_ENV, MASTER_KEY_FILE, MasterKey};
 pub use secret::{Alphabet, Secret, validate_name};
 pub use store::{MAX_LENGTH, MIN_LENGTH, SecretInfo, SecretStore};
+
+/// The migrations of tables `secrets` and `secret_keycheck` (`migrations/secrets/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/secrets");

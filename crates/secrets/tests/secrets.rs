@@ -10,25 +10,6 @@ use sqlx::PgPool;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, OnceLock};
 
-/// The state database's schema, migrated as dive migrates it (without the engine).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
-
-/// A migrated state database.
-#[derive(Clone)]
-struct Store(PgPool);
-
-impl Store {
-    async fn open(url: &str) -> Result<Store, sqlx::Error> {
-        let pool = PgPool::connect(url).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store(pool))
-    }
-
-    fn pool(&self) -> &PgPool {
-        &self.0
-    }
-}
-
 struct Db {
     cluster: Cluster,
 }
@@ -47,30 +28,33 @@ fn cluster() -> &'static Cluster {
     .cluster
 }
 
-/// A fresh, migrated database for one test.
-async fn fresh(name: &str) -> (Store, String) {
+/// A fresh database for one test, with this crate's tables only ([`dive_secrets::MIGRATOR`]).
+async fn fresh(name: &str) -> (PgPool, String) {
     let db = format!("secrets_{name}");
     let cluster = cluster();
     cluster.create_database(&db).expect("test database");
-    let url = cluster.url(&db).expect("url");
-    (Store::open(&url).await.expect("store opens"), db)
+    let pool = PgPool::connect(&cluster.url(&db).expect("url"))
+        .await
+        .expect("database connects");
+    dive_secrets::MIGRATOR.run(&pool).await.expect("migrations");
+    (pool, db)
 }
 
 fn key(byte: u8) -> MasterKey {
     MasterKey::from_bytes([byte; 32], KeySource::Env)
 }
 
-fn store(s: &Store, key: MasterKey) -> SecretStore {
-    SecretStore::new(s.pool().clone(), key)
+fn store(s: &PgPool, key: MasterKey) -> SecretStore {
+    SecretStore::new(s.clone(), key)
 }
 
 /// Everything in the secret tables, as text, to compare before and after.
-async fn dump_tables(s: &Store) -> String {
+async fn dump_tables(s: &PgPool) -> String {
     let rows: Vec<String> = sqlx::query_scalar(
         "SELECT t::text FROM secrets t \
          UNION ALL SELECT 'keycheck ' || k::text FROM secret_keycheck k ORDER BY 1",
     )
-    .fetch_all(s.pool())
+    .fetch_all(s)
     .await
     .unwrap();
     rows.join("\n")
@@ -241,7 +225,7 @@ async fn stored_rows_do_not_contain_the_plaintext() {
     secrets.put(name, &Secret::new(value)).await.unwrap();
 
     let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as("SELECT nonce, ciphertext FROM secrets")
-        .fetch_all(db.pool())
+        .fetch_all(&db)
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
@@ -313,7 +297,7 @@ async fn values_never_show_in_debug_display_or_errors() {
         "UPDATE secrets SET ciphertext = (SELECT ciphertext FROM secrets WHERE name = 'a/one'), \
          nonce = (SELECT nonce FROM secrets WHERE name = 'a/one') WHERE name = 'a/two'",
     )
-    .execute(db.pool())
+    .execute(&db)
     .await
     .unwrap();
     let mut errors = vec![secrets.get("a/two").await.unwrap_err()];
@@ -397,20 +381,20 @@ async fn a_wrong_master_key_is_refused_before_anything_changes() {
 
     // Without the check row (lost), a wrong key is still caught by an existing secret.
     sqlx::query("DELETE FROM secret_keycheck")
-        .execute(db.pool())
+        .execute(&db)
         .await
         .unwrap();
     let wrong = store(&db, key(6));
     let e = wrong.put("x", &Secret::new("v")).await.unwrap_err();
     assert!(matches!(e, SecretError::WrongKey { .. }), "{e}");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM secret_keycheck")
-        .fetch_one(db.pool())
+        .fetch_one(&db)
         .await
         .unwrap();
     assert_eq!(n, 0);
     store(&db, key(5)).verify_key().await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM secret_keycheck")
-        .fetch_one(db.pool())
+        .fetch_one(&db)
         .await
         .unwrap();
     assert_eq!(n, 1, "the right key wrote the check row again");
@@ -503,7 +487,7 @@ async fn swapped_rows_do_not_decrypt() {
          (SELECT nonce, ciphertext FROM secrets WHERE name = 'usa/a' AND version = 1) \
          WHERE name = 'usa/b' AND version = 2",
     )
-    .execute(db.pool())
+    .execute(&db)
     .await
     .unwrap();
     let e = secrets.get("usa/b").await.unwrap_err();
@@ -542,7 +526,7 @@ async fn swapped_rows_do_not_decrypt() {
          (SELECT nonce, ciphertext FROM secrets WHERE name = 'usa/b' AND version = 1) \
          WHERE name = 'usa/b' AND version = 2",
     )
-    .execute(db.pool())
+    .execute(&db)
     .await
     .unwrap();
     assert!(matches!(
@@ -555,7 +539,7 @@ async fn swapped_rows_do_not_decrypt() {
         "UPDATE secrets SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1) \
          WHERE name = 'usa/a'",
     )
-    .execute(db.pool())
+    .execute(&db)
     .await
     .unwrap();
     assert!(matches!(
@@ -578,7 +562,7 @@ async fn names_are_validated_and_delete_prefix_is_segment_wise() {
         "INSERT INTO secrets (name, version, nonce, ciphertext) \
          VALUES ('Bad/Name', 1, '\\x000000000000000000000000', '\\x00000000000000000000000000000000')",
     )
-    .execute(db.pool())
+    .execute(&db)
     .await
     .unwrap_err();
     assert!(e.to_string().contains("check constraint"), "{e}");

@@ -20,6 +20,8 @@
 //! result in `federation_verifications`. No engine types: the phase type `federation.verify`, which
 //! runs one direction inside a workflow (`federation-verify`, `quickstart`), lives in dive-phases.
 //!
+//! Tables `federation_links` and `federation_verifications` are this crate's ([`MIGRATOR`]).
+//!
 //! Errors name the side that failed (home or target, by code and URL) and never contain a
 //! password, an authorization code or a token: URLs in errors are shown without their query.
 
@@ -35,6 +37,15 @@ pub use direction::{
 };
 
 use std::fmt;
+
+/// The migrations of tables `federation_links` and `federation_verifications`
+/// (`migrations/federation/`).
+///
+/// This crate owns them although the phase type `federation.record` (dive-phases) writes
+/// `federation_links`: it records verifications, reads the links ([`links`]) and has no engine
+/// types, so the tables come with whatever uses federation data, engine or not (dive-phases
+/// depends on this crate, not the other way round).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/federation");
 
 /// One Keycloak instance as the verifier sees it: its code and its base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
