@@ -101,9 +101,14 @@ impl RunConn {
     /// Records a new run.
     pub async fn create_run(&mut self, plan: &Plan, no_rollback: bool) -> Result<(), EngineError> {
         let conn = self.conn.as_mut().expect("connected after acquire");
+        // Every phase gets its checkpoint row now, `pending`, so that each later checkpoint
+        // updates rows in place instead of inserting them.
+        let phase_ids: Vec<&str> = plan.phases.iter().map(|p| p.id.as_str()).collect();
         sqlx::query(
-            "INSERT INTO runs (id, workflow, lock_key, lock_keys, state, params, plan, no_rollback) \
-             VALUES ($1, $2, $3[1], $3, 'running', $4, $5, $6)",
+            "WITH run AS (INSERT INTO runs (id, workflow, lock_key, lock_keys, state, params, plan, \
+             no_rollback) VALUES ($1, $2, $3[1], $3, 'running', $4, $5, $6) RETURNING id) \
+             INSERT INTO phases (run_id, phase_id, state, attempt) \
+             SELECT run.id, phase_id, 'pending', 0 FROM run, unnest($7::text[]) AS phase_id",
         )
         .bind(self.run_id)
         .bind(&plan.workflow)
@@ -111,6 +116,7 @@ impl RunConn {
         .bind(serde_json::to_value(&plan.params).expect("params serialise"))
         .bind(serde_json::to_value(plan).expect("plan serialises"))
         .bind(no_rollback)
+        .bind(phase_ids)
         .execute(conn)
         .await?;
         Ok(())

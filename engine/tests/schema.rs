@@ -102,3 +102,63 @@ async fn illegal_transitions_are_rejected_by_the_database() {
         "{err}"
     );
 }
+
+/// Every attempt stays visible in `phase_attempts` — a failed one, the one that succeeded, and
+/// that one again once the phase is compensated — though the checkpoint row holds only the last.
+#[tokio::test]
+async fn the_attempt_history_survives_retries_and_compensation() {
+    let store = Store::open(&common::db("history").url).await.unwrap();
+    let run = Uuid::now_v7();
+    let steps: [&'static str; 7] = [
+        "INSERT INTO runs (id, workflow, lock_key, state, params, plan) \
+         VALUES ($1, 'w', 'k', 'running', '{}', '{}')",
+        "INSERT INTO phases (run_id, phase_id, state, attempt) VALUES ($1, 'a', 'pending', 0)",
+        "UPDATE phases SET state = 'running', attempt = 1 WHERE run_id = $1",
+        "UPDATE phases SET state = 'failed', error = 'boom' WHERE run_id = $1",
+        "UPDATE phases SET state = 'running', attempt = 2, error = NULL WHERE run_id = $1",
+        "UPDATE phases SET state = 'succeeded', output = '{}' WHERE run_id = $1",
+        "UPDATE phases SET state = 'compensating' WHERE run_id = $1",
+    ];
+    let history = || async {
+        sqlx::query_as::<_, (i32, String, Option<String>)>(
+            "SELECT attempt, state, error FROM phase_attempts WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    };
+    for (i, sql) in steps.iter().enumerate() {
+        exec(&store, sql, run).await.unwrap();
+        if i == 4 {
+            assert_eq!(
+                history().await,
+                vec![
+                    (1, "failed".into(), Some("boom".into())),
+                    (2, "running".into(), None)
+                ]
+            );
+        }
+    }
+    exec(
+        &store,
+        "UPDATE phases SET state = 'compensated' WHERE run_id = $1",
+        run,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        history().await,
+        vec![
+            (1, "failed".into(), Some("boom".into())),
+            (2, "succeeded".into(), None)
+        ]
+    );
+    let compensation: String =
+        sqlx::query_scalar("SELECT state FROM compensations WHERE run_id = $1")
+            .bind(run)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(compensation, "compensated");
+}
