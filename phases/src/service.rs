@@ -39,8 +39,9 @@ pub struct Service {
     pub port: Option<Late<u16>>,
     #[serde(default)]
     pub password_secret: Option<String>,
-    /// Template `keycloak`: the management (health) port, and its database: the PostgreSQL
-    /// port on 127.0.0.1 (local runtime) and the secret of the `keycloak` role's password.
+    /// Template `keycloak`: the management (health) port, and its database: the host port of
+    /// the instance's PostgreSQL (the runtime decides how Keycloak reaches it) and the secret of
+    /// the `keycloak` role's password.
     #[serde(default)]
     pub management_port: Option<Late<u16>>,
     #[serde(default)]
