@@ -66,6 +66,22 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
+    /// What is wrong with the declaration itself: an unknown type or a default it refuses.
+    fn declaration_problem(&self, name: &str) -> Option<String> {
+        if let Some(kind) = &self.kind
+            && params::param_type(kind).is_none()
+        {
+            Some(format!(
+                "parameter `{name}`: unknown type `{kind}` (known: {})",
+                params::known_types().join(", ")
+            ))
+        } else if let Some(d) = &self.default {
+            self.check(name, d).err().map(|e| format!("default: {e}"))
+        } else {
+            None
+        }
+    }
+
     /// The value as the plan stores it, or what is wrong with it.
     fn check(&self, name: &str, value: &str) -> Result<String, String> {
         let value = match &self.kind {
@@ -284,20 +300,8 @@ impl Workflow {
                     format!("parameter name `{name}` is not an identifier")
                 );
             }
-            if let Some(kind) = &spec.kind
-                && params::param_type(kind).is_none()
-            {
-                problem!(
-                    None,
-                    format!(
-                        "parameter `{name}`: unknown type `{kind}` (known: {})",
-                        params::known_types().join(", ")
-                    )
-                );
-            } else if let Some(d) = &spec.default
-                && let Err(e) = spec.check(name, d)
-            {
-                problem!(None, format!("default: {e}"));
+            if let Some(message) = spec.declaration_problem(name) {
+                problem!(None, message);
             }
         }
         if let Err(e) = file_defaults.retry.check() {
@@ -508,25 +512,14 @@ impl Workflow {
                 problems.push(format!(
                     "params: `{name}` is fixed by `extends.params`; it cannot also be declared"
                 ));
-            } else if !params.contains_key(&name) {
+            } else if let Some(declared) = params.get_mut(&name) {
+                problems.extend(spec.declaration_problem(&name));
+                *declared = spec;
+            } else {
                 problems.push(format!(
                     "params: `{name}` is not a parameter of `{}` (a variant can only redeclare its base's parameters)",
                     base.name
                 ));
-            } else {
-                if let Some(kind) = &spec.kind
-                    && params::param_type(kind).is_none()
-                {
-                    problems.push(format!(
-                        "parameter `{name}`: unknown type `{kind}` (known: {})",
-                        params::known_types().join(", ")
-                    ));
-                } else if let Some(d) = &spec.default
-                    && let Err(e) = spec.check(&name, d)
-                {
-                    problems.push(format!("default: {e}"));
-                }
-                params.insert(name, spec);
             }
         }
         if !problems.is_empty() {
