@@ -41,11 +41,8 @@ struct BuiltinWorkflows;
 
 impl WorkflowCatalog for BuiltinWorkflows {
     fn load(&self, name: &str) -> Result<Workflow, String> {
-        workflows::builtin()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| format!("no built-in workflow `{name}`"))
-            .and_then(|(n, text)| {
-                Workflow::parse(&format!("{n} (built-in)"), text).map_err(|e| e.to_string())
-            })
+        workflows::load_builtin(name)
+            .ok_or_else(|| format!("no built-in workflow `{name}`"))?
+            .map_err(|e| e.to_string())
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::InvalidInput;
 use anyhow::Result;
-use dive_engine::Workflow;
+use dive_engine::{InvalidWorkflow, Workflow};
 use include_dir::{Dir, include_dir};
 use std::path::Path;
 
@@ -24,7 +24,7 @@ pub fn load(name_or_path: &str) -> Result<Workflow> {
     if path.is_file() || name_or_path.contains('/') || name_or_path.ends_with(".yaml") {
         return load_file(path);
     }
-    let Some((name, text)) = builtin().find(|(n, _)| *n == name_or_path) else {
+    let Some(found) = load_builtin(name_or_path) else {
         let known: Vec<_> = builtin().map(|(n, _)| n).collect();
         return Err(InvalidInput(format!(
             "no built-in workflow `{name_or_path}` and no such file (built-in: {})",
@@ -32,13 +32,35 @@ pub fn load(name_or_path: &str) -> Result<Workflow> {
         ))
         .into());
     };
-    Ok(Workflow::parse(&format!("{name} (built-in)"), text)?)
+    Ok(found?)
 }
 
-/// A workflow from a file.
+/// A built-in workflow by name (`None` if there is none), its `extends` resolved among the
+/// built-in workflows. The one way built-in workflows are parsed: `dive run workflow`,
+/// `dive workflow list|show` and child runs all come here.
+pub fn load_builtin(name: &str) -> Option<Result<Workflow, InvalidWorkflow>> {
+    let (source, text) = builtin_source(name).ok()?;
+    Some(Workflow::parse_with(&source, &text, &builtin_source))
+}
+
+/// A workflow from a file; its `extends` may name a built-in workflow.
 pub fn load_file(path: &Path) -> Result<Workflow> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| InvalidInput(format!("{name}: cannot read workflow file: {e}")))?;
-    Ok(Workflow::parse(&name, &text)?)
+    Ok(Workflow::parse_with(&name, &text, &builtin_source)?)
+}
+
+/// The base an `extends` names: a built-in workflow's source name and text.
+fn builtin_source(name: &str) -> Result<(String, String), String> {
+    builtin()
+        .find(|(n, _)| *n == name)
+        .map(|(n, text)| (format!("{n} (built-in)"), text.to_string()))
+        .ok_or_else(|| {
+            let known: Vec<_> = builtin().map(|(n, _)| n).collect();
+            format!(
+                "no built-in workflow `{name}` (built-in: {})",
+                known.join(", ")
+            )
+        })
 }

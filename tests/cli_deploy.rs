@@ -301,7 +301,7 @@ fn a_failure_after_the_realm_exists_rolls_back_to_a_clean_instance() {
     let _reset = Reset(&env, vec![("hub", "AUS".into())]);
     let builtin = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/workflows/hub-deploy.yaml"
+        "/workflows/instance-deploy.yaml"
     ))
     .unwrap();
     let injected = format!(
@@ -309,7 +309,9 @@ fn a_failure_after_the_realm_exists_rolls_back_to_a_clean_instance() {
     );
     let wf = env.workflow("hub-deploy-injected.yaml", &injected);
     let out = env
-        .spawn(&["run", "workflow", &wf, "--param", "code=aus", "--json"])
+        .spawn(&[
+            "run", "workflow", &wf, "--param", "code=aus", "--param", "role=hub", "--json",
+        ])
         .wait(DEPLOY_TIMEOUT);
     out.assert_code(1);
     let doc = out.json();

@@ -335,3 +335,114 @@ fn usage_errors_and_unknown_names_exit_2() {
     assert!(out.stderr.contains(&missing), "{}", out.stderr);
     assert_eq!(env.runs_count(), Some(0));
 }
+
+/// `hub-deploy` and `spoke-deploy` are variants of `instance-deploy` (`extends`, role fixed):
+/// the plans are the ones the two separate files gave — name, phases, lock, role — and the
+/// parameters are checked as before.
+#[test]
+fn hub_and_spoke_deploy_are_instance_deploy_with_the_role_fixed() {
+    let env = env();
+    const PHASES: [(&str, &str); 12] = [
+        ("instance", "instance.register"),
+        ("postgres-password", "secret.ensure"),
+        ("keycloak-db-password", "secret.ensure"),
+        ("admin-password", "secret.ensure"),
+        ("postgres", "service"),
+        ("keycloak-database", "postgres.database"),
+        ("keycloak", "service"),
+        ("realm", "keycloak.realm"),
+        ("user-profile", "keycloak.user-profile"),
+        ("client-scope", "keycloak.client-scope"),
+        ("verify-client", "keycloak.client"),
+        ("test-users", "keycloak.users"),
+    ];
+    let show = |args: &[&str]| {
+        let mut all = vec!["workflow", "show"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--format", "json"]);
+        env.dive(&all).assert_code(0).json()
+    };
+    for (plan, workflow, role, code) in [
+        (show(&["hub-deploy"]), "hub-deploy", "hub", "USA"),
+        (
+            show(&["spoke-deploy", "-p", "code=fra"]),
+            "spoke-deploy",
+            "spoke",
+            "FRA",
+        ),
+    ] {
+        assert_eq!(plan["workflow"], workflow, "{plan}");
+        assert_eq!(
+            plan["lock_keys"],
+            serde_json::json!([format!("instance:{code}")])
+        );
+        assert_eq!(
+            plan["params"],
+            serde_json::json!({ "code": code }),
+            "{plan}"
+        );
+        let phases: Vec<(&str, &str)> = plan["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["id"].as_str().unwrap(), p["type"].as_str().unwrap()))
+            .collect();
+        assert_eq!(phases, PHASES, "{workflow}");
+        let instance = &plan["phases"][0]["spec"];
+        assert_eq!(instance["role"], role, "{plan}");
+        assert_eq!(instance["code"], code, "{plan}");
+        // The role is the variant's, not the caller's.
+        let out = env.dive(&[
+            "workflow", "show", workflow, "-p", "code=fra", "-p", "role=hub",
+        ]);
+        out.assert_code(2);
+        assert!(
+            out.stderr
+                .contains("unknown parameter `role` (this workflow takes: code)"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A spoke has no default code: refused before anything is written, as before.
+    for head in [["run", "workflow"], ["workflow", "show"]] {
+        let out = env.dive(&[head[0], head[1], "spoke-deploy"]);
+        assert_rejected(
+            &env,
+            &out,
+            &[
+                "spoke-deploy (built-in)",
+                "parameter `code` is required (--param code=VALUE)",
+            ],
+        );
+    }
+    let out = env.dive(&["run", "workflow", "hub-deploy", "-p", "code=xyz"]);
+    assert_rejected(&env, &out, &["hub-deploy (built-in)", "parameter `code`"]);
+    // The base is listed and takes the role as a parameter.
+    let list = env
+        .dive(&["workflow", "list", "--json"])
+        .assert_code(0)
+        .json();
+    let base = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "instance-deploy")
+        .expect("instance-deploy is listed");
+    assert_eq!(base["params"], serde_json::json!(["code", "role"]));
+    let out = env.dive(&["workflow", "show", "instance-deploy", "-p", "code=fra"]);
+    assert_rejected(&env, &out, &["parameter `role` is required"]);
+    let out = env.dive(&[
+        "workflow",
+        "show",
+        "instance-deploy",
+        "-p",
+        "code=fra",
+        "-p",
+        "role=boss",
+    ]);
+    assert_rejected(
+        &env,
+        &out,
+        &["parameter `role`: value `boss` does not match"],
+    );
+}

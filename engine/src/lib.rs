@@ -26,7 +26,7 @@ pub use runner::{Engine, RunOptions, RunOutcome};
 pub use state::{PhaseState, RunState};
 pub use store::Store;
 pub use subflow::{NoWorkflows, WorkflowCatalog};
-pub use workflow::{InvalidWorkflow, Workflow};
+pub use workflow::{BaseResolver, InvalidWorkflow, Workflow};
 
 // Re-exported so phase crates register with the same versions the engine deserialises with.
 pub use async_trait::async_trait;

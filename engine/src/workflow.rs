@@ -66,6 +66,22 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
+    /// What is wrong with the declaration itself: an unknown type or a default it refuses.
+    fn declaration_problem(&self, name: &str) -> Option<String> {
+        if let Some(kind) = &self.kind
+            && params::param_type(kind).is_none()
+        {
+            Some(format!(
+                "parameter `{name}`: unknown type `{kind}` (known: {})",
+                params::known_types().join(", ")
+            ))
+        } else if let Some(d) = &self.default {
+            self.check(name, d).err().map(|e| format!("default: {e}"))
+        } else {
+            None
+        }
+    }
+
     /// The value as the plan stores it, or what is wrong with it.
     fn check(&self, name: &str, value: &str) -> Result<String, String> {
         let value = match &self.kind {
@@ -164,15 +180,46 @@ struct WorkflowFile {
     name: String,
     #[serde(default)]
     description: Option<String>,
+    /// Makes this workflow a named variant of another one; see [`Workflow::parse_with`].
+    #[serde(default)]
+    extends: Option<Value>,
     /// One key or a list of keys; checked by [`lock_templates`].
     #[serde(default)]
     lock: Option<Value>,
     #[serde(default)]
     params: BTreeMap<String, ParamSpec>,
     #[serde(default)]
-    defaults: Defaults,
-    phases: Vec<Value>,
+    defaults: Option<Defaults>,
+    #[serde(default)]
+    phases: Option<Vec<Value>>,
 }
+
+/// `extends:` — the base workflow and the parameters the variant fixes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Extends {
+    workflow: String,
+    #[serde(default, deserialize_with = "scalar_map")]
+    params: BTreeMap<String, String>,
+}
+
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    BTreeMap::<String, Value>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            v @ (Value::Number(_) | Value::Bool(_)) => Ok((k, v.to_string())),
+            _ => Err(serde::de::Error::custom(format!(
+                "params: `{k}`: expected a string, number or boolean"
+            ))),
+        })
+        .collect()
+}
+
+/// Finds the base of an `extends`: its source (for messages) and its text, or why there is none.
+pub type BaseResolver<'a> = &'a dyn Fn(&str) -> Result<(String, String), String>;
 
 /// A parsed, checked workflow, not yet bound to parameters.
 #[derive(Debug, Clone)]
@@ -188,8 +235,29 @@ pub struct Workflow {
 }
 
 impl Workflow {
-    /// Parses and checks a workflow. `source` names the file in messages.
+    /// Parses and checks a workflow. `source` names the file in messages. A file with `extends`
+    /// is refused: there is nothing to resolve its base with (see [`Workflow::parse_with`]).
     pub fn parse(source: &str, text: &str) -> Result<Workflow, InvalidWorkflow> {
+        Self::parse_with(source, text, &|name| {
+            Err(format!(
+                "no workflow `{name}` to extend: bases are resolved only among built-in workflows"
+            ))
+        })
+    }
+
+    /// Parses and checks a workflow whose `extends` (if any) names a base that `resolve` finds.
+    ///
+    /// A variant has a `name`, optionally a `description`, `extends: {workflow, params}` and
+    /// optionally `params`; nothing else. The result is an ordinary workflow: the variant's name,
+    /// description (the base's if it has none) and source; the base's phases, lock and defaults
+    /// with the fixed parameters (`extends.params`) substituted; the base's parameters minus the
+    /// fixed ones, each replaced by the variant's declaration where it has one. One level only:
+    /// a base that itself extends something is refused, so there are no chains and no cycles.
+    pub fn parse_with(
+        source: &str,
+        text: &str,
+        resolve: BaseResolver<'_>,
+    ) -> Result<Workflow, InvalidWorkflow> {
         let fail = |phase: Option<&str>, message: String| InvalidWorkflow {
             file: source.to_string(),
             problems: vec![Problem {
@@ -200,6 +268,13 @@ impl Workflow {
         let raw: Value = serde_yaml_ng::from_str(text).map_err(|e| fail(None, e.to_string()))?;
         let file: WorkflowFile =
             serde_json::from_value(raw).map_err(|e| fail(None, e.to_string()))?;
+        if file.extends.is_some() {
+            return Self::variant(source, file, resolve);
+        }
+        let Some(file_phases) = file.phases else {
+            return Err(fail(None, "missing field `phases`".into()));
+        };
+        let file_defaults = file.defaults.unwrap_or_default();
         let mut problems = Vec::new();
         macro_rules! problem {
             ($phase:expr, $message:expr $(,)?) => {
@@ -225,30 +300,18 @@ impl Workflow {
                     format!("parameter name `{name}` is not an identifier")
                 );
             }
-            if let Some(kind) = &spec.kind
-                && params::param_type(kind).is_none()
-            {
-                problem!(
-                    None,
-                    format!(
-                        "parameter `{name}`: unknown type `{kind}` (known: {})",
-                        params::known_types().join(", ")
-                    )
-                );
-            } else if let Some(d) = &spec.default
-                && let Err(e) = spec.check(name, d)
-            {
-                problem!(None, format!("default: {e}"));
+            if let Some(message) = spec.declaration_problem(name) {
+                problem!(None, message);
             }
         }
-        if let Err(e) = file.defaults.retry.check() {
+        if let Err(e) = file_defaults.retry.check() {
             problem!(None, format!("defaults: {e}"));
         }
-        let base_retry = file.defaults.retry.over(&RetryPolicy::default());
-        let base_timeout = file.defaults.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let base_retry = file_defaults.retry.over(&RetryPolicy::default());
+        let base_timeout = file_defaults.timeout.unwrap_or(DEFAULT_TIMEOUT);
 
         let mut phases = Vec::new();
-        for (n, raw) in file.phases.into_iter().enumerate() {
+        for (n, raw) in file_phases.into_iter().enumerate() {
             match parse_phase(raw, &base_retry, base_timeout) {
                 Ok(p) => phases.push(p),
                 Err((id, message)) => problem!(
@@ -341,13 +404,148 @@ impl Workflow {
             params: file.params,
             phases,
         };
-        // Type-check every phase now, with default parameter values where there are some.
-        let defaults = workflow
+        workflow.check_default_types()?;
+        Ok(workflow)
+    }
+
+    /// Type-checks every phase, with default parameter values where there are some.
+    fn check_default_types(&self) -> Result<(), InvalidWorkflow> {
+        let defaults = self
             .params
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.default.clone()?)))
             .collect();
-        workflow.check_types(&defaults)?;
+        self.check_types(&defaults)
+    }
+
+    /// A file with `extends`, resolved against its base.
+    fn variant(
+        source: &str,
+        file: WorkflowFile,
+        resolve: BaseResolver<'_>,
+    ) -> Result<Workflow, InvalidWorkflow> {
+        let invalid = |messages: Vec<String>| InvalidWorkflow {
+            file: source.to_string(),
+            problems: messages
+                .into_iter()
+                .map(|message| Problem {
+                    phase: None,
+                    message,
+                })
+                .collect(),
+        };
+        let extends: Extends =
+            serde_json::from_value(file.extends.expect("a variant has `extends`"))
+                .map_err(|e| invalid(vec![format!("extends: {e}")]))?;
+        let mut problems = Vec::new();
+        if !NAME.is_match(&file.name) {
+            problems.push(format!(
+                "name `{}` must be lower case letters, digits, `.`, `_` or `-`",
+                file.name
+            ));
+        }
+        for (field, present) in [
+            ("phases", file.phases.is_some()),
+            ("lock", file.lock.is_some()),
+            ("defaults", file.defaults.is_some()),
+        ] {
+            if present {
+                problems.push(format!(
+                    "{field}: a workflow with `extends` takes its {field} from `{}`; leave `{field}` out",
+                    extends.workflow
+                ));
+            }
+        }
+        if extends.workflow == file.name {
+            problems.push(format!(
+                "extends.workflow: `{}` cannot extend itself",
+                file.name
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        let (base_source, base_text) = resolve(&extends.workflow)
+            .map_err(|e| invalid(vec![format!("extends.workflow: {e}")]))?;
+        if let Ok(Value::Object(raw)) = serde_yaml_ng::from_str::<Value>(&base_text)
+            && let Some(further) = raw.get("extends")
+        {
+            let further = further
+                .get("workflow")
+                .and_then(Value::as_str)
+                .unwrap_or("another workflow");
+            return Err(invalid(vec![format!(
+                "extends.workflow: `{}` itself extends `{further}`; only one level of `extends` is allowed",
+                extends.workflow
+            )]));
+        }
+        let base = Self::parse(&base_source, &base_text).map_err(|e| {
+            invalid(vec![format!(
+                "extends.workflow: `{}` is not a valid base: {e}",
+                extends.workflow
+            )])
+        })?;
+
+        let mut fixed = BTreeMap::new();
+        for (name, value) in &extends.params {
+            match base.params.get(name) {
+                None => problems.push(format!(
+                    "extends.params: `{name}` is not a parameter of `{}` (it takes: {})",
+                    base.name,
+                    known_params(&base.params)
+                )),
+                Some(spec) => match spec.check(name, value) {
+                    Ok(v) => {
+                        fixed.insert(name.clone(), v);
+                    }
+                    Err(e) => problems.push(format!("extends.params: {e}")),
+                },
+            }
+        }
+        let mut params: BTreeMap<String, ParamSpec> = base
+            .params
+            .into_iter()
+            .filter(|(name, _)| !extends.params.contains_key(name))
+            .collect();
+        for (name, spec) in file.params {
+            if extends.params.contains_key(&name) {
+                problems.push(format!(
+                    "params: `{name}` is fixed by `extends.params`; it cannot also be declared"
+                ));
+            } else if let Some(declared) = params.get_mut(&name) {
+                problems.extend(spec.declaration_problem(&name));
+                *declared = spec;
+            } else {
+                problems.push(format!(
+                    "params: `{name}` is not a parameter of `{}` (a variant can only redeclare its base's parameters)",
+                    base.name
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        let bind = |text: &str| as_text(bind_params(&Value::String(text.to_string()), &fixed));
+        let workflow = Workflow {
+            name: file.name,
+            description: file
+                .description
+                .or_else(|| base.description.as_deref().map(bind)),
+            source: source.to_string(),
+            locks: base.locks.iter().map(|l| bind(l)).collect(),
+            params,
+            phases: base
+                .phases
+                .into_iter()
+                .map(|p| PlannedPhase {
+                    spec: bind_params(&p.spec, &fixed),
+                    breaker: p.breaker.as_deref().map(bind),
+                    description: p.description.as_deref().map(bind),
+                    ..p
+                })
+                .collect(),
+        };
+        workflow.check_default_types()?;
         Ok(workflow)
     }
 
@@ -356,14 +554,9 @@ impl Workflow {
         let mut problems = Vec::new();
         for name in given.keys() {
             if !self.params.contains_key(name) {
-                let known: Vec<_> = self.params.keys().map(String::as_str).collect();
                 problems.push(format!(
                     "unknown parameter `{name}` (this workflow takes: {})",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
+                    known_params(&self.params)
                 ));
             }
         }
@@ -450,6 +643,15 @@ impl Workflow {
                 problems,
             })
         }
+    }
+}
+
+/// The parameter names, for messages.
+fn known_params(params: &BTreeMap<String, ParamSpec>) -> String {
+    if params.is_empty() {
+        "none".into()
+    } else {
+        params.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -687,5 +889,181 @@ mod tests {
         );
         let err = lock_of("lock: [\"x:${params.nope}\"]\n").unwrap_err();
         assert!(err.contains("undeclared parameter"), "{err}");
+    }
+
+    const BASE: &str = r#"name: deploy
+description: "Deploy a ${params.role}"
+lock: "instance:${params.code}"
+params:
+  code: { pattern: "^[A-Z]{3}$", description: "any code" }
+  role: { pattern: "^(hub|spoke)$" }
+  size: { default: "1" }
+defaults:
+  timeout: 7s
+phases:
+  - id: register
+    type: workflow
+    description: "register a ${params.role}"
+    breaker: "b-${params.role}"
+    workflow: "register-${params.role}"
+    params: { code: "${params.code}", size: "${params.size}" }
+"#;
+
+    fn resolve(name: &str) -> Result<(String, String), String> {
+        match name {
+            "deploy" => Ok(("deploy (built-in)".into(), BASE.into())),
+            "chained" => Ok((
+                "chained (built-in)".into(),
+                "name: chained\nextends: { workflow: deploy, params: { role: hub } }\n".into(),
+            )),
+            "broken" => Ok((
+                "broken (built-in)".into(),
+                "name: broken\nphases: []\n".into(),
+            )),
+            _ => Err(format!("no built-in workflow `{name}`")),
+        }
+    }
+
+    fn variant(text: &str) -> Result<Workflow, String> {
+        Workflow::parse_with("hub.yaml", text, &resolve).map_err(|e| e.to_string())
+    }
+
+    const HUB: &str = "name: hub\ndescription: The hub\nextends:\n  workflow: deploy\n  params: { role: hub }\nparams:\n  code: { default: USA, pattern: \"^[A-Z]{3}$\" }\n";
+
+    #[test]
+    fn extends_makes_a_named_variant_with_fixed_parameters() {
+        let wf = variant(HUB).unwrap();
+        assert_eq!(wf.name, "hub");
+        assert_eq!(wf.description.as_deref(), Some("The hub"));
+        assert_eq!(wf.source, "hub.yaml");
+        assert_eq!(wf.locks, ["instance:${params.code}"]);
+        assert_eq!(wf.params.keys().collect::<Vec<_>>(), ["code", "size"]);
+        assert_eq!(wf.params["code"].default.as_deref(), Some("USA"));
+        let p = &wf.phases[0];
+        assert_eq!(p.timeout, Duration::from_secs(7), "the base's defaults");
+        assert_eq!(p.description.as_deref(), Some("register a hub"));
+        assert_eq!(p.breaker.as_deref(), Some("b-hub"));
+        assert_eq!(p.spec["workflow"], "register-hub");
+
+        let plan = wf.plan(&BTreeMap::new()).unwrap();
+        assert_eq!(plan.workflow, "hub");
+        assert_eq!(plan.lock_keys, ["instance:USA"]);
+        assert_eq!(plan.params.keys().collect::<Vec<_>>(), ["code", "size"]);
+        assert_eq!(
+            plan.phases[0].spec,
+            serde_json::json!({"type": "workflow", "workflow": "register-hub", "params": {"code": "USA", "size": "1"}})
+        );
+        // Callers cannot set a fixed parameter.
+        let err = wf
+            .plan(&BTreeMap::from([("role".to_string(), "spoke".to_string())]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hub.yaml: unknown parameter `role` (this workflow takes: code, size)"),
+            "{err}"
+        );
+
+        // Without a redeclaration the base's declaration (no default) holds.
+        let spoke =
+            variant("name: spoke\nextends: { workflow: deploy, params: { role: spoke } }\n")
+                .unwrap();
+        assert_eq!(spoke.description.as_deref(), Some("Deploy a spoke"));
+        let err = spoke.plan(&BTreeMap::new()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "hub.yaml: parameter `code` is required (--param code=VALUE)"
+        );
+
+        // The base itself still runs, the fixed parameter then its caller's to set.
+        let (src, text) = resolve("deploy").unwrap();
+        let base = Workflow::parse(&src, &text).unwrap();
+        let err = base
+            .plan(&BTreeMap::from([
+                ("code".to_string(), "FRA".to_string()),
+                ("role".to_string(), "boss".to_string()),
+            ]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("parameter `role`: value `boss`"), "{err}");
+    }
+
+    #[test]
+    fn extends_errors_name_the_file_and_field() {
+        let cases = [
+            (
+                HUB.replace("workflow: deploy", "workflow: nope"),
+                "hub.yaml: extends.workflow: no built-in workflow `nope`",
+            ),
+            (
+                HUB.replace("role: hub", "rank: hub"),
+                "hub.yaml: extends.params: `rank` is not a parameter of `deploy` (it takes: code, role, size)",
+            ),
+            (
+                HUB.replace("role: hub", "role: boss"),
+                "hub.yaml: extends.params: parameter `role`: value `boss` does not match pattern `^(hub|spoke)$`",
+            ),
+            (
+                format!("{HUB}  role: {{ default: hub }}\n"),
+                "hub.yaml: params: `role` is fixed by `extends.params`; it cannot also be declared",
+            ),
+            (
+                format!("{HUB}  colour: {{ default: red }}\n"),
+                "hub.yaml: params: `colour` is not a parameter of `deploy`",
+            ),
+            (
+                HUB.replace("default: USA", "default: usa"),
+                "hub.yaml: default: parameter `code`: value `usa` does not match pattern",
+            ),
+            (
+                format!("{HUB}phases: []\n"),
+                "hub.yaml: phases: a workflow with `extends` takes its phases from `deploy`",
+            ),
+            (
+                format!("{HUB}lock: x\n"),
+                "hub.yaml: lock: a workflow with `extends` takes its lock from `deploy`",
+            ),
+            (
+                format!("{HUB}defaults: {{ timeout: 1s }}\n"),
+                "hub.yaml: defaults: a workflow with `extends` takes its defaults from `deploy`",
+            ),
+            (
+                HUB.replace("workflow: deploy", "workflow: chained"),
+                "hub.yaml: extends.workflow: `chained` itself extends `deploy`; only one level of `extends` is allowed",
+            ),
+            (
+                HUB.replace("workflow: deploy", "workflow: hub"),
+                "hub.yaml: extends.workflow: `hub` cannot extend itself",
+            ),
+            (
+                HUB.replace("workflow: deploy", "workflow: broken"),
+                "hub.yaml: extends.workflow: `broken` is not a valid base: broken (built-in): a workflow needs at least one phase",
+            ),
+            (
+                HUB.replace("params: { role: hub }", "params: { role: [hub] }"),
+                "hub.yaml: extends: params: `role`: expected a string, number or boolean",
+            ),
+            (
+                HUB.replace("  workflow: deploy\n", ""),
+                "hub.yaml: extends: missing field `workflow`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = variant(&text).unwrap_err();
+            assert!(
+                err.starts_with(expected),
+                "{text}\ngave: {err}\nexpected: {expected}"
+            );
+        }
+        // Without a resolver there is nothing to extend.
+        let err = Workflow::parse("hub.yaml", HUB).unwrap_err().to_string();
+        assert!(
+            err.starts_with("hub.yaml: extends.workflow: no workflow `deploy` to extend"),
+            "{err}"
+        );
+        // A file without `extends` still needs phases.
+        let err = Workflow::parse("x.yaml", "name: x\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "x.yaml: missing field `phases`");
     }
 }
