@@ -11,6 +11,7 @@ pub mod late;
 pub mod noop;
 pub mod postgres_database;
 pub mod secret_ensure;
+pub mod secrets_delete;
 pub mod service;
 pub mod sleep;
 
