@@ -42,3 +42,22 @@ pub fn load_file(path: &Path) -> Result<Workflow> {
         .map_err(|e| InvalidInput(format!("{name}: cannot read workflow file: {e}")))?;
     Ok(Workflow::parse(&name, &text)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use dive_runtime::RuntimeKind;
+
+    /// `cleanup` removes what dive made on every runtime: one `runtime.cleanup` phase each.
+    #[test]
+    fn cleanup_has_a_phase_per_registered_runtime() {
+        let (_, text) = super::builtin()
+            .find(|(n, _)| *n == "cleanup")
+            .expect("built-in cleanup");
+        for kind in RuntimeKind::all() {
+            assert!(
+                text.contains(&format!("    runtime: {kind}\n")),
+                "workflows/cleanup.yaml has no runtime.cleanup phase for runtime {kind}"
+            );
+        }
+    }
+}
