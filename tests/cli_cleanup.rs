@@ -63,6 +63,23 @@ phases:
     assert!(docker(&["inspect", &format!("dive-{code}-pg-docker")]));
 
     env.dive(&["cleanup", "--all", "--force"]).assert_code(0);
+    // The removal is a run of the built-in `cleanup` workflow, recorded like every run.
+    let cleanup = env
+        .list()
+        .into_iter()
+        .find(|r| r["workflow"] == "cleanup")
+        .expect("a cleanup run");
+    assert_eq!(cleanup["state"], "succeeded", "{cleanup:#}");
+    let run = env.show(cleanup["id"].as_str().unwrap());
+    let removed = common::phase(&run, "remove")["output"]["removed"].clone();
+    assert!(
+        removed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str() == Some(&format!("docker container dive-{code}-pg-docker"))),
+        "{removed:#}"
+    );
     assert!(
         !docker(&["inspect", &format!("dive-{code}-pg-docker")]),
         "container removed"

@@ -1,6 +1,7 @@
 //! End-to-end: `dive hub|spoke …` and the `instance.register` phase through the real binary —
 //! codes checked before anything happens, a spoke needs a hub, status of what is (not) deployed,
-//! reset needs confirmation, and a registration that a rollback undoes.
+//! reset needs confirmation, a registration that a rollback undoes, and down and reset as
+//! workflows (`instance-down`, `instance-reset`): locked against deploys, recorded, resumable.
 
 mod common;
 
@@ -346,4 +347,145 @@ fn federation_refuses_instances_on_two_runtimes() {
         out.stderr
     );
     assert_eq!(env.runs_count(), runs, "refused before a run was written");
+}
+
+/// A deploy stand-in that registers `code` as the hub, keeps a secret for it and then holds the
+/// instance's lock (`instance:<CODE>`, like `hub-deploy`) while it sleeps.
+fn holding_workflow(env: &TestEnv) -> String {
+    env.workflow(
+        "holder.yaml",
+        r#"
+name: deploy-holder
+lock: "instance:${params.code}"
+params:
+  code: { type: country-code }
+phases:
+  - id: register
+    type: instance.register
+    code: ${params.code}
+    role: hub
+  - id: password
+    type: secret.ensure
+    after: [register]
+    name: ${phases.register.output.code_lower}/keycloak/admin-password
+  - id: hold
+    type: sleep
+    after: [password]
+    duration: 60s
+"#,
+    )
+}
+
+#[test]
+fn reset_and_down_are_runs_that_never_overlap_a_deploy() {
+    let env = TestEnv::new();
+    let holder = holding_workflow(&env);
+    // Without rollback, so cancelling it below leaves the registration in place.
+    let deploy = env.spawn(&[
+        "run",
+        "workflow",
+        &holder,
+        "-p",
+        "code=USA",
+        "--no-rollback",
+    ]);
+    let deploy_id = env.wait_for_run("deploy-holder");
+    env.wait_for_phase(&deploy_id, "hold", "running");
+    let runs = env.runs_count();
+
+    // The deploy holds instance:USA: reset and down refuse with exit 3, naming key and holder.
+    for args in [&["hub", "reset", "--yes"][..], &["hub", "down"]] {
+        let out = env.dive(args);
+        out.assert_code(3);
+        assert!(
+            out.stderr.contains("instance:USA") && out.stderr.contains(&deploy_id),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(env.runs_count(), runs, "a refused run writes nothing");
+    assert_eq!(env.psql("SELECT count(*) FROM instances"), "1");
+
+    // Once the deploy is gone, down and reset run as workflows, recorded like every run.
+    deploy.signal(libc::SIGTERM);
+    let out = deploy.wait(common::COMMAND_TIMEOUT);
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    env.dive(&["hub", "down"]).assert_code(0);
+    let out = env.dive(&["hub", "reset", "--yes", "--json"]);
+    out.assert_code(0);
+    assert_eq!(out.json()["unregistered"], true);
+    let listed = env.list();
+    let reset = listed
+        .iter()
+        .find(|r| r["workflow"] == "instance-reset")
+        .unwrap_or_else(|| panic!("no instance-reset run in {listed:#?}"));
+    assert_eq!(reset["state"], "succeeded", "{reset:#}");
+    assert_eq!(reset["lock_keys"], serde_json::json!(["instance:USA"]));
+    let down = listed
+        .iter()
+        .find(|r| r["workflow"] == "instance-down")
+        .unwrap_or_else(|| panic!("no instance-down run in {listed:#?}"));
+    assert_eq!(down["state"], "succeeded", "{down:#}");
+    let shown = env.show(reset["id"].as_str().unwrap());
+    assert_eq!(
+        phase(&shown, "secrets")["output"]["deleted"],
+        serde_json::json!(["usa/keycloak/admin-password"])
+    );
+    assert_eq!(phase(&shown, "unregister")["output"]["unregistered"], true);
+}
+
+#[test]
+fn a_reset_that_fails_part_way_is_finished_by_resume() {
+    let env = TestEnv::new();
+    let hub = services_workflow(&env, "hub.yaml", "hub", &["postgres", "keycloak"]);
+    env.dive(&["run", "workflow", &hub, "-p", "code=USA"])
+        .assert_code(0);
+    let register = register_workflow(&env, "secret.yaml", "hub", false);
+    env.dive(&["run", "workflow", &register, "-p", "code=USA"])
+        .assert_code(0);
+    // A secret store that refuses deletes: the reset fails after the services are removed.
+    env.psql(
+        "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'secrets are read-only in this test'; END $$; \
+         CREATE TRIGGER refuse_delete BEFORE DELETE ON secrets \
+         FOR EACH STATEMENT EXECUTE FUNCTION refuse_delete()",
+    );
+    let out = env.dive(&["hub", "reset", "--yes", "--json"]);
+    out.assert_code(1);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    let run_id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resume it with: dive resume "))
+        .unwrap_or_else(|| panic!("no resume hint in {}", out.stderr))
+        .trim()
+        .to_string();
+    let run = env.show(&run_id);
+    assert_eq!(run["workflow"], "instance-reset");
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(common::state_of(&run, "remove"), "succeeded");
+    assert_eq!(common::state_of(&run, "secrets"), "failed");
+    // Services and data are gone; the registration went last, so the instance is still visible.
+    assert!(!env.home.path().join("instances/usa").exists());
+    let status = env.dive(&["hub", "status", "--json"]).assert_code(0).json();
+    assert_eq!(status["state"], "stopped", "{status:#}");
+
+    env.psql("DROP TRIGGER refuse_delete ON secrets");
+    let out = env.dive(&["resume", &run_id, "--json"]);
+    out.assert_code(0);
+    let run = out.json();
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(
+        common::history(phase(&run, "remove")).len(),
+        1,
+        "the removal is not run again"
+    );
+    assert_eq!(phase(&run, "unregister")["output"]["unregistered"], true);
+    assert_eq!(env.psql("SELECT count(*) FROM instances"), "0");
+    assert_eq!(
+        env.psql("SELECT count(*) FROM secrets WHERE name LIKE 'usa/%'"),
+        "0"
+    );
+    let status = env.dive(&["hub", "status", "--json"]).assert_code(0).json();
+    assert_eq!(status["state"], "not deployed");
 }

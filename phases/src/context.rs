@@ -54,6 +54,8 @@ pub struct Services {
     secrets: SecretStore,
     instances: Instances,
     runtime: Arc<dyn Runtime>,
+    /// How the other runtimes are reached ([`Services::connect`]).
+    runtimes: RuntimeConfig,
 }
 
 impl Services {
@@ -75,6 +77,7 @@ impl Services {
             secrets,
             instances,
             runtime,
+            runtimes: config.runtimes,
         })
     }
 
@@ -99,5 +102,15 @@ impl Services {
     /// The runtime the run's services go to.
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// A runtime of any kind, as configured: the run's own, or another one connected now (for
+    /// phases that act on every runtime, `runtime.cleanup`). Docker is reached here, so an
+    /// unreachable engine is an error the phase can report.
+    pub async fn connect(&self, kind: RuntimeKind) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        if kind == self.runtime.kind() {
+            return Ok(self.runtime.clone());
+        }
+        kind.connect(&self.runtimes).await
     }
 }

@@ -10,7 +10,9 @@ pub mod keycloak;
 pub mod late;
 pub mod noop;
 pub mod postgres_database;
+pub mod runtime_cleanup;
 pub mod secret_ensure;
+pub mod secrets_delete;
 pub mod service;
 pub mod sleep;
 

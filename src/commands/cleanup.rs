@@ -1,12 +1,17 @@
-//! `dive cleanup`: removes what dive created on both runtimes — services, containers, volumes,
-//! networks, data directories, stale lock holders — and nothing else (Docker objects without
-//! the `dive.managed=true` label are never touched).
+//! `dive cleanup`: removes what dive created on every runtime — services, containers, volumes,
+//! networks, data directories — and nothing else (Docker objects without the `dive.managed=true`
+//! label are never touched). It lists what it finds and asks first; the removal is the built-in
+//! `cleanup` workflow (a `runtime.cleanup` phase per runtime, lock `cleanup`), so it is recorded
+//! and resumable. `--all` then removes stale lock holder rows.
 
+use crate::cli::ExecArgs;
+use crate::commands::run::start_named;
 use crate::{InvalidInput, database, exit, services};
 use anyhow::Result;
-use dive_runtime::{Resource, Runtime, RuntimeKind};
+use dive_engine::RunState;
+use dive_runtime::{Resource, RuntimeKind};
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::Arc;
 
 pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result<u8> {
     let code = match (all, instance) {
@@ -16,7 +21,7 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
             return Err(InvalidInput("say what to clean: --all, or --instance CODE".into()).into());
         }
     };
-    let mut found: Vec<(Arc<dyn Runtime>, Resource)> = Vec::new();
+    let mut found: Vec<(RuntimeKind, Resource)> = Vec::new();
     for kind in RuntimeKind::all() {
         match services::runtime(kind).await {
             Ok(rt) => {
@@ -24,7 +29,7 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
                     Some(c) => rt.owned_by(c).await?,
                     None => rt.managed().await?,
                 };
-                found.extend(resources.into_iter().map(|r| (rt.clone(), r)));
+                found.extend(resources.into_iter().map(|r| (kind, r)));
             }
             Err(e) => eprintln!("{kind}: skipped ({e:#})"),
         }
@@ -33,8 +38,8 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
     if found.is_empty() {
         eprintln!("nothing to remove");
     }
-    for (rt, r) in &found {
-        eprintln!("  {:<8} {:<9} {}", rt.kind(), r.kind, r.name);
+    for (kind, r) in &found {
+        eprintln!("  {:<8} {:<9} {}", kind, r.kind, r.name);
     }
     if !found.is_empty() && !force {
         if !std::io::stdin().is_terminal() {
@@ -48,15 +53,9 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
             return Ok(exit::OK);
         }
     }
-    let mut failed = 0;
-    for (rt, r) in &found {
-        match rt.remove_resource(r).await {
-            Ok(()) => eprintln!("removed {} {}", r.kind, r.name),
-            Err(e) => {
-                failed += 1;
-                eprintln!("could not remove {} {}: {e}", r.kind, r.name);
-            }
-        }
+    let mut rc = exit::OK;
+    if !found.is_empty() {
+        rc = remove(code.as_deref().unwrap_or_default()).await?;
     }
     if code.is_none() {
         let store = database::open().await?;
@@ -64,11 +63,43 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
             eprintln!("removed stale lock holder `{key}`");
         }
     }
-    Ok(if failed == 0 {
-        exit::OK
-    } else {
-        exit::RUN_FAILED
-    })
+    Ok(rc)
+}
+
+/// Runs the `cleanup` workflow (`instance` empty: everything) and prints what it removed.
+async fn remove(instance: &str) -> Result<u8> {
+    let params = BTreeMap::from([("instance".to_string(), instance.to_string())]);
+    let exec = ExecArgs {
+        json: false,
+        concurrency: 8,
+        runtime: None,
+    };
+    let (engine, outcome) = start_named("cleanup", &params, true, &exec).await?;
+    let run = engine.store().load_run(outcome.run_id).await?;
+    for phase in &run.phases {
+        let Some(out) = &phase.output else { continue };
+        for r in out["removed"].as_array().into_iter().flatten() {
+            if let Some(r) = r.as_str() {
+                eprintln!("removed {r}");
+            }
+        }
+    }
+    if outcome.state == RunState::Succeeded {
+        return Ok(exit::OK);
+    }
+    eprintln!(
+        "error: cleanup run {} {}: {}",
+        outcome.run_id,
+        outcome.state,
+        outcome
+            .error
+            .as_deref()
+            .unwrap_or("stopped before all phases succeeded")
+    );
+    if outcome.state.is_resumable() {
+        eprintln!("resume it with: dive resume {}", outcome.run_id);
+    }
+    Ok(exit::RUN_FAILED)
 }
 
 /// Asks a yes/no question on the terminal; anything but yes is no.

@@ -1,29 +1,28 @@
-//! `dive hub …` and `dive spoke …`: deploy (a built-in workflow), up, down, status and reset of
-//! one instance. Codes are checked (ISO 3166-1 alpha-3, any case) before anything happens.
+//! `dive hub …` and `dive spoke …`: deploy, up, down and reset (built-in workflows: `hub-deploy`
+//! or `spoke-deploy`, `instance-down`, `instance-reset`) and status of one instance. Codes are
+//! checked (ISO 3166-1 alpha-3, any case) before anything happens.
 
 use crate::cli::{ExecArgs, HubCode, InstanceCommand, SpokeCode};
 use crate::commands::cleanup::confirm;
 use crate::commands::print_json;
-use crate::commands::run::run_named;
-use crate::commands::secrets::secret_store;
+use crate::commands::run::{run_named, start_named};
 use crate::{InvalidInput, config, database, exit, services};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use dive_engine::EngineError;
-use dive_instances::health::{SERVICES, ServiceHealth, service_health};
+use dive_engine::RunState;
+use dive_engine::store::RunRecord;
+use dive_instances::health::{ServiceHealth, service_health};
 use dive_instances::{
     InstanceError, InstanceRecord, Instances, NO_HUB, Ports, Role, country_name, normalize_code,
 };
 use dive_runtime::RuntimeKind;
 use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 /// The hub's code when none is given and no hub is registered.
 const DEFAULT_HUB: &str = "USA";
-/// An instance's services, in start order (stopped in reverse).
-/// What `reset` removes with each service.
-const SERVICE_DATA: [(&str, &[&str]); 2] = [("keycloak", &[]), ("postgres", &["pgdata"])];
 
 enum Action {
     Deploy {
@@ -92,12 +91,12 @@ pub async fn spoke(cmd: InstanceCommand<SpokeCode>) -> Result<u8> {
     instance(Role::Spoke, Some(code.code), action).await
 }
 
-/// Operator errors become exit code 2, a busy instance exit code 3 (like a held run lock).
+/// Operator errors become exit code 2.
 fn classify(e: InstanceError) -> anyhow::Error {
-    match e {
-        InstanceError::Busy { key, holder, .. } => EngineError::LockHeld { key, holder }.into(),
-        e if e.is_invalid_input() => InvalidInput(e.to_string()).into(),
-        e => e.into(),
+    if e.is_invalid_input() {
+        InvalidInput(e.to_string()).into()
+    } else {
+        e.into()
     }
 }
 
@@ -154,9 +153,9 @@ async fn instance(role: Role, code: Option<String>, action: Action) -> Result<u8
             deploy(&registry, role, &code, existing, no_rollback, exec, true).await
         }
         Action::Status { json } => status(role, &code, existing.as_ref(), json).await,
-        Action::Down { json } => down(&registry, role, &code, existing, json).await,
+        Action::Down { json } => down(role, &code, existing, json).await,
         Action::Reset { yes, json, runtime } => {
-            reset(&store, &registry, role, &code, existing, yes, json, runtime).await
+            reset(&registry, role, &code, existing, yes, json, runtime).await
         }
     }
 }
@@ -309,13 +308,62 @@ async fn status(role: Role, code: &str, rec: Option<&InstanceRecord>, json: bool
     Ok(exit::OK)
 }
 
-async fn down(
-    registry: &Instances,
-    role: Role,
+/// How reset and down run their workflow: on the instance's runtime, progress on stderr, the
+/// command printing its own result. Without rollback: nothing they do can be undone, and a run
+/// that fails part-way stays `failed`, so `dive resume` finishes it.
+async fn run_instance_workflow(
+    workflow: &str,
     code: &str,
-    existing: Option<InstanceRecord>,
-    json: bool,
-) -> Result<u8> {
+    kind: RuntimeKind,
+) -> Result<Option<RunRecord>> {
+    let exec = ExecArgs {
+        json: false,
+        concurrency: 1,
+        runtime: Some(kind),
+    };
+    let params = BTreeMap::from([("code".to_string(), code.to_string())]);
+    let (engine, outcome) = start_named(workflow, &params, true, &exec).await?;
+    if outcome.state != RunState::Succeeded {
+        eprintln!(
+            "error: {workflow} run {} {}: {}",
+            outcome.run_id,
+            outcome.state,
+            outcome
+                .error
+                .as_deref()
+                .unwrap_or("stopped before all phases succeeded")
+        );
+        if outcome.state.is_resumable() {
+            eprintln!("resume it with: dive resume {}", outcome.run_id);
+        }
+        return Ok(None);
+    }
+    Ok(Some(engine.store().load_run(outcome.run_id).await?))
+}
+
+/// The output of phase `id` of a finished run.
+fn output<'r>(run: &'r RunRecord, id: &str) -> &'r Value {
+    run.phases
+        .iter()
+        .find(|p| p.id == id)
+        .and_then(|p| p.output.as_ref())
+        .unwrap_or(&Value::Null)
+}
+
+/// The strings of an output's array field.
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stops the instance's services: the `instance-down` workflow on its runtime.
+async fn down(role: Role, code: &str, existing: Option<InstanceRecord>, json: bool) -> Result<u8> {
     let Some(rec) = existing else {
         return Err(InvalidInput(format!(
             "{code} is not deployed: there is nothing to stop (`{}` deploys it)",
@@ -323,20 +371,12 @@ async fn down(
         ))
         .into());
     };
-    let lock = registry.try_lock(code).await.map_err(classify)?;
-    let rt = services::runtime(rec.runtime).await?;
-    let result = async {
-        for name in SERVICES.iter().rev() {
-            rt.stop(&rec.code_lower(), name)
-                .await
-                .with_context(|| format!("stopping {name} of {code}"))?;
-            eprintln!("stopped {name}");
-        }
-        anyhow::Ok(())
+    let Some(run) = run_instance_workflow("instance-down", code, rec.runtime).await? else {
+        return Ok(exit::RUN_FAILED);
+    };
+    for name in strings(&output(&run, "stop")["stopped"]) {
+        eprintln!("stopped {name}");
     }
-    .await;
-    lock.release().await;
-    result?;
     print_status(&status_view(role, code, Some(&rec)).await, json)?;
     Ok(exit::OK)
 }
@@ -356,7 +396,6 @@ struct ResetView {
 
 #[allow(clippy::too_many_arguments)]
 async fn reset(
-    store: &dive_engine::Store,
     registry: &Instances,
     role: Role,
     code: &str,
@@ -401,10 +440,24 @@ async fn reset(
         eprintln!("nothing removed");
         return Ok(exit::OK);
     }
-    let lock = registry.try_lock(code).await.map_err(classify)?;
-    let result = remove_everything(store, registry, role, code, existing, kind).await;
-    lock.release().await;
-    let view = result?;
+    // Services and data, leftovers, secrets, then the registration (see instance-reset.yaml).
+    let Some(run) = run_instance_workflow("instance-reset", code, kind).await? else {
+        return Ok(exit::RUN_FAILED);
+    };
+    let removed = output(&run, "remove");
+    let unregister = output(&run, "unregister");
+    let view = ResetView {
+        code: code.to_string(),
+        role,
+        runtime: Some(kind),
+        unregistered: unregister["unregistered"].as_bool().unwrap_or(false),
+        port_block: unregister["port_block"]
+            .as_u64()
+            .and_then(|b| u32::try_from(b).ok()),
+        services: strings(&removed["services"]),
+        resources: strings(&removed["resources"]),
+        secrets: strings(&output(&run, "secrets")["deleted"]),
+    };
     if json {
         print_json(&view)?;
     } else {
@@ -421,53 +474,4 @@ async fn reset(
         );
     }
     Ok(exit::OK)
-}
-
-/// Services (with data), leftover runtime resources, secrets, then the registration: the
-/// registration goes last so a failure part-way leaves the instance visible to `status` and a
-/// second `reset` finishes the job.
-async fn remove_everything(
-    store: &dive_engine::Store,
-    registry: &Instances,
-    role: Role,
-    code: &str,
-    existing: Option<InstanceRecord>,
-    kind: RuntimeKind,
-) -> Result<ResetView> {
-    let lower = code.to_ascii_lowercase();
-    let mut view = ResetView {
-        code: code.to_string(),
-        role,
-        runtime: Some(kind),
-        port_block: existing.as_ref().map(|r| r.port_block),
-        unregistered: false,
-        services: Vec::new(),
-        resources: Vec::new(),
-        secrets: Vec::new(),
-    };
-    let rt = services::runtime(kind).await?;
-    for (name, data) in SERVICE_DATA {
-        let data: Vec<String> = data.iter().map(|d| d.to_string()).collect();
-        rt.remove(&lower, name, &data)
-            .await
-            .with_context(|| format!("removing {name} of {code}"))?;
-        view.services.push(name.to_string());
-    }
-    let leftovers = rt
-        .owned_by(&lower)
-        .await
-        .context("listing what is left of the instance")?;
-    for r in leftovers {
-        rt.remove_resource(&r)
-            .await
-            .with_context(|| format!("removing {} {}", r.kind, r.name))?;
-        view.resources.push(format!("{} {}", r.kind, r.name));
-    }
-    let secrets = secret_store(store)?;
-    view.secrets = secrets
-        .delete_prefix(&lower)
-        .await
-        .with_context(|| format!("deleting the secrets of {code}"))?;
-    view.unregistered = registry.remove(code).await.map_err(classify)?.is_some();
-    Ok(view)
 }

@@ -24,9 +24,10 @@
 //! `DIVE_PORT_BASE` moves every instance on its next deploy.
 //!
 //! # Lock
-//! Runs on an instance should use the lock key `instance:<CODE>` ([`lock_key`]); `dive hub|spoke
-//! down|reset` take the same advisory lock ([`Instances::try_lock`]) and so never act on an
-//! instance while a run deploys it.
+//! Runs on an instance use the lock key `instance:<CODE>` ([`lock_key`]): deploys, federation,
+//! and the `instance-down` / `instance-reset` workflows behind `dive hub|spoke down|reset`, so
+//! none of them acts on an instance while another does. The engine takes the lock; the registry
+//! takes none itself.
 
 mod countries;
 pub mod health;
@@ -34,8 +35,8 @@ mod registry;
 
 pub use countries::COUNTRIES;
 pub use registry::{
-    BLOCK_SIZE, DEFAULT_PORT_BASE, InstanceError, InstanceLock, InstanceRecord, Instances, NO_HUB,
-    PORT_BASE_ENV, Ports, Role, lock_key,
+    BLOCK_SIZE, DEFAULT_PORT_BASE, InstanceError, InstanceRecord, Instances, NO_HUB, PORT_BASE_ENV,
+    Ports, Role, lock_key,
 };
 
 /// The migrations of table `instances` (`migrations/instances/`).

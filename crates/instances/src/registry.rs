@@ -5,7 +5,7 @@ use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::types::Uuid;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 use std::fmt;
 
 /// Ports in one instance's block.
@@ -201,26 +201,10 @@ pub enum InstanceError {
     PortsExhausted { base: u16, blocks: u32 },
     #[error("{PORT_BASE_ENV} `{value}`: {why}")]
     PortBase { value: String, why: String },
-    #[error(
-        "instance {code} is busy: lock `{key}` is held by {}",
-        holder_text(holder)
-    )]
-    Busy {
-        code: String,
-        key: String,
-        holder: Option<Uuid>,
-    },
     #[error("registered instance {code} is unreadable: {what}")]
     Corrupt { code: String, what: String },
     #[error("instance registry database: {0}")]
     Database(#[from] sqlx::Error),
-}
-
-fn holder_text(holder: &Option<Uuid>) -> String {
-    match holder {
-        Some(run) => format!("run {run}"),
-        None => "another process".into(),
-    }
 }
 
 impl InstanceError {
@@ -268,8 +252,8 @@ fn check_base(base: u16) -> Result<u16, String> {
     Ok(base)
 }
 
-/// The advisory lock key that runs on an instance hold (`instance:FRA`); `dive hub|spoke
-/// down|reset` take it too, so they never act on an instance while a run deploys it.
+/// The lock key that runs on an instance hold (`instance:FRA`): deploys, federation runs and the
+/// `instance-down` / `instance-reset` workflows. The engine takes it; the registry never does.
 pub fn lock_key(code: &str) -> String {
     format!("instance:{code}")
 }
@@ -543,32 +527,6 @@ impl Instances {
         }
         Ok(n > 0)
     }
-
-    /// Takes the instance's lock ([`lock_key`]) on a connection of its own, without waiting:
-    /// [`InstanceError::Busy`] names the run that holds it. Held until released or dropped.
-    pub async fn try_lock(&self, code: &str) -> Result<InstanceLock, InstanceError> {
-        let code = code_of(code)?;
-        let key = lock_key(&code);
-        let mut conn = self.pool.acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .fetch_one(&mut conn)
-            .await?;
-        if !got {
-            let holder: Option<Uuid> =
-                sqlx::query_scalar("SELECT run_id FROM locks WHERE key = $1")
-                    .bind(&key)
-                    .fetch_optional(&mut conn)
-                    .await
-                    .ok()
-                    .flatten();
-            return Err(InstanceError::Busy { code, key, holder });
-        }
-        Ok(InstanceLock {
-            conn: Some(conn),
-            key,
-        })
-    }
 }
 
 fn check_same(rec: &InstanceRecord, role: Role, runtime: RuntimeKind) -> Result<(), InstanceError> {
@@ -587,36 +545,4 @@ fn check_same(rec: &InstanceRecord, role: Role, runtime: RuntimeKind) -> Result<
         });
     }
     Ok(())
-}
-
-/// An instance's advisory lock, held on a connection outside the pool. Dropping it closes that
-/// connection, which releases the lock too.
-pub struct InstanceLock {
-    conn: Option<PgConnection>,
-    key: String,
-}
-
-impl fmt::Debug for InstanceLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InstanceLock")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-impl InstanceLock {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// Releases the lock and closes its connection.
-    pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-                .bind(&self.key)
-                .execute(&mut conn)
-                .await;
-            let _ = sqlx::Connection::close(conn).await;
-        }
-    }
 }
