@@ -312,3 +312,18 @@ async fn a_run_recognises_its_own_registration() {
     assert!(reg.remove_if_created_by("FRA", run).await.unwrap());
     assert!(reg.get("FRA").await.unwrap().is_none());
 }
+
+/// The database does not list runtimes (a runtime added in code needs no migration): a name no
+/// registered runtime has is refused when the row is read, naming it.
+#[tokio::test]
+async fn an_unknown_runtime_in_a_row_is_reported_not_guessed() {
+    let pool = fresh("unknown_runtime").await;
+    sqlx::query(
+        "INSERT INTO instances (code, role, runtime, port_block) VALUES ('FRA', 'spoke', 'k8s', 3)",
+    )
+    .execute(&pool)
+    .await
+    .expect("the database takes any runtime name");
+    let err = registry(&pool).get("FRA").await.unwrap_err().to_string();
+    assert!(err.contains("unknown runtime `k8s`"), "{err}");
+}
