@@ -524,8 +524,8 @@ impl<'a> Runner<'a> {
         self.task_phase.insert(handle.id(), i);
     }
 
-    /// Compensates phase `i` (with its retry policy) in a task of its own, so the loop keeps
-    /// answering heartbeats and breaker events meanwhile.
+    /// Compensates phase `i` once (the scheduler decides about another try) in a task of its
+    /// own, so the loop keeps answering heartbeats and breaker events meanwhile.
     fn spawn_compensation(&mut self, i: usize) {
         let planned = self.plan.phases[i].clone();
         let phase = planned.instantiate(self.sched.outputs());
@@ -544,7 +544,11 @@ impl<'a> Runner<'a> {
                 let started = Instant::now();
                 let result = match phase {
                     Err(e) => Err(PhaseError::fatal(e)),
-                    Ok(phase) => compensate_with_retry(&*phase, &ctx, &output, &planned).await,
+                    Ok(phase) => {
+                        let call =
+                            async { phase.compensate(&ctx, &output).await.map(|()| Value::Null) };
+                        run_with_timeout(call, planned.timeout).await.map(|_| ())
+                    }
                 };
                 (i, result.map(|()| Value::Null), started.elapsed())
             }
@@ -582,25 +586,5 @@ async fn run_with_timeout(
             "timed out after {}",
             humantime::format_duration(timeout)
         ))),
-    }
-}
-
-async fn compensate_with_retry(
-    phase: &dyn crate::phase::Phase,
-    ctx: &PhaseContext,
-    output: &Value,
-    planned: &crate::plan::PlannedPhase,
-) -> Result<(), PhaseError> {
-    let mut delays = planned.retry.delays();
-    loop {
-        let call = async { phase.compensate(ctx, output).await.map(|()| Value::Null) };
-        match run_with_timeout(call, planned.timeout).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_retryable() => match delays.next() {
-                Some(d) => tokio::time::sleep(d.max(e.retry_after().unwrap_or_default())).await,
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
-        }
     }
 }

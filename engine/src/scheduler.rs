@@ -79,12 +79,13 @@ pub enum Action {
     },
     /// Run attempt `attempt` of a phase (its `running` row is already written).
     Start { phase: usize, attempt: u32 },
-    /// Report [`Input::RetryDue`] for the phase after `delay`.
+    /// Report [`Input::RetryDue`] for the phase after `delay` (a new attempt, or another try of
+    /// the compensation under way).
     RetryAfter { phase: usize, delay: Duration },
     /// Stop every running attempt and pending retry: each attempt still reports
     /// [`Input::Finished`] (with an error); pending retries are forgotten.
     AbortAll,
-    /// Run the phase's compensation and report [`Input::Compensated`].
+    /// Run the phase's compensation once and report [`Input::Compensated`].
     Compensate { phase: usize },
     /// The run is over (its state is recorded).
     Done {
@@ -116,6 +117,8 @@ enum Mode {
         /// Phases still to consider, next last.
         queue: Vec<usize>,
         current: Option<usize>,
+        /// Delays before the next try of the current compensation (the phase's retry policy).
+        delays: Option<Box<dyn Iterator<Item = Duration> + Send>>,
         left: Vec<String>,
     },
     Done,
@@ -279,9 +282,16 @@ impl Scheduler {
                 elapsed,
             } => self.on_finished(phase, result, elapsed, now),
             Input::RetryDue { phase } => {
-                if self.slots[phase].waiting {
-                    self.slots[phase].waiting = false;
-                    self.enqueue_if_ready(phase);
+                match &self.mode {
+                    // The current compensation is tried again.
+                    Mode::RollingBack {
+                        current: Some(c), ..
+                    } if *c == phase => self.out.push(Action::Compensate { phase }),
+                    _ if self.slots[phase].waiting => {
+                        self.slots[phase].waiting = false;
+                        self.enqueue_if_ready(phase);
+                    }
+                    _ => {}
                 }
                 Ok(())
             }
@@ -510,6 +520,7 @@ impl Scheduler {
             reason,
             queue,
             current: None,
+            delays: None,
             left: Vec::new(),
         };
         Ok(())
@@ -551,8 +562,13 @@ impl Scheduler {
                 phase: self.dag.ids[i].clone(),
             }));
             self.out.push(Action::Compensate { phase: i });
-            if let Mode::RollingBack { current, .. } = &mut self.mode {
+            let policy_delays = Box::new(self.retry[i].delays());
+            if let Mode::RollingBack {
+                current, delays, ..
+            } = &mut self.mode
+            {
                 *current = Some(i);
+                *delays = Some(policy_delays);
             }
             return Ok(());
         }
@@ -564,10 +580,24 @@ impl Scheduler {
         result: Result<(), PhaseError>,
         elapsed: Duration,
     ) -> Result<(), EngineError> {
-        let Mode::RollingBack { current, .. } = &mut self.mode else {
+        let Mode::RollingBack {
+            current, delays, ..
+        } = &mut self.mode
+        else {
             return Ok(());
         };
         if *current != Some(i) {
+            return Ok(());
+        }
+        // A retryable failure is tried again after the policy's next delay (never sooner than
+        // a server's Retry-After), the phase staying `compensating`.
+        if let Err(e) = &result
+            && e.is_retryable()
+            && let Some(delay) = delays.as_mut().and_then(|d| d.next())
+        {
+            let delay = delay.max(e.retry_after().unwrap_or_default());
+            tracing::warn!(run.id = %self.run_id, phase.id = %self.dag.ids[i], error = %e, ?delay, "compensation failed; trying again");
+            self.out.push(Action::RetryAfter { phase: i, delay });
             return Ok(());
         }
         *current = None;

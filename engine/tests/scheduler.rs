@@ -649,3 +649,69 @@ impl dive_engine::Classify for Throttled {
         Some(Duration::from_secs(3))
     }
 }
+
+/// A compensation that fails retryably is tried again after the policy's delays, the phase
+/// staying `compensating`, and gives up after `max_attempts` tries.
+#[test]
+fn a_retryable_compensation_failure_is_tried_again_by_the_policy() {
+    let specs = chain(&[Kind::Ok, Kind::Fatal], true);
+    let mut sched = scheduler(&specs, 1, false);
+    sched.begin();
+    let finish = |sched: &mut Scheduler, phase, result| {
+        sched
+            .handle(
+                Input::Finished {
+                    phase,
+                    result,
+                    elapsed: Duration::ZERO,
+                },
+                now(),
+            )
+            .unwrap();
+        sched.actions(now()).unwrap()
+    };
+    sched.actions(now()).unwrap();
+    finish(&mut sched, 0, Ok(json!({})));
+    let actions = finish(&mut sched, 1, Err(PhaseError::fatal("told to fail")));
+    assert!(
+        actions.contains(&Action::Compensate { phase: 0 }),
+        "{actions:?}"
+    );
+    for try_no in 1..=MAX_ATTEMPTS {
+        sched
+            .handle(
+                Input::Compensated {
+                    phase: 0,
+                    result: Err(PhaseError::retryable("keycloak busy")),
+                    elapsed: Duration::ZERO,
+                },
+                now(),
+            )
+            .unwrap();
+        let actions = sched.actions(now()).unwrap();
+        let retry = actions
+            .iter()
+            .any(|a| matches!(a, Action::RetryAfter { phase: 0, delay } if *delay <= MAX_DELAY));
+        if try_no < MAX_ATTEMPTS {
+            assert!(retry, "try {try_no}: {actions:?}");
+            assert!(
+                !actions.iter().any(|a| matches!(a, Action::SetPhase { .. })),
+                "the phase stays compensating: {actions:?}"
+            );
+            assert_eq!(sched.phase_state(0), PhaseState::Compensating);
+            sched.handle(Input::RetryDue { phase: 0 }, now()).unwrap();
+            let again = sched.actions(now()).unwrap();
+            assert_eq!(again, vec![Action::Compensate { phase: 0 }]);
+        } else {
+            assert!(!retry, "no try beyond max_attempts: {actions:?}");
+            assert!(matches!(
+                actions.last(),
+                Some(Action::Done {
+                    state: RunState::RollbackFailed,
+                    ..
+                })
+            ));
+            assert_eq!(sched.phase_state(0), PhaseState::CompensationFailed);
+        }
+    }
+}
