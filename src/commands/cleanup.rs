@@ -5,10 +5,9 @@
 //! and resumable. `--all` then removes stale lock holder rows.
 
 use crate::cli::ExecArgs;
-use crate::commands::run::start_named;
+use crate::commands::run::{report_unfinished, start_named};
 use crate::{InvalidInput, database, exit, services};
 use anyhow::Result;
-use dive_engine::RunState;
 use dive_runtime::{Resource, RuntimeKind};
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -84,22 +83,11 @@ async fn remove(instance: &str) -> Result<u8> {
             }
         }
     }
-    if outcome.state == RunState::Succeeded {
-        return Ok(exit::OK);
-    }
-    eprintln!(
-        "error: cleanup run {} {}: {}",
-        outcome.run_id,
-        outcome.state,
-        outcome
-            .error
-            .as_deref()
-            .unwrap_or("stopped before all phases succeeded")
-    );
-    if outcome.state.is_resumable() {
-        eprintln!("resume it with: dive resume {}", outcome.run_id);
-    }
-    Ok(exit::RUN_FAILED)
+    Ok(if report_unfinished("cleanup", &outcome) {
+        exit::OK
+    } else {
+        exit::RUN_FAILED
+    })
 }
 
 /// Asks a yes/no question on the terminal; anything but yes is no.

@@ -5,11 +5,10 @@
 use crate::cli::{ExecArgs, HubCode, InstanceCommand, SpokeCode};
 use crate::commands::cleanup::confirm;
 use crate::commands::print_json;
-use crate::commands::run::{run_named, start_named};
+use crate::commands::run::{report_unfinished, run_named, start_named};
 use crate::{InvalidInput, config, database, exit, services};
 use anyhow::Result;
 use clap::Args;
-use dive_engine::RunState;
 use dive_engine::store::RunRecord;
 use dive_instances::health::{ServiceHealth, service_health};
 use dive_instances::{
@@ -323,19 +322,7 @@ async fn run_instance_workflow(
     };
     let params = BTreeMap::from([("code".to_string(), code.to_string())]);
     let (engine, outcome) = start_named(workflow, &params, true, &exec).await?;
-    if outcome.state != RunState::Succeeded {
-        eprintln!(
-            "error: {workflow} run {} {}: {}",
-            outcome.run_id,
-            outcome.state,
-            outcome
-                .error
-                .as_deref()
-                .unwrap_or("stopped before all phases succeeded")
-        );
-        if outcome.state.is_resumable() {
-            eprintln!("resume it with: dive resume {}", outcome.run_id);
-        }
+    if !report_unfinished(workflow, &outcome) {
         return Ok(None);
     }
     Ok(Some(engine.store().load_run(outcome.run_id).await?))

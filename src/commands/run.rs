@@ -102,6 +102,27 @@ async fn execute(
 }
 
 /// Prints the run (`--json`) and how to resume it; returns the exit code.
+/// For a command that prints its own result: says on stderr why the run did not succeed and,
+/// when it can be, how to finish it. Returns whether it succeeded.
+pub fn report_unfinished(workflow: &str, outcome: &RunOutcome) -> bool {
+    if outcome.state == RunState::Succeeded {
+        return true;
+    }
+    eprintln!(
+        "error: {workflow} run {} {}: {}",
+        outcome.run_id,
+        outcome.state,
+        outcome
+            .error
+            .as_deref()
+            .unwrap_or("stopped before all phases succeeded")
+    );
+    if outcome.state.is_resumable() {
+        eprintln!("resume it with: dive resume {}", outcome.run_id);
+    }
+    false
+}
+
 async fn finish(engine: &Engine, exec: &ExecArgs, outcome: RunOutcome) -> Result<u8> {
     if exec.json {
         print_json(&engine.store().load_run(outcome.run_id).await?)?;
