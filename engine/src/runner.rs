@@ -253,7 +253,7 @@ type TaskResult = (usize, Result<Value, PhaseError>, Duration);
 /// Every decision is the scheduler's.
 struct Runner<'a> {
     plan: &'a Plan,
-    sched: Scheduler,
+    sched: Scheduler<'a>,
     conn: RunConn,
     /// Every key the run runs under, its ancestors' included; phases see them.
     held_lock_keys: Vec<String>,
@@ -273,9 +273,8 @@ struct Runner<'a> {
 impl<'a> Runner<'a> {
     fn new(engine: &Engine, plan: &'a Plan, conn: RunConn, opts: &'a RunOptions) -> Self {
         let (tx, breaker_rx) = mpsc::unbounded_channel();
-        let compensable_plan = plan.clone();
-        let compensable: Compensable = Box::new(move |i, outputs| {
-            compensable_plan.phases[i]
+        let compensable: Compensable<'a> = Box::new(move |i, outputs| {
+            plan.phases[i]
                 .instantiate(outputs)
                 .map(|p| p.has_compensation())
                 .unwrap_or(true)

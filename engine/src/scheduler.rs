@@ -127,16 +127,16 @@ enum Mode {
 /// Decides, for a phase and the outputs so far, whether it has a compensation to run. An error
 /// building the phase counts as "has one", so the compensation is attempted and its failure
 /// recorded.
-pub type Compensable = Box<dyn Fn(usize, &HashMap<String, Value>) -> bool + Send + Sync>;
+pub type Compensable<'p> = Box<dyn Fn(usize, &HashMap<String, Value>) -> bool + Send + Sync + 'p>;
 
-/// The state of one run's schedule.
-pub struct Scheduler {
+/// The state of one run's schedule (`'p`: what its [`Compensable`] borrows, the plan).
+pub struct Scheduler<'p> {
     run_id: Uuid,
     dag: Dag,
     retry: Vec<RetryPolicy>,
     concurrency: usize,
     no_rollback: bool,
-    compensable: Compensable,
+    compensable: Compensable<'p>,
     run_state: RunState,
     slots: Vec<Slot>,
     ready: VecDeque<usize>,
@@ -148,14 +148,14 @@ pub struct Scheduler {
     cancelled: Option<String>,
 }
 
-impl Scheduler {
+impl<'p> Scheduler<'p> {
     pub fn new(
         run_id: Uuid,
         plan: &Plan,
         concurrency: usize,
         no_rollback: bool,
-        compensable: Compensable,
-    ) -> Scheduler {
+        compensable: Compensable<'p>,
+    ) -> Scheduler<'p> {
         let dag = plan.dag();
         let slots = (0..dag.ids.len())
             .map(|_| Slot {
@@ -398,9 +398,6 @@ impl Scheduler {
             slot.tries += 1;
             slot.attempt += 1;
             slot.started_at = Some(now);
-            if slot.delays.is_none() {
-                slot.delays = Some(Box::new(self.retry[i].delays()));
-            }
             let attempt = slot.attempt;
             self.push_row(i, None, None, now);
             starts.push(Action::Notify(Event::PhaseStarted {
@@ -477,7 +474,11 @@ impl Scheduler {
         if !may_retry {
             return None;
         }
-        let delay = self.slots[i].delays.as_mut().and_then(|d| d.next())?;
+        let retry = &self.retry[i];
+        let delay = self.slots[i]
+            .delays
+            .get_or_insert_with(|| Box::new(retry.delays()))
+            .next()?;
         Some(delay.max(error.retry_after().unwrap_or_default()))
     }
 

@@ -74,7 +74,7 @@ fn plan(specs: &[Spec]) -> Plan {
     }
 }
 
-fn scheduler(specs: &[Spec], concurrency: usize, no_rollback: bool) -> Scheduler {
+fn scheduler(specs: &[Spec], concurrency: usize, no_rollback: bool) -> Scheduler<'static> {
     let compensable: Vec<bool> = specs.iter().map(|s| s.compensable).collect();
     Scheduler::new(
         Uuid::nil(),
