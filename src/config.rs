@@ -6,22 +6,19 @@ use anyhow::Result;
 use dive_engine::Store;
 use dive_instances::{DEFAULT_PORT_BASE, Instances};
 use dive_runtime::{KeycloakDist, RuntimeConfig};
-use dive_secrets::MasterKey;
-use std::path::PathBuf;
+use dive_secrets::{MASTER_KEY_ENV, MASTER_KEY_FILE, MasterKey};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// What the environment says, checked.
 #[derive(Debug)]
 pub struct Config {
-    /// `DIVE_HOME`, default `~/.local/share/dive`: the embedded cluster, the master key,
-    /// local services' files.
-    pub home: PathBuf,
+    /// How the runtimes are set up: `DIVE_HOME` (default `~/.local/share/dive`: also the
+    /// embedded cluster and the master key), `DIVE_CACHE` (default `~/.cache/dive`),
+    /// `DIVE_KEYCLOAK_VERSION`, `DIVE_KEYCLOAK_IMAGE`.
+    pub runtimes: RuntimeConfig,
     /// `DIVE_DATABASE_URL`: a PostgreSQL to use instead of the embedded cluster.
     pub database_url: Option<String>,
-    /// `DIVE_CACHE` (default `~/.cache/dive`) and `DIVE_KEYCLOAK_VERSION`.
-    pub keycloak: KeycloakDist,
-    /// `DIVE_KEYCLOAK_IMAGE`: the Keycloak image on Docker.
-    pub keycloak_image: Option<String>,
     /// `DIVE_PORT_BASE`, default 20000.
     pub port_base: u16,
     /// `DIVE_MASTER_KEY`, when set: the key as standard base64 (else `DIVE_HOME/master.key`).
@@ -68,29 +65,30 @@ impl Config {
             keycloak.version = v;
         }
         Ok(Config {
-            home: var("DIVE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home_dir().join(".local/share/dive")),
+            runtimes: RuntimeConfig {
+                home: var("DIVE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| home_dir().join(".local/share/dive")),
+                keycloak,
+                keycloak_image: var("DIVE_KEYCLOAK_IMAGE"),
+            },
             database_url: var("DIVE_DATABASE_URL"),
-            keycloak,
-            keycloak_image: var("DIVE_KEYCLOAK_IMAGE"),
             port_base,
-            master_key: std::env::var("DIVE_MASTER_KEY").ok(),
+            master_key: std::env::var(MASTER_KEY_ENV).ok(),
         })
     }
 
-    /// How the runtimes are set up.
-    pub fn runtimes(&self) -> RuntimeConfig {
-        RuntimeConfig {
-            home: self.home.clone(),
-            keycloak: self.keycloak.clone(),
-            keycloak_image: self.keycloak_image.clone(),
-        }
+    /// `DIVE_HOME`.
+    pub fn home(&self) -> &Path {
+        &self.runtimes.home
     }
 
     /// The master key: `DIVE_MASTER_KEY`, else `DIVE_HOME/master.key` (created 0600 on first use).
     pub fn master_key(&self) -> Result<MasterKey, dive_secrets::SecretError> {
-        MasterKey::load_from(self.master_key.as_deref(), &self.home.join("master.key"))
+        MasterKey::load_from(
+            self.master_key.as_deref(),
+            &self.home().join(MASTER_KEY_FILE),
+        )
     }
 
     /// The instance registry in the state database, with the configured port base.

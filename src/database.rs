@@ -18,7 +18,7 @@ pub static MIGRATORS: [&Migrator; 3] = [
 ];
 
 pub fn embedded_cluster() -> Cluster {
-    Cluster::new(config::get().home.join("postgres"))
+    Cluster::new(config::get().home().join("postgres"))
 }
 
 /// The configured database URL, starting the embedded cluster if that is what we use.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// The runtime of that kind, as configured; Docker is reached (and its API version negotiated)
 /// here.
 pub async fn runtime(kind: RuntimeKind) -> Result<Arc<dyn Runtime>> {
-    Ok(kind.connect(&config::get().runtimes()).await?)
+    Ok(kind.connect(&config::get().runtimes).await?)
 }
 
 /// An engine for runs on `kind`: the master key is checked against the stored secrets and the
@@ -23,7 +23,7 @@ pub async fn engine(store: &Store, kind: RuntimeKind) -> Result<Engine> {
     let services = Services::build(
         Config {
             runtime: kind,
-            runtimes: cfg.runtimes(),
+            runtimes: cfg.runtimes.clone(),
             port_base: cfg.port_base,
             master_key: cfg.master_key().map_err(classify)?,
         },

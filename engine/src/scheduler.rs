@@ -139,6 +139,10 @@ pub struct Scheduler<'p> {
     compensable: Compensable<'p>,
     run_state: RunState,
     slots: Vec<Slot>,
+    /// How many slots are `running` and how many `waiting`: kept with the flags so the
+    /// per-phase path never scans every slot.
+    running: usize,
+    waiting: usize,
     ready: VecDeque<usize>,
     outputs: HashMap<String, Value>,
     rows: Vec<PhaseRow>,
@@ -178,6 +182,8 @@ impl<'p> Scheduler<'p> {
             compensable,
             run_state: RunState::Running,
             slots,
+            running: 0,
+            waiting: 0,
             ready: VecDeque::new(),
             outputs: HashMap::new(),
             rows: Vec::new(),
@@ -204,10 +210,6 @@ impl<'p> Scheduler<'p> {
     /// The latest attempt number of phase `i` (counts across resumes).
     pub fn attempt(&self, i: usize) -> u32 {
         self.slots[i].attempt
-    }
-
-    pub fn run_state(&self) -> RunState {
-        self.run_state
     }
 
     /// Loads the checkpoints of a stopped run: `(state, attempts, started_at, output)` per phase,
@@ -289,6 +291,7 @@ impl<'p> Scheduler<'p> {
                     } if *c == phase => self.out.push(Action::Compensate { phase }),
                     _ if self.slots[phase].waiting => {
                         self.slots[phase].waiting = false;
+                        self.waiting -= 1;
                         self.enqueue_if_ready(phase);
                     }
                     _ => {}
@@ -302,11 +305,10 @@ impl<'p> Scheduler<'p> {
                     self.out.push(Action::AbortAll);
                     for slot in &mut self.slots {
                         slot.waiting = false;
-                    }
-                    self.ready.clear();
-                    for slot in &mut self.slots {
                         slot.queued = false;
                     }
+                    self.waiting = 0;
+                    self.ready.clear();
                 }
                 Ok(())
             }
@@ -362,7 +364,7 @@ impl<'p> Scheduler<'p> {
     /// Nothing runs or waits, and nothing more will start.
     fn is_idle(&self) -> bool {
         let stopping = self.failure.is_some() || self.cancelled.is_some();
-        self.slots.iter().all(|s| !s.running && !s.waiting) && (self.ready.is_empty() || stopping)
+        self.running == 0 && self.waiting == 0 && (self.ready.is_empty() || stopping)
     }
 
     fn enqueue_if_ready(&mut self, i: usize) {
@@ -387,7 +389,7 @@ impl<'p> Scheduler<'p> {
     /// Moves ready phases to `running`, up to the concurrency limit; returns their starts.
     fn schedule(&mut self, now: DateTime<Utc>) -> Result<Vec<Action>, EngineError> {
         let mut starts = Vec::new();
-        while self.slots.iter().filter(|s| s.running).count() < self.concurrency {
+        while self.running < self.concurrency {
             let Some(i) = self.ready.pop_front() else {
                 break;
             };
@@ -395,6 +397,7 @@ impl<'p> Scheduler<'p> {
             let slot = &mut self.slots[i];
             slot.queued = false;
             slot.running = true;
+            self.running += 1;
             slot.tries += 1;
             slot.attempt += 1;
             slot.started_at = Some(now);
@@ -420,6 +423,7 @@ impl<'p> Scheduler<'p> {
             return Ok(());
         }
         self.slots[i].running = false;
+        self.running -= 1;
         let id = self.dag.ids[i].clone();
         let attempt = self.slots[i].attempt;
         match result {
@@ -450,6 +454,7 @@ impl<'p> Scheduler<'p> {
                 match retry_in {
                     Some(delay) => {
                         self.slots[i].waiting = true;
+                        self.waiting += 1;
                         self.out.push(Action::RetryAfter { phase: i, delay });
                     }
                     None => {
