@@ -301,6 +301,35 @@ pub enum SecretsCommand {
         #[arg(long, value_name = "N", requires = "reveal")]
         secret_version: Option<u32>,
     },
+    /// Rotate the secrets of instance CODE and of its federation links (runs the built-in
+    /// workflow `secret-rotation` under the locks of CODE and of every instance linked with it).
+    /// Each new version is committed to the store first, rolled out while the previous one stays
+    /// accepted, proven by real logins, and only then is the previous one dropped; a failure
+    /// rolls both sides back. Safe to call from a timer with --older-than.
+    Rotate {
+        /// ISO 3166-1 alpha-3 code of the instance (any case).
+        code: String,
+        /// Rotate only this kind (repeatable): federation (the client secret of each direction
+        /// of each link). Default: every kind.
+        #[arg(long = "only", value_name = "KIND")]
+        only: Vec<String>,
+        /// Rotate only secrets whose latest version is older than this (e.g. 30d, 12h).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Versions of each secret kept afterwards, for rollback (at least 2).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
+        keep: u32,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Create every secret instance CODE needs and lacks (its own and its links'); change none
+    /// that exists. Says what it created; exit 0 either way.
+    Ensure {
+        /// ISO 3166-1 alpha-3 code of the instance (any case).
+        code: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@ use crate::commands::secrets::classify;
 use crate::{config, workflows};
 use anyhow::{Context, Result};
 use dive_engine::{Engine, Store, Workflow, WorkflowCatalog};
+use dive_phases::rotation::LinkedInstances;
 use dive_phases::{Config, Services};
 use dive_runtime::{Runtime, RuntimeKind};
 use std::sync::Arc;
@@ -33,7 +34,10 @@ pub async fn engine(store: &Store, kind: RuntimeKind) -> Result<Engine> {
     .context("preparing the run")?;
     Ok(Engine::new(store.clone())
         .with_catalog(Arc::new(BuiltinWorkflows))
-        .with_services(Arc::new(services)))
+        .with_services(Arc::new(services))
+        .with_lock_expander(Arc::new(LinkedInstances {
+            pool: store.pool().clone(),
+        })))
 }
 
 /// The built-in workflows, for child runs.

@@ -44,6 +44,8 @@ pub struct PhaseContext {
     /// once at start-up by the caller and opaque to the engine; read it with
     /// [`PhaseContext::services`].
     pub services: Arc<dyn Any + Send + Sync>,
+    /// What lock keys stand for (a child run's keys are expanded with it too).
+    pub lock_expander: Arc<dyn crate::LockExpander>,
     /// Where [`PhaseContext::note`] goes.
     pub events: EventSink,
     /// Every lock key the run runs under (sorted): its own and those its ancestor runs hold. A

@@ -7,6 +7,7 @@ use crate::breakers::{BreakerPolicy, Breakers, Transition};
 use crate::error::EngineError;
 use crate::events::{Event, EventSink};
 use crate::interpolate;
+use crate::lock_expand::{LockExpander, NoExpansion};
 use crate::phase::{PhaseContext, PhaseError};
 use crate::plan::Plan;
 use crate::runconn::{Op, RunConn};
@@ -88,6 +89,7 @@ pub struct Engine {
     store: Store,
     catalog: Arc<dyn WorkflowCatalog>,
     services: Arc<dyn Any + Send + Sync>,
+    lock_expander: Arc<dyn LockExpander>,
     breaker_policy: BreakerPolicy,
 }
 
@@ -99,6 +101,7 @@ impl Engine {
             store,
             catalog: Arc::new(NoWorkflows),
             services: Arc::new(()),
+            lock_expander: Arc::new(NoExpansion),
             breaker_policy: BreakerPolicy::default(),
         }
     }
@@ -116,6 +119,12 @@ impl Engine {
         self
     }
 
+    /// What lock keys stand for ([`LockExpander`]); a child run shares its parent's.
+    pub fn with_lock_expander(mut self, expander: Arc<dyn LockExpander>) -> Self {
+        self.lock_expander = expander;
+        self
+    }
+
     pub fn with_breaker_policy(mut self, policy: BreakerPolicy) -> Self {
         self.breaker_policy = policy;
         self
@@ -129,6 +138,8 @@ impl Engine {
     /// [`RunOptions::held_lock_keys`]) and fails with [`EngineError::LockHeld`] at once, holding
     /// none of them, if another run holds one.
     pub async fn start(&self, plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
+        let expanded = self.expand_lock_keys(plan).await?;
+        let plan = expanded.as_ref().unwrap_or(plan);
         if plan.lock_keys.is_empty() {
             return Err(crate::workflow::InvalidWorkflow {
                 file: plan.source.clone(),
@@ -158,6 +169,17 @@ impl Engine {
         outcome
     }
 
+    /// `plan` with its lock keys expanded ([`LockExpander`]), or `None` when none changes.
+    async fn expand_lock_keys(&self, plan: &Plan) -> Result<Option<Plan>, EngineError> {
+        let keys = crate::lock_expand::expand_all(self.lock_expander.as_ref(), &plan.lock_keys)
+            .await
+            .map_err(|e| EngineError::Precheck(vec![format!("{}: lock: {e}", plan.source)]))?;
+        Ok((keys != plan.lock_keys).then(|| Plan {
+            lock_keys: keys,
+            ..plan.clone()
+        }))
+    }
+
     /// Runs every phase's precheck that needs no other phase's output.
     async fn precheck(&self, plan: &Plan, opts: &RunOptions) -> Result<(), EngineError> {
         let mut problems = Vec::new();
@@ -180,6 +202,7 @@ impl Engine {
                 store: self.store.clone(),
                 catalog: self.catalog.clone(),
                 services: self.services.clone(),
+                lock_expander: self.lock_expander.clone(),
                 events: EventSink::none(),
                 held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
             };
@@ -261,6 +284,7 @@ struct Runner<'a> {
     store: Store,
     catalog: Arc<dyn WorkflowCatalog>,
     services: Arc<dyn Any + Send + Sync>,
+    lock_expander: Arc<dyn LockExpander>,
     breakers: Arc<Breakers>,
     breaker_rx: mpsc::UnboundedReceiver<Transition>,
     tasks: JoinSet<TaskResult>,
@@ -294,6 +318,7 @@ impl<'a> Runner<'a> {
             store: engine.store.clone(),
             catalog: engine.catalog.clone(),
             services: engine.services.clone(),
+            lock_expander: engine.lock_expander.clone(),
             breakers: Arc::new(Breakers::new(engine.breaker_policy, tx)),
             breaker_rx,
             tasks: JoinSet::new(),
@@ -486,6 +511,7 @@ impl<'a> Runner<'a> {
             store: self.store.clone(),
             catalog: self.catalog.clone(),
             services: self.services.clone(),
+            lock_expander: self.lock_expander.clone(),
             events: self.opts.events.clone(),
             held_lock_keys: self.held_lock_keys.clone(),
         }

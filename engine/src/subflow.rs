@@ -62,7 +62,8 @@ impl Phase for SubWorkflow {
         let plan = self.plan(ctx).map_err(PhaseError::fatal)?;
         let engine = Engine::new(ctx.store.clone())
             .with_catalog(ctx.catalog.clone())
-            .with_services(ctx.services.clone());
+            .with_services(ctx.services.clone())
+            .with_lock_expander(ctx.lock_expander.clone());
         let opts = RunOptions {
             events: ctx.events.scoped(&ctx.phase_id),
             cancel: ctx.cancel.child_token(),

@@ -10,6 +10,7 @@ pub mod keycloak;
 pub mod late;
 pub mod noop;
 pub mod postgres_database;
+pub mod rotation;
 pub mod runtime_cleanup;
 pub mod secret_ensure;
 pub mod secrets_delete;
@@ -22,4 +23,5 @@ pub use context::{Config, Services, StartupError};
 
 pub fn register() {
     instance::register_param_types();
+    dive_engine::params::register_param_type(rotation::KINDS_TYPE, rotation::check_kinds);
 }

@@ -1,6 +1,11 @@
-//! `dive secrets list|show`, and the secret store that runs get in their services.
+//! `dive secrets list|show|ensure|rotate`, and the secret store that runs get in their services.
 
-use crate::cli::SecretsCommand;
+use crate::cli::{ExecArgs, SecretsCommand};
+use crate::commands::run::run_named;
+use dive_instances::{InstanceRecord, normalize_code};
+use dive_phases::rotation;
+use dive_secrets::Alphabet;
+use std::collections::BTreeMap;
 use crate::commands::print_json;
 use crate::{InvalidInput, config, database, exit};
 use anyhow::Result;
@@ -67,8 +72,84 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
             };
             println!("{}", value.expose());
         }
+        SecretsCommand::Ensure { code, json } => {
+            let code = normalize_code(&code).map_err(InvalidInput)?;
+            registered(&store, &code).await?;
+            let partners = rotation::partners(store.pool(), &code)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let mut created = Vec::new();
+            let mut kept = Vec::new();
+            for need in rotation::needed_secrets(&code, &partners) {
+                let (_, new) = secrets
+                    .ensure(&need.name, need.length, Alphabet::Alphanumeric)
+                    .await
+                    .map_err(classify)?;
+                if new { &mut created } else { &mut kept }.push(need.name);
+            }
+            if json {
+                print_json(&serde_json::json!({ "code": code, "created": created, "existing": kept }))?;
+            } else if created.is_empty() {
+                eprintln!("{code}: all {} secrets exist; nothing created", kept.len());
+            } else {
+                for name in &created {
+                    println!("created {name}");
+                }
+                eprintln!("{code}: created {}, {} existed already", created.len(), kept.len());
+            }
+        }
+        SecretsCommand::Rotate {
+            code,
+            only,
+            older_than,
+            keep,
+            exec,
+        } => return rotate(&store, &code, &only, older_than, keep, exec).await,
     }
     Ok(exit::OK)
+}
+
+/// The registered instance `code`, or exit 2 saying how to deploy it.
+async fn registered(store: &Store, code: &str) -> Result<InstanceRecord> {
+    config::get()
+        .instances(store)
+        .get(code)
+        .await?
+        .ok_or_else(|| {
+            InvalidInput(format!(
+                "instance {code} is not deployed: run `dive hub deploy --code {code}` or `dive spoke deploy {code}` first"
+            ))
+            .into()
+        })
+}
+
+/// `dive secrets rotate`: the built-in workflow `secret-rotation` on the instance's runtime.
+async fn rotate(
+    store: &Store,
+    code: &str,
+    only: &[String],
+    older_than: Option<String>,
+    keep: u32,
+    mut exec: ExecArgs,
+) -> Result<u8> {
+    let code = normalize_code(code).map_err(InvalidInput)?;
+    let only = if only.is_empty() {
+        "all".to_string()
+    } else {
+        only.join(",")
+    };
+    rotation::check_kinds(&only).map_err(InvalidInput)?;
+    let rec = registered(store, &code).await?;
+    if exec.runtime.is_none() {
+        exec.runtime = Some(rec.runtime);
+    }
+    let params = BTreeMap::from([
+        ("code".to_string(), code),
+        ("only".to_string(), only),
+        ("older_than".to_string(), older_than.unwrap_or_else(|| "0s".into())),
+        ("keep".to_string(), keep.to_string()),
+    ]);
+    run_named("secret-rotation", &params, false, &exec).await
 }
 
 fn when(t: &chrono::DateTime<chrono::Utc>) -> String {

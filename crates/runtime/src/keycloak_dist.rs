@@ -10,7 +10,14 @@ use std::process::Stdio;
 /// The pinned Keycloak version (a version Maven Central serves here).
 pub const KEYCLOAK_VERSION: &str = "26.5.5";
 /// Options baked in by `kc.sh build`; `start --optimized` must not contradict them.
-pub const BUILD_OPTIONS: [&str; 2] = ["--db=postgres", "--health-enabled=true"];
+/// Keycloak's build-time options (`kc.sh build`): PostgreSQL, health endpoints, and the
+/// `client-secret-rotation` preview feature that secret rotation relies on. The Docker image
+/// (images/keycloak/Dockerfile) is built with the same options.
+pub const BUILD_OPTIONS: [&str; 3] = [
+    "--db=postgres",
+    "--health-enabled=true",
+    "--features=client-secret-rotation",
+];
 
 /// Which Keycloak distribution, and where downloads are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +101,7 @@ impl KeycloakDist {
 async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistError> {
     std::fs::create_dir_all(root).map_err(|e| fatal(&root.display().to_string(), e))?;
     let built = root.join(format!("keycloak-{version}-built"));
-    if built.join(".dive-built").exists() {
+    if is_built(&built) {
         return Ok(built);
     }
     let lock_path = root.join(".lock");
@@ -103,9 +110,10 @@ async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistE
         .await
         .map_err(|e| fatal("lock", e))?
         .map_err(|e| fatal("lock", e))?;
-    if built.join(".dive-built").exists() {
+    if is_built(&built) {
         return Ok(built);
     }
+    let _ = std::fs::remove_dir_all(&built);
     let zip = root.join(format!("keycloak-quarkus-dist-{version}.zip"));
     if !zip.exists() {
         tracing::info!(%version, "fetching the Keycloak distribution with Maven (once)");
@@ -148,6 +156,13 @@ async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistE
     let _ = std::fs::remove_dir_all(&scratch);
     drop(lock);
     Ok(built)
+}
+
+/// Whether `built` holds a distribution built with today's [`BUILD_OPTIONS`] (its marker lists
+/// them); one built with other options is built again.
+fn is_built(built: &Path) -> bool {
+    std::fs::read_to_string(built.join(".dive-built"))
+        .is_ok_and(|options| options == BUILD_OPTIONS.join(" "))
 }
 
 /// Unzips with `unzip`, or with the JDK's `jar` where `unzip` is missing.

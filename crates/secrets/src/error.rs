@@ -64,6 +64,14 @@ pub enum SecretError {
         why: &'static str,
     },
 
+    /// A version that should exist does not (a rotation of a secret never created).
+    #[error("secret `{0}` does not exist: it is created by the deploy or link that uses it (or `dive secrets ensure`)")]
+    NotFound(String),
+
+    /// The store's versions do not allow the change (a later version was written meanwhile).
+    #[error("{0}")]
+    Conflict(String),
+
     #[error("secret store database: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -75,6 +75,18 @@ fn version_from_db(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+fn check_length(length: usize) -> Result<(), SecretError> {
+    if (MIN_LENGTH..=MAX_LENGTH).contains(&length) {
+        Ok(())
+    } else {
+        Err(SecretError::InvalidLength {
+            length,
+            min: MIN_LENGTH,
+            max: MAX_LENGTH,
+        })
+    }
+}
+
 /// Serialises writers of one secret name for the rest of the transaction.
 async fn lock_name(conn: &mut PgConnection, name: &str) -> Result<(), SecretError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('dive.secret:' || $1, 0))")
@@ -280,6 +292,118 @@ impl SecretStore {
         Ok(version)
     }
 
+    /// The version of `name` that `origin` minted, if any.
+    pub async fn minted_by(&self, name: &str, origin: &str) -> Result<Option<u32>, SecretError> {
+        validate_name(name)?;
+        let v: Option<i32> =
+            sqlx::query_scalar("SELECT version FROM secrets WHERE name = $1 AND origin = $2")
+                .bind(name)
+                .bind(origin)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.map(version_from_db))
+    }
+
+    /// Mints a new version of `name` for `origin` (a rotation run: `run:<id>`): a random value
+    /// of `length` characters from `alphabet`, stored as the next version. Once per origin: when
+    /// `origin` already minted a version of `name` (a run resumed after a crash), that version
+    /// is returned with `false` and nothing is written. `name` must exist (a rotation replaces
+    /// a secret, it does not create one).
+    pub async fn mint(
+        &self,
+        name: &str,
+        origin: &str,
+        length: usize,
+        alphabet: Alphabet,
+    ) -> Result<(u32, bool), SecretError> {
+        validate_name(name)?;
+        check_length(length)?;
+        self.verify_key().await?;
+        let mut tx = self.pool.begin().await?;
+        lock_name(&mut tx, name).await?;
+        let (latest, mine): (Option<i32>, Option<i32>) = sqlx::query_as(
+            "SELECT max(version), max(version) FILTER (WHERE origin = $2) \
+             FROM secrets WHERE name = $1",
+        )
+        .bind(name)
+        .bind(origin)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(v) = mine {
+            return Ok((version_from_db(v), false));
+        }
+        let Some(latest) = latest else {
+            return Err(SecretError::NotFound(name.to_string()));
+        };
+        let version = version_from_db(latest) + 1;
+        let (nonce, ciphertext) = self.seal(name, version, &alphabet.generate(length));
+        sqlx::query(
+            "INSERT INTO secrets (name, version, nonce, ciphertext, origin) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(name)
+        .bind(latest + 1)
+        .bind(&nonce[..])
+        .bind(ciphertext)
+        .bind(origin)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(secret = name, version, "minted a new secret version");
+        Ok((version, true))
+    }
+
+    /// Removes the version of `name` that `origin` minted, making the one before it current
+    /// again (a rotation rolled back). Refused while a later version exists: that one was made
+    /// from it. Returns the version removed, `None` when there was none.
+    pub async fn unmint(&self, name: &str, origin: &str) -> Result<Option<u32>, SecretError> {
+        validate_name(name)?;
+        self.verify_key().await?;
+        let mut tx = self.pool.begin().await?;
+        lock_name(&mut tx, name).await?;
+        let (latest, mine): (Option<i32>, Option<i32>) = sqlx::query_as(
+            "SELECT max(version), max(version) FILTER (WHERE origin = $2) \
+             FROM secrets WHERE name = $1",
+        )
+        .bind(name)
+        .bind(origin)
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(mine) = mine else {
+            return Ok(None);
+        };
+        if latest != Some(mine) {
+            return Err(SecretError::Conflict(format!(
+                "secret `{name}`: version {} was written after version {mine}, which is not removed",
+                latest.unwrap_or_default()
+            )));
+        }
+        sqlx::query("DELETE FROM secrets WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(mine)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(secret = name, version = mine, "removed a minted secret version");
+        Ok(Some(version_from_db(mine)))
+    }
+
+    /// Deletes all but the latest `keep` versions of `name` (at least one is kept); returns how
+    /// many it deleted.
+    pub async fn prune(&self, name: &str, keep: u32) -> Result<u64, SecretError> {
+        validate_name(name)?;
+        let keep = i64::from(keep.max(1));
+        let done = sqlx::query(
+            "DELETE FROM secrets WHERE name = $1 AND version <= \
+             (SELECT max(version) FROM secrets WHERE name = $1) - $2",
+        )
+        .bind(name)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Makes sure `name` exists: returns its latest version and `false` when it does (after
     /// checking that it decrypts), otherwise stores a random value of `length` characters from
     /// `alphabet` as version 1 and returns `(1, true)`. Concurrent calls create it once.
@@ -290,13 +414,7 @@ impl SecretStore {
         alphabet: Alphabet,
     ) -> Result<(u32, bool), SecretError> {
         validate_name(name)?;
-        if !(MIN_LENGTH..=MAX_LENGTH).contains(&length) {
-            return Err(SecretError::InvalidLength {
-                length,
-                min: MIN_LENGTH,
-                max: MAX_LENGTH,
-            });
-        }
+        check_length(length)?;
         self.verify_key().await?;
         let mut tx = self.pool.begin().await?;
         lock_name(&mut tx, name).await?;

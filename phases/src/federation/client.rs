@@ -14,7 +14,9 @@
 //! would replace the realm's defaults). Its secret is the value of secret
 //! `federation/<from>/<to>/client-secret` (ensured here: 32 alphanumeric characters); the
 //! version Keycloak holds is recorded in the client attribute `dive.secret.version`, so that
-//! drift can be found by comparing versions. Output `{from, to, realm, client_id, id, created,
+//! drift can be found by comparing versions. The client carries `dive.secret.rotation=true`, and
+//! the realm gets dive's client-secret-rotation policy that covers such clients (so a rotation
+//! can keep the previous secret accepted, and a reconcile keeps it). Output `{from, to, realm, client_id, id, created,
 //! updated, fixed, scope_added, secret, secret_version, secret_created, changed}` (never the
 //! value).
 //!
@@ -37,7 +39,7 @@ use crate::keycloak::SCOPE_NAME;
 use crate::keycloak::client::merge_client;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_instances::InstanceRecord;
-use dive_keycloak::KeycloakAdmin;
+use dive_keycloak::{KeycloakAdmin, ROTATION_ATTRIBUTE};
 use dive_keycloak::types::ClientRep;
 use dive_secrets::Alphabet;
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,7 @@ fn wanted(client_id: &str, to: &str, redirect: &str, secret_version: u32) -> Cli
         attributes: Some(BTreeMap::from([
             (PKCE_ATTRIBUTE.to_string(), "S256".to_string()),
             (SECRET_VERSION_KEY.to_string(), secret_version.to_string()),
+            (ROTATION_ATTRIBUTE.to_string(), "true".to_string()),
         ])),
         extra: serde_json::Map::from_iter([(
             "clientAuthenticatorType".to_string(),
@@ -204,6 +207,9 @@ impl Phase for FederationClient {
         let cid = want.client_id.clone();
         let redirect = want.redirect_uris.clone().unwrap_or_default().join(" ");
 
+        // Before the client: a client the rotation policy covers keeps its rotated secret
+        // through the `PUT` below (see dive_keycloak's rotation module).
+        let policy_added = admin.ensure_rotation_policy(&realm).await?;
         let mut created = false;
         if admin.client_by_client_id(&realm, &cid).await?.is_none() {
             let mut rep = want.clone();
@@ -241,7 +247,7 @@ impl Phase for FederationClient {
                 .await?;
         }
         let updated = !created && !fixed.is_empty();
-        let changed = created || updated || scope_added || secret_created;
+        let changed = created || updated || scope_added || secret_created || policy_added;
         if changed {
             tracing::info!(from = %x.code, to = %p.code, realm = %realm, client = %cid,
                 created, ?fixed, scope_added, secret_created, "ensured federation client");

@@ -37,4 +37,4 @@ pub use client_scope::{KeycloakClientScope, SCOPE_NAME};
 pub(crate) use common::flag;
 pub use realm::KeycloakRealm;
 pub use user_profile::{CLEARANCES, KeycloakUserProfile};
-pub use users::KeycloakUsers;
+pub use users::{KeycloakUsers, PASSWORD_LENGTH};

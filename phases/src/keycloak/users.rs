@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use zeroize::Zeroizing;
 
 /// Length of generated test user passwords.
-const PASSWORD_LENGTH: usize = 24;
+pub const PASSWORD_LENGTH: usize = 24;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

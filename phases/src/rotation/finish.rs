@@ -1,0 +1,87 @@
+//! `rotation.finish`: the rotation is proven (`rotation.verify`), so each X drops the previous
+//! secret of its federation client (from now on a token request with it is refused), and the
+//! store keeps only the latest `keep` versions of each rotated secret (older ones are pruned).
+//!
+//! ```yaml
+//! - id: finish
+//!   type: rotation.finish
+//!   after: [verify]
+//!   code: "${params.code}"
+//!   only: "${params.only}"
+//!   keep: 3       # versions kept per secret (at least 2: the current one and one to roll back to)
+//! ```
+//! Output `{dropped: [{from, to}], pruned}`.
+//!
+//! Idempotency: dropping a rotated secret that is gone and pruning to `keep` again change
+//! nothing. Compensation: none; it is the last phase, and what it drops is no longer used.
+
+use super::{DEFAULT_KEEP, default_only, directions, minted, origin, selected};
+use crate::context::Services;
+use crate::federation::{admin, breaker};
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+fn default_keep() -> String {
+    DEFAULT_KEEP.to_string()
+}
+
+/// `keep` as a number of versions (at least 2: the current one and one to roll back to).
+fn parse_keep(keep: &str) -> Result<u32, String> {
+    match keep.trim().parse::<u32>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err(format!(
+            "keep: `{keep}` is not a number of versions of at least 2 (the current one and one to \
+             roll back to)"
+        )),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationFinish {
+    pub code: String,
+    #[serde(default = "default_only")]
+    pub only: String,
+    /// Versions kept per secret (a number, at least 2; a string so it can be a parameter).
+    #[serde(default = "default_keep")]
+    pub keep: String,
+}
+
+#[typetag::serde(name = "rotation.finish")]
+#[async_trait]
+impl Phase for RotationFinish {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let keep = parse_keep(&self.keep).map_err(PhaseError::fatal)?;
+        let mut dropped = Vec::new();
+        let mut pruned = 0;
+        if !selected(&self.only, "federation")? {
+            return Ok(json!({ "dropped": dropped, "pruned": pruned }));
+        }
+        let store = Services::of(ctx)?.secrets();
+        let origin = origin(ctx);
+        for d in directions(ctx, &self.code).await? {
+            if minted(store, &d.secret, &origin).await?.is_none() {
+                continue;
+            }
+            let admin = admin(ctx, &d.x).await?;
+            let realm = d.x.realm();
+            let id = super::federation_client::client_uuid(&admin, &realm, &d.p.code).await?;
+            admin.drop_rotated_client_secret(&realm, &id).await?;
+            pruned += store.prune(&d.secret, keep).await?;
+            dropped.push(json!({ "from": d.x.code, "to": d.p.code }));
+        }
+        Ok(json!({ "dropped": dropped, "pruned": pruned }))
+    }
+
+    async fn precheck(&self, _ctx: &PhaseContext) -> Result<(), String> {
+        if self.keep.contains("${") {
+            return Ok(());
+        }
+        parse_keep(&self.keep).map(|_| ())
+    }
+
+    fn breaker_key(&self) -> Option<String> {
+        breaker(&self.code)
+    }
+}

@@ -1,0 +1,153 @@
+//! `rotation.mint`: a new version of every secret the selected kinds rotate, committed to the
+//! store before anything uses it.
+//!
+//! ```yaml
+//! - id: mint
+//!   type: rotation.mint
+//!   code: "${params.code}"
+//!   only: "${params.only}"            # kinds; `all` by default
+//!   older_than: "${params.older_than}" # skip secrets younger than this; `0s` by default
+//! ```
+//! Output `{minted: [{secret, version, previous}], skipped: [{secret, version, age_s}]}`, never
+//! a value.
+//!
+//! Idempotency: each version is marked with this run (`run:<id>`); a re-run finds it and mints
+//! nothing (a secret this run already minted counts as rotated even though it is young now).
+//!
+//! Compensation: removes the versions this run minted, so the previous ones are current again
+//! (the later phases' compensations have put the previous values back in Keycloak first).
+//! Tolerates versions already removed.
+
+use super::{Direction, default_only, directions, origin, selected};
+use crate::context::Services;
+use crate::federation::SECRET_LENGTH;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_secrets::Alphabet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn zero() -> String {
+    "0s".into()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationMint {
+    pub code: String,
+    #[serde(default = "default_only")]
+    pub only: String,
+    /// A duration (`30d`, `12h`, `0s`).
+    #[serde(default = "zero")]
+    pub older_than: String,
+}
+
+impl RotationMint {
+    fn older_than(&self) -> Result<Duration, PhaseError> {
+        humantime::parse_duration(self.older_than.trim()).map_err(|e| {
+            PhaseError::fatal(format!(
+                "older_than: `{}` is not a duration ({e}); expected e.g. 30d, 12h or 0s",
+                self.older_than
+            ))
+        })
+    }
+
+    /// The secrets the selected kinds rotate.
+    async fn secrets(&self, ctx: &PhaseContext) -> Result<Vec<String>, PhaseError> {
+        let mut names = Vec::new();
+        if selected(&self.only, "federation")? {
+            names.extend(
+                directions(ctx, &self.code)
+                    .await?
+                    .into_iter()
+                    .map(|Direction { secret, .. }| secret),
+            );
+        }
+        Ok(names)
+    }
+
+    async fn mint_all(
+        &self,
+        ctx: &PhaseContext,
+        names: &[String],
+        older_than: Duration,
+        minted: &mut Vec<Value>,
+        skipped: &mut Vec<Value>,
+    ) -> Result<(), PhaseError> {
+        let store = Services::of(ctx)?.secrets();
+        let origin = origin(ctx);
+        for name in names {
+            let info = store.info(name).await?.ok_or_else(|| {
+                PhaseError::fatal(format!(
+                    "secret `{name}` does not exist: run `dive secrets ensure {}` or link again",
+                    self.code
+                ))
+            })?;
+            let age = (chrono::Utc::now() - info.updated_at)
+                .to_std()
+                .unwrap_or_default();
+            let mine = store.minted_by(name, &origin).await?;
+            if mine.is_none() && age < older_than {
+                skipped.push(json!({"secret": name, "version": info.latest, "age_s": age.as_secs()}));
+                continue;
+            }
+            let (version, _) = store
+                .mint(name, &origin, SECRET_LENGTH, Alphabet::Alphanumeric)
+                .await?;
+            minted.push(json!({"secret": name, "version": version, "previous": version - 1}));
+        }
+        Ok(())
+    }
+}
+
+#[typetag::serde(name = "rotation.mint")]
+#[async_trait]
+impl Phase for RotationMint {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let older_than = self.older_than()?;
+        let store = Services::of(ctx)?.secrets();
+        let origin = origin(ctx);
+        let mut minted = Vec::new();
+        let mut skipped = Vec::new();
+        let names = self.secrets(ctx).await?;
+        let result = self.mint_all(ctx, &names, older_than, &mut minted, &mut skipped).await;
+        if let Err(e) = result {
+            // Nothing uses a version yet: take back what this run minted, so a failed mint
+            // leaves the store as it was (a resume mints again).
+            for name in &names {
+                let _ = store.unmint(name, &origin).await;
+            }
+            return Err(e);
+        }
+        ctx.note(format!(
+            "{} new secret version(s), {} skipped",
+            minted.len(),
+            skipped.len()
+        ));
+        Ok(json!({ "minted": minted, "skipped": skipped }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        let store = Services::of(ctx)?.secrets();
+        let origin = origin(ctx);
+        for m in output["minted"].as_array().into_iter().flatten() {
+            if let Some(name) = m["secret"].as_str()
+                && let Some(v) = store.unmint(name, &origin).await?
+            {
+                tracing::info!(secret = name, version = v, "removed the minted version (compensation)");
+            }
+        }
+        Ok(())
+    }
+
+    async fn precheck(&self, _ctx: &PhaseContext) -> Result<(), String> {
+        if self.older_than.contains("${") {
+            return Ok(());
+        }
+        self.older_than().map(|_| ()).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,246 @@
+//! Secret rotation (`secret-rotation` workflow): every secret of an instance and of its
+//! federation links is replaced by a new version without a failed login, verified by real
+//! logins, resumable after a crash and rolled back on failure.
+//!
+//! The store is the source of truth. A new version is committed before it is applied anywhere
+//! and is marked with the run that minted it (`origin = run:<id>`), so a run resumed after a
+//! crash finds the version it already minted instead of minting a second one, and every later
+//! phase knows which secrets this run rotates by asking the store, not by trusting a checkpoint.
+//!
+//! Kind `federation` (the client secret of each direction X→P of each link of the instance):
+//!
+//! | type                            | does                                                       |
+//! |---------------------------------|------------------------------------------------------------|
+//! | `rotation.mint`                 | a new version of each secret in the store                  |
+//! | `rotation.federation_client`    | X's client `federation-<p>` gets it; the old one stays accepted (rotated) |
+//! | `rotation.federation_provider`  | P's provider `<x>-idp` gets it                             |
+//! | `rotation.verify`               | a real brokered login in every direction of the links      |
+//! | `rotation.finish`               | X drops the old secret; old versions beyond `keep` pruned  |
+//!
+//! Rollback runs in reverse: the provider gets the old value back while the client still
+//! accepts both, then the client's primary goes back to the old value, then the minted version
+//! is removed from the store — so no login fails on the way back either.
+//!
+//! Every phase takes `code` (the instance) and `only` (the kinds, comma-separated, `all` by
+//! default); a phase whose kind is not selected does nothing. `rotation.mint` also takes
+//! `older_than` (a duration, `0s` by default): a secret whose latest version is younger is
+//! skipped.
+
+mod federation_client;
+mod federation_provider;
+mod finish;
+mod mint;
+mod verify;
+
+pub use federation_client::RotateFederationClient;
+pub use federation_provider::RotateFederationProvider;
+pub use finish::RotationFinish;
+pub use mint::RotationMint;
+pub use verify::RotationVerify;
+
+use crate::context::Services;
+use crate::federation::{client_secret_name, code};
+use dive_engine::{PhaseContext, PhaseError};
+use dive_instances::{InstanceRecord, lock_key, normalize_code};
+use dive_secrets::{Secret, SecretStore};
+
+/// The kinds of secrets `dive secrets rotate --only` names, in the order they rotate.
+pub const KINDS: [&str; 1] = ["federation"];
+/// Workflow parameter type `rotation-kinds`: `all` or a comma-separated list of [`KINDS`].
+pub const KINDS_TYPE: &str = "rotation-kinds";
+/// Versions of a secret kept after a rotation (the latest and the ones before it), for rollback.
+pub const DEFAULT_KEEP: u32 = 3;
+
+/// Checks `only` (the `rotation-kinds` parameter type) and returns it normalised.
+pub fn check_kinds(only: &str) -> Result<String, String> {
+    let kinds = parse_kinds(only)?;
+    Ok(kinds.join(","))
+}
+
+/// `only` as a list of kinds (`all`: every kind).
+pub fn parse_kinds(only: &str) -> Result<Vec<&'static str>, String> {
+    let only = only.trim();
+    if only.is_empty() || only.eq_ignore_ascii_case("all") {
+        return Ok(KINDS.to_vec());
+    }
+    let mut out = Vec::new();
+    for part in only.split(',').map(str::trim) {
+        let Some(kind) = KINDS.iter().find(|k| k.eq_ignore_ascii_case(part)) else {
+            return Err(format!(
+                "unknown secret kind `{part}`: expected `all` or one or more of {} \
+                 (comma-separated)",
+                KINDS.join(", ")
+            ));
+        };
+        if !out.contains(kind) {
+            out.push(*kind);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `kind` is among the selected kinds (`only` was checked when the run was planned).
+pub(crate) fn selected(only: &str, kind: &str) -> Result<bool, PhaseError> {
+    Ok(parse_kinds(only)
+        .map_err(PhaseError::fatal)?
+        .contains(&kind))
+}
+
+fn default_only() -> String {
+    "all".into()
+}
+
+/// `run:<id>`: what marks the versions a run minted.
+pub(crate) fn origin(ctx: &PhaseContext) -> String {
+    format!("run:{}", ctx.run_id)
+}
+
+/// One direction X→P of a link: X's client, P's provider, the secret between them.
+pub(crate) struct Direction {
+    pub x: InstanceRecord,
+    pub p: InstanceRecord,
+    pub secret: String,
+}
+
+/// Every direction of every federation link of `code` (both directions of each pair).
+pub(crate) async fn directions(ctx: &PhaseContext, code_: &str) -> Result<Vec<Direction>, PhaseError> {
+    let code_ = code(code_)?;
+    let services = Services::of(ctx)?;
+    let reg = services.instances();
+    let links = dive_verify::links(services.pool())
+        .await
+        .map_err(|e| PhaseError::retryable(e.to_string()))?;
+    let mut out = Vec::new();
+    for (hub, spoke, _, _) in links {
+        if hub != code_ && spoke != code_ {
+            continue;
+        }
+        let (h, s) = crate::federation::pair(reg, &hub, &spoke)
+            .await
+            .map_err(PhaseError::fatal)?;
+        for (x, p) in [(h.clone(), s.clone()), (s, h)] {
+            let secret = client_secret_name(&x.code, &p.code);
+            out.push(Direction { x, p, secret });
+        }
+    }
+    Ok(out)
+}
+
+/// The version of `name` this run minted, with its value and the value of the version before
+/// it; `None` when this run does not rotate `name`.
+pub(crate) async fn minted(
+    store: &SecretStore,
+    name: &str,
+    origin: &str,
+) -> Result<Option<Minted>, PhaseError> {
+    let Some(version) = store.minted_by(name, origin).await? else {
+        return Ok(None);
+    };
+    let value = version_value(store, name, version).await?;
+    let previous = version_value(store, name, version - 1).await?;
+    Ok(Some(Minted {
+        version,
+        value,
+        previous,
+    }))
+}
+
+async fn version_value(store: &SecretStore, name: &str, version: u32) -> Result<Secret, PhaseError> {
+    store.get_version(name, version).await?.ok_or_else(|| {
+        PhaseError::fatal(format!(
+            "secret `{name}` has no version {version}: it was pruned or removed during the rotation"
+        ))
+    })
+}
+
+/// A version minted by this run and the one it replaces.
+pub(crate) struct Minted {
+    pub version: u32,
+    pub value: Secret,
+    pub previous: Secret,
+}
+
+/// A secret an instance needs: its name and how a missing one is generated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeededSecret {
+    pub name: String,
+    pub length: usize,
+}
+
+/// Every secret instance `code` needs, given the instances it is linked with: its database,
+/// Keycloak and admin passwords, its test users' passwords, and the client secret of each
+/// direction of each link (what the deploy and link workflows ensure).
+pub fn needed_secrets(code: &str, partners: &[String]) -> Vec<NeededSecret> {
+    let lower = code.to_ascii_lowercase();
+    let secret = |name: String, length: usize| NeededSecret { name, length };
+    let mut out = vec![
+        secret(format!("{lower}/postgres/password"), 32),
+        secret(format!("{lower}/keycloak/db-password"), 32),
+        secret(dive_keycloak::admin_password_secret(code), 32),
+    ];
+    out.extend(dive_keycloak::test_users(&lower).into_iter().map(|u| {
+        secret(
+            dive_keycloak::user_password_secret(&lower, &u.username),
+            crate::keycloak::PASSWORD_LENGTH,
+        )
+    }));
+    for p in partners {
+        out.push(secret(client_secret_name(code, p), crate::federation::SECRET_LENGTH));
+        out.push(secret(client_secret_name(p, code), crate::federation::SECRET_LENGTH));
+    }
+    out
+}
+
+/// The instances linked with `code` (hub: every spoke; spoke: the hub).
+pub async fn partners(pool: &sqlx::PgPool, code: &str) -> Result<Vec<String>, String> {
+    let links = dive_verify::links(pool).await.map_err(|e| e.to_string())?;
+    Ok(links
+        .into_iter()
+        .filter_map(|(hub, spoke, _, _)| {
+            if hub == code {
+                Some(spoke)
+            } else if spoke == code {
+                Some(hub)
+            } else {
+                None
+            }
+        })
+        .collect())
+}
+
+/// Lock key `linked:<CODE>`: stands for the instance keys of CODE and of every instance linked
+/// with it (see [`LinkedInstances`]).
+pub const LINKED_PREFIX: &str = "linked:";
+
+/// Expands `linked:<CODE>` into `instance:<CODE>` and `instance:<P>` for every instance P
+/// federated with CODE, read from `federation_links` when the run starts.
+pub struct LinkedInstances {
+    pub pool: sqlx::PgPool,
+}
+
+#[dive_engine::async_trait]
+impl dive_engine::LockExpander for LinkedInstances {
+    async fn expand(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+        let Some(code_) = key.strip_prefix(LINKED_PREFIX) else {
+            return Ok(None);
+        };
+        let code_ = normalize_code(code_)?;
+        let mut keys = vec![lock_key(&code_)];
+        keys.extend(partners(&self.pool, &code_).await?.iter().map(|p| lock_key(p)));
+        Ok(Some(keys))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_checked_and_normalised() {
+        assert_eq!(check_kinds("all").unwrap(), "federation");
+        assert_eq!(check_kinds("").unwrap(), "federation");
+        assert_eq!(check_kinds(" Federation, federation").unwrap(), "federation");
+        let err = check_kinds("federation,passwords").unwrap_err();
+        assert!(err.contains("`passwords`") && err.contains("federation"), "{err}");
+    }
+}

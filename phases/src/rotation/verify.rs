@@ -1,0 +1,56 @@
+//! `rotation.verify`: a real brokered login in every direction of every link of `code` (every
+//! test user of X logs in at P with the right claims), recorded like `federation.verify`. It
+//! proves the rotated secrets work before the previous ones are dropped.
+//!
+//! ```yaml
+//! - id: verify
+//!   type: rotation.verify
+//!   after: [provider]
+//!   code: "${params.code}"
+//! ```
+//! Output `{directions: [{from, to, ok, latency_ms}]}`. Idempotency: it only reads and logs in.
+//! Compensation: none.
+
+use super::directions;
+use crate::context::Services;
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_verify::{Endpoint, record, verify_direction};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationVerify {
+    pub code: String,
+}
+
+#[typetag::serde(name = "rotation.verify")]
+#[async_trait]
+impl Phase for RotationVerify {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let services = Services::of(ctx)?;
+        let mut out = Vec::new();
+        let mut failures = Vec::new();
+        for d in directions(ctx, &self.code).await? {
+            let report =
+                verify_direction(services.secrets(), &Endpoint::from(&d.x), &Endpoint::from(&d.p), None)
+                    .await;
+            record(services.pool(), Some(ctx.run_id), &report)
+                .await
+                .map_err(|e| PhaseError::retryable(e.to_string()))?;
+            if let Some(why) = report.failure() {
+                failures.push(format!("{}→{}: {why}", d.x.code, d.p.code));
+            }
+            out.push(json!({
+                "from": d.x.code, "to": d.p.code, "ok": report.ok, "latency_ms": report.latency_ms,
+            }));
+        }
+        if !failures.is_empty() {
+            return Err(PhaseError::retryable(format!(
+                "federated logins failed after the rotation: {}",
+                failures.join("; ")
+            )));
+        }
+        Ok(json!({ "directions": out }))
+    }
+}
