@@ -291,14 +291,20 @@ pub enum SecretsCommand {
         json: bool,
     },
     /// A secret's metadata, or with --reveal its value alone on stdout.
+    #[command(disable_version_flag = true)]
     Show {
         /// e.g. usa/keycloak/admin-password
         name: String,
         /// Print the value (the latest version unless --version is given).
         #[arg(long)]
         reveal: bool,
-        /// Which version to reveal (`--version` is the program's own).
-        #[arg(long, value_name = "N", requires = "reveal")]
+        /// Which version to reveal (also `--secret-version`).
+        #[arg(
+            long = "version",
+            alias = "secret-version",
+            value_name = "N",
+            requires = "reveal"
+        )]
         secret_version: Option<u32>,
     },
     /// Rotate the secrets of instance CODE and of its federation links (runs the built-in

@@ -1,16 +1,16 @@
 //! `dive secrets list|show|ensure|rotate`, and the secret store that runs get in their services.
 
 use crate::cli::{ExecArgs, SecretsCommand};
-use crate::commands::run::run_named;
-use dive_instances::{InstanceRecord, normalize_code};
-use dive_phases::rotation;
-use dive_secrets::Alphabet;
-use std::collections::BTreeMap;
 use crate::commands::print_json;
+use crate::commands::run::run_named;
 use crate::{InvalidInput, config, database, exit};
 use anyhow::Result;
 use dive_engine::Store;
+use dive_instances::{InstanceRecord, normalize_code};
+use dive_phases::rotation;
+use dive_secrets::Alphabet;
 use dive_secrets::{SecretError, SecretInfo, SecretStore};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Input the operator can fix (bad name, malformed key) becomes exit code 2.
@@ -37,7 +37,16 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
         SecretsCommand::List { json } => {
             let list = secrets.list().await.map_err(classify)?;
             if json {
-                print_json(&list)?;
+                let now = chrono::Utc::now();
+                let docs: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|s| {
+                        let mut doc = serde_json::json!(s);
+                        doc["age_s"] = serde_json::json!(age(s, now).as_secs());
+                        doc
+                    })
+                    .collect();
+                print_json(&docs)?;
             } else if list.is_empty() {
                 eprintln!("no secrets stored");
             } else {
@@ -55,7 +64,7 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
                 let info = info.ok_or_else(missing)?;
                 print!("{}", details(&info));
                 eprintln!(
-                    "the value is not shown: add --reveal to print it on stdout (and --secret-version N for an older version)"
+                    "the value is not shown: add --reveal to print it on stdout (and --version N for an older version)"
                 );
                 return Ok(exit::OK);
             }
@@ -88,14 +97,20 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
                 if new { &mut created } else { &mut kept }.push(need.name);
             }
             if json {
-                print_json(&serde_json::json!({ "code": code, "created": created, "existing": kept }))?;
+                print_json(
+                    &serde_json::json!({ "code": code, "created": created, "existing": kept }),
+                )?;
             } else if created.is_empty() {
                 eprintln!("{code}: all {} secrets exist; nothing created", kept.len());
             } else {
                 for name in &created {
                     println!("created {name}");
                 }
-                eprintln!("{code}: created {}, {} existed already", created.len(), kept.len());
+                eprintln!(
+                    "{code}: created {}, {} existed already",
+                    created.len(),
+                    kept.len()
+                );
             }
         }
         SecretsCommand::Rotate {
@@ -146,7 +161,10 @@ async fn rotate(
     let params = BTreeMap::from([
         ("code".to_string(), code),
         ("only".to_string(), only),
-        ("older_than".to_string(), older_than.unwrap_or_else(|| "0s".into())),
+        (
+            "older_than".to_string(),
+            older_than.unwrap_or_else(|| "0s".into()),
+        ),
         ("keep".to_string(), keep.to_string()),
     ]);
     run_named("secret-rotation", &params, false, &exec).await
@@ -156,21 +174,51 @@ fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
+/// How old the latest version of `s` is (what `--older-than` compares).
+fn age(s: &SecretInfo, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
+    (now - s.updated_at).to_std().unwrap_or_default()
+}
+
+/// An age in its two largest units (`3d 4h`, `5m 2s`).
+fn short_age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let parts: Vec<String> = units
+        .iter()
+        .scan(s, |rest, (n, unit)| {
+            let v = *rest / n;
+            *rest %= n;
+            Some((v, unit))
+        })
+        .skip_while(|(v, _)| *v == 0)
+        .take(2)
+        .filter(|(v, _)| *v > 0)
+        .map(|(v, unit)| format!("{v}{unit}"))
+        .collect();
+    if parts.is_empty() {
+        "0s".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 fn table(list: &[SecretInfo]) -> String {
     let width = list.iter().map(|s| s.name.len()).max().unwrap_or(0).max(4);
+    let now = chrono::Utc::now();
     let mut out = format!(
-        "{:<width$}  {:>8}  {:>6}  {:<19}  {:<19}\n",
-        "NAME", "VERSIONS", "LATEST", "CREATED", "UPDATED"
+        "{:<width$}  {:>8}  {:>6}  {:<19}  {:<19}  {:>7}\n",
+        "NAME", "VERSIONS", "LATEST", "CREATED", "UPDATED", "AGE"
     );
     for s in list {
         let _ = writeln!(
             out,
-            "{:<width$}  {:>8}  {:>6}  {:<19}  {:<19}",
+            "{:<width$}  {:>8}  {:>6}  {:<19}  {:<19}  {:>7}",
             s.name,
             s.versions,
             s.latest,
             when(&s.created_at),
-            when(&s.updated_at)
+            when(&s.updated_at),
+            short_age(age(s, now))
         );
     }
     out
@@ -185,4 +233,21 @@ fn details(s: &SecretInfo) -> String {
         when(&s.created_at),
         when(&s.updated_at)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_age;
+    use std::time::Duration;
+
+    #[test]
+    fn ages_show_their_two_largest_units() {
+        assert_eq!(short_age(Duration::from_secs(0)), "0s");
+        assert_eq!(short_age(Duration::from_secs(59)), "59s");
+        assert_eq!(short_age(Duration::from_secs(3_600 + 5)), "1h");
+        assert_eq!(
+            short_age(Duration::from_secs(3 * 86_400 + 4 * 3_600 + 7)),
+            "3d 4h"
+        );
+    }
 }

@@ -14,11 +14,11 @@ pub mod types;
 
 pub use admin::{KeycloakAdmin, KeycloakError, enc, realm_path, wait_for_admin_token};
 pub use login::{decode_jwt_claims, login_claims};
-pub use rotation::{
-    PRIMARY_SECRET_LIFETIME, ROTATED_SECRET_LIFETIME, ROTATION_ATTRIBUTE, ROTATION_POLICY,
-    ROTATION_PROFILE,
-};
 pub use names::{
     ADMIN_USER, DIVE_ATTRIBUTES, TestUser, admin_password_secret, default_realm, test_users,
     user_password_secret,
+};
+pub use rotation::{
+    PRIMARY_SECRET_LIFETIME, ROTATED_SECRET_LIFETIME, ROTATION_ATTRIBUTE, ROTATION_POLICY,
+    ROTATION_PROFILE,
 };

@@ -65,7 +65,9 @@ pub enum SecretError {
     },
 
     /// A version that should exist does not (a rotation of a secret never created).
-    #[error("secret `{0}` does not exist: it is created by the deploy or link that uses it (or `dive secrets ensure`)")]
+    #[error(
+        "secret `{0}` does not exist: it is created by the deploy or link that uses it (or `dive secrets ensure`)"
+    )]
     NotFound(String),
 
     /// The store's versions do not allow the change (a later version was written meanwhile).

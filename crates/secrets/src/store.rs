@@ -384,7 +384,11 @@ impl SecretStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        tracing::info!(secret = name, version = mine, "removed a minted secret version");
+        tracing::info!(
+            secret = name,
+            version = mine,
+            "removed a minted secret version"
+        );
         Ok(Some(version_from_db(mine)))
     }
 

@@ -587,3 +587,74 @@ async fn names_are_validated_and_delete_prefix_is_segment_wise() {
         SecretError::InvalidName { .. }
     ));
 }
+
+#[tokio::test]
+async fn mint_is_once_per_origin_and_unmint_restores_the_previous_version() {
+    let (pool, _) = fresh("mint").await;
+    let s = store(&pool, key(7));
+    let name = "federation/usa/fra/client-secret";
+    // A rotation replaces a secret; it does not create one.
+    let err = s
+        .mint(name, "run:a", 32, Alphabet::Alphanumeric)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SecretError::NotFound(_)), "{err}");
+    s.ensure(name, 32, Alphabet::Alphanumeric).await.unwrap();
+    let (v1, _) = s.get(name).await.unwrap().unwrap();
+
+    let (v, created) = s
+        .mint(name, "run:a", 32, Alphabet::Alphanumeric)
+        .await
+        .unwrap();
+    assert_eq!((v, created), (2, true));
+    let (minted, _) = s.get(name).await.unwrap().unwrap();
+    assert_ne!(minted.expose(), v1.expose());
+    // The same origin again (a resumed run): the same version, nothing written.
+    let before = dump_tables(&pool).await;
+    assert_eq!(
+        s.mint(name, "run:a", 32, Alphabet::Alphanumeric)
+            .await
+            .unwrap(),
+        (2, false)
+    );
+    assert_eq!(dump_tables(&pool).await, before);
+    assert_eq!(s.minted_by(name, "run:a").await.unwrap(), Some(2));
+    assert_eq!(s.minted_by(name, "run:b").await.unwrap(), None);
+
+    // Another run mints on top; the first cannot take its version back any more.
+    assert_eq!(
+        s.mint(name, "run:b", 32, Alphabet::Alphanumeric)
+            .await
+            .unwrap(),
+        (3, true)
+    );
+    let err = s.unmint(name, "run:a").await.unwrap_err();
+    assert!(err.to_string().contains("version 3"), "{err}");
+    assert_eq!(s.unmint(name, "run:b").await.unwrap(), Some(3));
+    assert_eq!(s.unmint(name, "run:b").await.unwrap(), None, "idempotent");
+    assert_eq!(s.unmint(name, "run:a").await.unwrap(), Some(2));
+    let (current, version) = s.get(name).await.unwrap().unwrap();
+    assert_eq!((current.expose(), version), (v1.expose(), 1));
+}
+
+#[tokio::test]
+async fn prune_keeps_the_latest_versions() {
+    let (pool, _) = fresh("prune").await;
+    let s = store(&pool, key(8));
+    let name = "fra/users/testuser-fra-1";
+    s.ensure(name, 24, Alphabet::Alphanumeric).await.unwrap();
+    for i in 0..4 {
+        s.mint(name, &format!("run:{i}"), 24, Alphabet::Alphanumeric)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.prune(name, 3).await.unwrap(), 2);
+    let info = s.info(name).await.unwrap().unwrap();
+    assert_eq!((info.versions, info.latest), (3, 5));
+    assert!(s.get_version(name, 2).await.unwrap().is_none());
+    assert!(s.get_version(name, 3).await.unwrap().is_some());
+    assert_eq!(s.prune(name, 3).await.unwrap(), 0);
+    // At least one version stays, whatever is asked.
+    assert_eq!(s.prune(name, 0).await.unwrap(), 2);
+    assert_eq!(s.info(name).await.unwrap().unwrap().versions, 1);
+}

@@ -46,8 +46,8 @@ mod verify;
 mod versions;
 
 pub use client::{FederationClient, SECRET_LENGTH};
-pub use idp::{FederationIdp, MAPPER_TYPE};
 pub(crate) use idp::idp_path;
+pub use idp::{FederationIdp, MAPPER_TYPE};
 pub use record::FederationRecord;
 pub use unlink::FederationUnlink;
 pub use verify::FederationVerify;

@@ -110,7 +110,10 @@ impl Phase for RotateFederationClient {
                         &realm,
                         &id,
                         &d.p.code,
-                        primary.as_deref().map(String::as_str).unwrap_or(m.previous.expose()),
+                        primary
+                            .as_deref()
+                            .map(String::as_str)
+                            .unwrap_or(m.previous.expose()),
                         m.version - 1,
                     )
                     .await?;
@@ -144,8 +147,15 @@ impl Phase for RotateFederationClient {
             let id = client_uuid(&admin, &realm, &d.p.code).await?;
             let primary = admin.client_secret(&realm, &id).await?;
             if primary.as_deref().map(String::as_str) != Some(m.previous.expose()) {
-                set_primary(&admin, &realm, &id, &d.p.code, m.previous.expose(), m.version - 1)
-                    .await?;
+                set_primary(
+                    &admin,
+                    &realm,
+                    &id,
+                    &d.p.code,
+                    m.previous.expose(),
+                    m.version - 1,
+                )
+                .await?;
             }
             admin.drop_rotated_client_secret(&realm, &id).await?;
             tracing::info!(from = %d.x.code, to = %d.p.code,

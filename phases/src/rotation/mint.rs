@@ -88,7 +88,8 @@ impl RotationMint {
                 .unwrap_or_default();
             let mine = store.minted_by(name, &origin).await?;
             if mine.is_none() && age < older_than {
-                skipped.push(json!({"secret": name, "version": info.latest, "age_s": age.as_secs()}));
+                skipped
+                    .push(json!({"secret": name, "version": info.latest, "age_s": age.as_secs()}));
                 continue;
             }
             let (version, _) = store
@@ -110,7 +111,9 @@ impl Phase for RotationMint {
         let mut minted = Vec::new();
         let mut skipped = Vec::new();
         let names = self.secrets(ctx).await?;
-        let result = self.mint_all(ctx, &names, older_than, &mut minted, &mut skipped).await;
+        let result = self
+            .mint_all(ctx, &names, older_than, &mut minted, &mut skipped)
+            .await;
         if let Err(e) = result {
             // Nothing uses a version yet: take back what this run minted, so a failed mint
             // leaves the store as it was (a resume mints again).
@@ -138,7 +141,11 @@ impl Phase for RotationMint {
             if let Some(name) = m["secret"].as_str()
                 && let Some(v) = store.unmint(name, &origin).await?
             {
-                tracing::info!(secret = name, version = v, "removed the minted version (compensation)");
+                tracing::info!(
+                    secret = name,
+                    version = v,
+                    "removed the minted version (compensation)"
+                );
             }
         }
         Ok(())

@@ -103,7 +103,10 @@ pub(crate) struct Direction {
 }
 
 /// Every direction of every federation link of `code` (both directions of each pair).
-pub(crate) async fn directions(ctx: &PhaseContext, code_: &str) -> Result<Vec<Direction>, PhaseError> {
+pub(crate) async fn directions(
+    ctx: &PhaseContext,
+    code_: &str,
+) -> Result<Vec<Direction>, PhaseError> {
     let code_ = code(code_)?;
     let services = Services::of(ctx)?;
     let reg = services.instances();
@@ -145,7 +148,11 @@ pub(crate) async fn minted(
     }))
 }
 
-async fn version_value(store: &SecretStore, name: &str, version: u32) -> Result<Secret, PhaseError> {
+async fn version_value(
+    store: &SecretStore,
+    name: &str,
+    version: u32,
+) -> Result<Secret, PhaseError> {
     store.get_version(name, version).await?.ok_or_else(|| {
         PhaseError::fatal(format!(
             "secret `{name}` has no version {version}: it was pruned or removed during the rotation"
@@ -185,8 +192,14 @@ pub fn needed_secrets(code: &str, partners: &[String]) -> Vec<NeededSecret> {
         )
     }));
     for p in partners {
-        out.push(secret(client_secret_name(code, p), crate::federation::SECRET_LENGTH));
-        out.push(secret(client_secret_name(p, code), crate::federation::SECRET_LENGTH));
+        out.push(secret(
+            client_secret_name(code, p),
+            crate::federation::SECRET_LENGTH,
+        ));
+        out.push(secret(
+            client_secret_name(p, code),
+            crate::federation::SECRET_LENGTH,
+        ));
     }
     out
 }
@@ -226,7 +239,12 @@ impl dive_engine::LockExpander for LinkedInstances {
         };
         let code_ = normalize_code(code_)?;
         let mut keys = vec![lock_key(&code_)];
-        keys.extend(partners(&self.pool, &code_).await?.iter().map(|p| lock_key(p)));
+        keys.extend(
+            partners(&self.pool, &code_)
+                .await?
+                .iter()
+                .map(|p| lock_key(p)),
+        );
         Ok(Some(keys))
     }
 }
@@ -239,8 +257,14 @@ mod tests {
     fn kinds_are_checked_and_normalised() {
         assert_eq!(check_kinds("all").unwrap(), "federation");
         assert_eq!(check_kinds("").unwrap(), "federation");
-        assert_eq!(check_kinds(" Federation, federation").unwrap(), "federation");
+        assert_eq!(
+            check_kinds(" Federation, federation").unwrap(),
+            "federation"
+        );
         let err = check_kinds("federation,passwords").unwrap_err();
-        assert!(err.contains("`passwords`") && err.contains("federation"), "{err}");
+        assert!(
+            err.contains("`passwords`") && err.contains("federation"),
+            "{err}"
+        );
     }
 }

@@ -32,9 +32,13 @@ impl Phase for RotationVerify {
         let mut out = Vec::new();
         let mut failures = Vec::new();
         for d in directions(ctx, &self.code).await? {
-            let report =
-                verify_direction(services.secrets(), &Endpoint::from(&d.x), &Endpoint::from(&d.p), None)
-                    .await;
+            let report = verify_direction(
+                services.secrets(),
+                &Endpoint::from(&d.x),
+                &Endpoint::from(&d.p),
+                None,
+            )
+            .await;
             record(services.pool(), Some(ctx.run_id), &report)
                 .await
                 .map_err(|e| PhaseError::retryable(e.to_string()))?;
