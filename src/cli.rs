@@ -281,6 +281,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         logins: usize,
     },
+    /// Secret rotation on a deployed, linked instance CODE: each kind rotated in turn (the
+    /// `secret-rotation` workflow) while a login probe runs — a brokered login in each direction
+    /// of each link of CODE and a direct login at each instance, without pause, each with the
+    /// password the store holds at that moment. Prints each rotation's duration and the probe's
+    /// attempts, failures and worst latency. The `users` kind leaves CODE's own users out of the
+    /// probe (their passwords are what changes).
+    Rotation {
+        code: String,
+        /// Kinds to rotate, in this order (repeatable).
+        #[arg(long = "kind", default_values_t = ["federation".to_string(), "signing-key".to_string(), "admin".to_string(), "users".to_string()])]
+        kinds: Vec<String>,
+        /// Grace period of the previous signing key.
+        #[arg(long, default_value = "5s")]
+        grace: String,
+        /// Probe workers logging in side by side.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,7 +334,9 @@ pub enum SecretsCommand {
         /// ISO 3166-1 alpha-3 code of the instance (any case).
         code: String,
         /// Rotate only this kind (repeatable): federation (the client secret of each direction
-        /// of each link). Default: every kind.
+        /// of each link), signing-key (the realm's RSA signing key), admin (Keycloak's admin
+        /// password), users (the test users' passwords), database (the PostgreSQL passwords;
+        /// Keycloak restarts). Default: every kind.
         #[arg(long = "only", value_name = "KIND")]
         only: Vec<String>,
         /// Rotate only secrets whose latest version is older than this (e.g. 30d, 12h).
@@ -325,6 +345,10 @@ pub enum SecretsCommand {
         /// Versions of each secret kept afterwards, for rollback (at least 2).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
         keep: u32,
+        /// How long a replaced signing key still validates tokens before it is disabled
+        /// (default: the realm's longest token lifetime).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
         #[command(flatten)]
         exec: ExecArgs,
     },

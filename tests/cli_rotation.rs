@@ -4,10 +4,15 @@
 //! - `dive secrets rotate FRA` (kind federation): both directions of USA↔FRA get a new version,
 //!   GBR's link is untouched, the old secret is refused by the token endpoint, drift finds
 //!   nothing and status shows agreeing versions; then the hub's (both links) the same way.
+//! - signing keys of GBR, FRA and the hub (short grace): during the grace the JWKS lists the
+//!   previous and the new key, afterwards the new one only; no login fails.
 //! - kill -9 after the store write, after the client change and after the partner update, then
 //!   `dive resume`: completes with exactly one new version.
 //! - a failure injected before the partner update: rolled back on both sides, the previous
 //!   version current again, verify ok.
+//! - GBR's admin and test users' passwords: the new ones work, the old ones are refused, no
+//!   other login fails; then GBR's database passwords: Keycloak restarts (its downtime is
+//!   printed), no login that does not involve GBR fails, a deploy afterwards changes nothing.
 //! - `--older-than` skips young secrets; `dive secrets ensure` recreates a deleted secret and
 //!   changes nothing else.
 //! - no secret value appears in any output of these commands.
@@ -15,8 +20,8 @@
 mod common;
 
 use common::TestEnv;
-use common::probe::{Login, Probe, ProbeReport};
 use dive_verify::Endpoint;
+use dive_verify::probe::{Login, Password, Probe, ProbeReport};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -55,6 +60,11 @@ fn secret(env: &TestEnv, name: &str, version: Option<u32>) -> String {
 
 /// Latest version of each federation secret, by name.
 fn versions(env: &TestEnv) -> Vec<(String, u64)> {
+    latest_versions(env, "federation/")
+}
+
+/// Latest version of each secret whose name starts with `prefix`, by name.
+fn latest_versions(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
     let list = env
         .dive(&["secrets", "list", "--json"])
         .assert_code(0)
@@ -62,7 +72,7 @@ fn versions(env: &TestEnv) -> Vec<(String, u64)> {
     list.as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["name"].as_str().unwrap().starts_with("federation/"))
+        .filter(|s| s["name"].as_str().unwrap().starts_with(prefix))
         .map(|s| {
             (
                 s["name"].as_str().unwrap().to_string(),
@@ -117,6 +127,61 @@ fn probed(
     let out = env.spawn(args).wait(ROTATE_TIMEOUT);
     probe.wait_for(min, Duration::from_secs(60));
     (out, probe.stop())
+}
+
+/// The key ids of the signing keys in the JWKS of `at`'s realm.
+fn sig_kids(at: &Endpoint) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let jwks: Value = rt.block_on(async {
+        reqwest::get(format!(
+            "{}/realms/{}/protocol/openid-connect/certs",
+            at.url,
+            at.realm()
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    });
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "sig")
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The probe's logins but those of users of `home` (whose passwords a rotation changes).
+fn logins_except(logins: &[Login], home: &str) -> Vec<Login> {
+    logins
+        .iter()
+        .filter(|l| l.home().code != home)
+        .cloned()
+        .collect()
+}
+
+/// Whether `password` gets the bootstrap admin a token at `url`.
+fn admin_token(url: &str, password: &str) -> bool {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(dive_keycloak::KeycloakAdmin::connect(
+        url, "admin", password,
+    ))
+    .is_ok()
+}
+
+/// Whether `user` of `at` logs in with `password`.
+fn user_login(at: &Endpoint, user: &str, password: &str) -> bool {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(dive_keycloak::login_claims(
+        &at.url,
+        &at.realm(),
+        "dive-verify",
+        user,
+        password,
+    ))
+    .is_ok()
 }
 
 #[track_caller]
@@ -201,7 +266,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
             home: x.clone(),
             target: p.clone(),
             user,
-            password,
+            password: Password::Fixed(password),
         });
     }
     for at in [&usa, &fra, &gbr] {
@@ -209,7 +274,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         logins.push(Login::Direct {
             at: at.clone(),
             user,
-            password,
+            password: Password::Fixed(password),
         });
     }
     // Every stored version of every federation secret (older ones are pruned).
@@ -242,7 +307,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     let (out, report) = probed(
         &env,
         &logins,
-        &["secrets", "rotate", "fra", "--json"],
+        &["secrets", "rotate", "fra", "--only", "federation", "--json"],
         MIN_ATTEMPTS,
     );
     out.assert_code(0);
@@ -288,6 +353,66 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     }
     env.dive(&["federation", "verify", "GBR"]).assert_code(0);
 
+    // 2b. Signing keys (a 3 s grace): GBR's — during the grace its JWKS lists the previous key
+    //     and the new one, afterwards the new one only — then FRA's and the hub's.
+    let kids_before = sig_kids(&gbr);
+    assert_eq!(kids_before.len(), 1, "{kids_before:?}");
+    let probe = Probe::start(logins.clone(), PROBE_WORKERS);
+    probe.wait_for(logins.len() as u64, Duration::from_secs(60));
+    let run = env.spawn(&[
+        "secrets",
+        "rotate",
+        "GBR",
+        "--only",
+        "signing-key",
+        "--grace",
+        "3s",
+        "--json",
+    ]);
+    let id = env.wait_for_run("secret-rotation");
+    env.wait_for_phase(&id, "signing-retire", "running");
+    let during = sig_kids(&gbr);
+    let out = run.wait(ROTATE_TIMEOUT);
+    probe.wait_for(MIN_ATTEMPTS, Duration::from_secs(60));
+    let report = probe.stop();
+    out.assert_code(0);
+    no_failures("the rotation of GBR's signing key", &report, MIN_ATTEMPTS);
+    assert_eq!(
+        during.len(),
+        2,
+        "old and new key during the grace: {during:?}"
+    );
+    assert!(during.contains(&kids_before[0]), "{during:?}");
+    let kids_after = sig_kids(&gbr);
+    assert_eq!(kids_after.len(), 1, "{kids_after:?}");
+    assert!(during.contains(&kids_after[0]) && kids_after != kids_before);
+    eprintln!("GBR signing key rotation: {:?}", out.elapsed);
+    for code in ["FRA", "USA"] {
+        let (out, report) = probed(
+            &env,
+            &logins,
+            &[
+                "secrets",
+                "rotate",
+                code,
+                "--only",
+                "signing-key",
+                "--grace",
+                "3s",
+            ],
+            MIN_ATTEMPTS,
+        );
+        out.assert_code(0);
+        no_failures(
+            &format!("the rotation of {code}'s signing key"),
+            &report,
+            MIN_ATTEMPTS,
+        );
+        eprintln!("{code} signing key rotation: {:?}", out.elapsed);
+    }
+    env.dive(&["federation", "verify", "FRA"]).assert_code(0);
+    env.dive(&["federation", "verify", "GBR"]).assert_code(0);
+
     // 3. kill -9 after the store write, after the client change, after the partner update;
     //    then resume: one new version, no failed login.
     let builtin = std::fs::read_to_string(concat!(
@@ -312,7 +437,15 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         let v_before = version_of(&env, "federation/fra/usa/client-secret");
         let probe = Probe::start(logins.clone(), PROBE_WORKERS);
         probe.wait_for(logins.len() as u64, Duration::from_secs(60));
-        let run = env.spawn(&["run", "workflow", &wf, "--param", "code=FRA"]);
+        let run = env.spawn(&[
+            "run",
+            "workflow",
+            &wf,
+            "--param",
+            "code=FRA",
+            "--param",
+            "only=federation",
+        ]);
         let id = env.wait_for_run("secret-rotation");
         env.wait_for_phase(&id, "hold", "running");
         run.signal(libc::SIGKILL);
@@ -333,41 +466,159 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         env.dive(&["federation", "drift", "FRA"]).assert_code(0);
     }
 
-    // 4. A failure before the partner update: both sides rolled back, previous version
-    //    current again, verify ok.
+    // 4. A failure before the partner update, every kind: both sides rolled back (and FRA's admin
+    //    and users' passwords), the previous versions current again, verify ok. FRA's own users'
+    //    logins are left out of the probe: their passwords change and change back.
     let injected = builtin.replace("    after: [client]\n", "    after: [injected-failure]\n")
-        + "  - id: injected-failure\n    type: exec\n    after: [client]\n    retry: { max_attempts: 1 }\n    command: [\"sh\", \"-c\", \"echo injected >&2; exit 1\"]\n";
+        + "  - id: injected-failure\n    type: exec\n    after: [client, users]\n    retry: { max_attempts: 1 }\n    command: [\"sh\", \"-c\", \"echo injected >&2; exit 1\"]\n";
     let wf = env.workflow("rotation-injected.yaml", &injected);
-    let before = versions(&env);
+    let before = latest_versions(&env, "");
+    let fra_kids = sig_kids(&fra);
     let current = secret(&env, "federation/usa/fra/client-secret", None);
+    let fra_admin = secret(&env, "fra/keycloak/admin-password", None);
     let (out, report) = probed(
         &env,
-        &logins,
+        &logins_except(&logins, "FRA"),
         &["run", "workflow", &wf, "--param", "code=fra", "--json"],
         20,
     );
     out.assert_code(1);
     let run = run_of(&out);
     assert_eq!(run["state"], "rolled_back", "{run}");
+    for id in [
+        "admin",
+        "users",
+        "client",
+        "signing-publish",
+        "signing-activate",
+    ] {
+        assert_eq!(
+            common::phase(&run, id)["state"],
+            "compensated",
+            "{id}: {run}"
+        );
+    }
     no_failures("a rotation rolled back", &report, 20);
     assert_eq!(
-        versions(&env),
+        latest_versions(&env, ""),
         before,
         "the previous versions are current again"
     );
     assert_eq!(token_status(&usa.url, "USA", "FRA", &current), 400);
+    assert_eq!(
+        sig_kids(&fra),
+        fra_kids,
+        "the previous signing key signs again, alone"
+    );
+    assert!(
+        admin_token(&fra.url, &fra_admin),
+        "the previous admin password works again"
+    );
     env.dive(&["federation", "verify", "FRA"]).assert_code(0);
     env.dive(&["federation", "drift", "FRA"]).assert_code(0);
 
-    // 5. --older-than skips young secrets (everything was just rotated).
+    // 5. GBR's admin and users' passwords: the new ones work, the old ones are refused, and no
+    //    login that does not use them fails.
+    let old_admin = secret(&env, "gbr/keycloak/admin-password", None);
+    let old_user = secret(&env, "gbr/users/testuser-gbr-2", None);
+    let (out, report) = probed(
+        &env,
+        &logins_except(&logins, "GBR"),
+        &[
+            "secrets", "rotate", "GBR", "--only", "admin", "--only", "users", "--json",
+        ],
+        MIN_ATTEMPTS,
+    );
+    out.assert_code(0);
+    no_failures(
+        "the rotation of GBR's admin and users",
+        &report,
+        MIN_ATTEMPTS,
+    );
+    let new_admin = secret(&env, "gbr/keycloak/admin-password", None);
+    let new_user = secret(&env, "gbr/users/testuser-gbr-2", None);
+    assert_ne!(new_admin, old_admin);
+    assert!(
+        admin_token(&gbr.url, &new_admin),
+        "the new admin password gets a token"
+    );
+    assert!(
+        !admin_token(&gbr.url, &old_admin),
+        "the old admin password gets none"
+    );
+    assert!(user_login(&gbr, "testuser-gbr-2", &new_user));
+    assert!(!user_login(&gbr, "testuser-gbr-2", &old_user));
+    env.dive(&["federation", "verify", "GBR"]).assert_code(0);
+    env.dive(&["federation", "drift", "GBR"]).assert_code(0);
+
+    // 5b. GBR's database passwords: Keycloak restarts with its new one; logins that do not
+    //     involve GBR never fail, and GBR's own logins are down only for the restart.
+    let old_db = secret(&env, "gbr/keycloak/db-password", None);
+    // GBR's users' passwords changed above: the store's current one.
+    let (gbr_user, gbr_password) = user(&gbr);
+    let gbr_direct = vec![Login::Direct {
+        at: gbr.clone(),
+        user: gbr_user,
+        password: Password::Fixed(gbr_password),
+    }];
+    let others: Vec<Login> = logins
+        .iter()
+        .filter(|l| match l {
+            Login::Brokered { home, target, .. } => home.code != "GBR" && target.code != "GBR",
+            Login::Direct { at, .. } => at.code != "GBR",
+        })
+        .cloned()
+        .collect();
+    let downtime_probe = Probe::start(gbr_direct, 1);
+    let (out, report) = probed(
+        &env,
+        &others,
+        &["secrets", "rotate", "GBR", "--only", "database", "--json"],
+        20,
+    );
+    let downtime = downtime_probe.stop();
+    out.assert_code(0);
+    let run = run_of(&out);
+    no_failures("the rotation of GBR's database passwords", &report, 20);
+    eprintln!(
+        "database rotation of GBR: {:?} in all; GBR's own logins failing for {:?} ({} of {} \
+         failed); converge {} ms",
+        out.elapsed,
+        downtime.failing_for,
+        downtime.failures,
+        downtime.attempts,
+        common::phase(&run, "database")["output"]["converge_ms"]
+    );
+    assert_ne!(secret(&env, "gbr/keycloak/db-password", None), old_db);
+    let (user2, pw2) = user(&gbr);
+    assert!(
+        user_login(&gbr, &user2, &pw2),
+        "GBR logins work after the restart"
+    );
+    env.dive(&["federation", "verify", "GBR"]).assert_code(0);
+    // A deploy afterwards changes nothing (Keycloak is not restarted again).
+    let deploy = env
+        .spawn(&["spoke", "deploy", "GBR", "--json"])
+        .wait(DEPLOY_TIMEOUT);
+    deploy.assert_code(0);
+    assert_eq!(
+        common::phase(&deploy.json(), "keycloak")["output"]["ensured"],
+        "unchanged",
+        "{}",
+        deploy.stdout
+    );
+    let before = latest_versions(&env, "");
+
+    // 6. --older-than skips young secrets (everything was just rotated).
     let out = env
         .spawn(&["secrets", "rotate", "GBR", "--older-than", "1h", "--json"])
         .wait(ROTATE_TIMEOUT);
     out.assert_code(0);
-    assert_eq!(versions(&env), before, "nothing rotated");
+    assert_eq!(latest_versions(&env, ""), before, "nothing rotated");
     let mint = common::phase(&out.json(), "mint")["output"].clone();
     assert_eq!(mint["minted"].as_array().unwrap().len(), 0, "{mint}");
-    assert_eq!(mint["skipped"].as_array().unwrap().len(), 2, "{mint}");
+    // Two database passwords, the admin's, four users' and two federation secrets, all young.
+    assert_eq!(mint["skipped"].as_array().unwrap().len(), 9, "{mint}");
     // Bad input is refused before anything runs.
     let out = env.dive(&["secrets", "rotate", "GBR", "--only", "passwords"]);
     out.assert_code(2);
@@ -375,7 +626,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     env.dive(&["secrets", "rotate", "GBR", "--older-than", "soon"])
         .assert_code(2);
 
-    // 6. ensure: a deleted secret comes back, nothing else changes.
+    // 7. ensure: a deleted secret comes back, nothing else changes.
     env.psql("DELETE FROM secrets WHERE name = 'gbr/users/testuser-gbr-4'");
     let list_before = env.dive(&["secrets", "list", "--json"]).json();
     let out = env.dive(&["secrets", "ensure", "gbr", "--json"]);
@@ -391,8 +642,17 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         list_after.as_array().unwrap().len(),
         list_before.as_array().unwrap().len() + 1
     );
-    for s in list_before.as_array().unwrap() {
-        assert!(list_after.as_array().unwrap().contains(s), "{s} changed");
+    // Every secret that existed is unchanged (its age goes on, of course).
+    let without_age = |list: &Value| -> Vec<Value> {
+        let mut v = list.as_array().unwrap().clone();
+        v.iter_mut().for_each(|s| {
+            s.as_object_mut().unwrap().remove("age_s");
+        });
+        v
+    };
+    let after = without_age(&list_after);
+    for s in without_age(&list_before) {
+        assert!(after.contains(&s), "{s} changed");
     }
     let again = env.dive(&["secrets", "ensure", "gbr", "--json"]).json();
     assert_eq!(again["created"], serde_json::json!([]), "{again}");

@@ -1,7 +1,9 @@
 //! `postgres.database`: ensures a database and its owner role on an instance's PostgreSQL.
 //!
 //! Idempotency: the role is created if missing and its password (re)set from the secret store
-//! either way; the database is created if missing. Compensation: drops only what this phase
+//! either way; the database is created if missing. The admin's own password converges too: when
+//! the server refuses the store's latest version and accepts the one before it (a rotation
+//! committed the new one first), the admin role gets the latest (`admin_password_set`). Compensation: drops only what this phase
 //! created (its output says which), so a rollback never removes a database that was there before.
 
 use crate::context::Services;
@@ -31,6 +33,11 @@ fn default_admin() -> String {
     "postgres".into()
 }
 
+/// PostgreSQL refused the password (SQLSTATE 28P01).
+fn is_refused_password(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("28P01"))
+}
+
 /// Connection problems are worth retrying; a refused login or bad SQL is not.
 /// A protocol error here means a connection cut mid-answer (a server still starting).
 fn classify(e: sqlx::Error, what: &str) -> PhaseError {
@@ -41,25 +48,55 @@ fn classify(e: sqlx::Error, what: &str) -> PhaseError {
 }
 
 impl PostgresDatabase {
-    async fn connect(&self, ctx: &PhaseContext) -> Result<PgConnection, PhaseError> {
+    /// Connects as the admin with the store's latest password. A secret rotation commits the
+    /// new version before the server has it, so a refused password is tried once more with the
+    /// version before it, and the server then gets the latest (the deploy converges it).
+    async fn connect(&self, ctx: &PhaseContext) -> Result<(PgConnection, bool), PhaseError> {
         let store = Services::of(ctx)?.secrets();
-        let password = secret_value(store, &self.admin_password_secret).await?;
+        let name = &self.admin_password_secret;
+        let (password, version) = store.get(name).await?.ok_or_else(|| {
+            PhaseError::fatal(format!(
+                "secret `{name}` does not exist (add a secret.ensure phase before this one)"
+            ))
+        })?;
+        let what = format!(
+            "connecting to PostgreSQL of {} as {}",
+            self.instance, self.admin_user
+        );
+        let port = self.port.get("port")?;
+        match self.connect_with(port, password.expose()).await {
+            Err(e) if is_refused_password(&e) && version > 1 => {
+                let Some(previous) = store.get_version(name, version - 1).await? else {
+                    return Err(classify(e, &what));
+                };
+                let mut conn = self
+                    .connect_with(port, previous.expose())
+                    .await
+                    .map_err(|e| classify(e, &what))?;
+                Self::run_formatted(
+                    &mut conn,
+                    "SELECT format('ALTER ROLE %I WITH PASSWORD %L', $1::text, $2::text)",
+                    &[&self.admin_user, password.expose()],
+                    &format!("setting the password of role {}", self.admin_user),
+                )
+                .await?;
+                tracing::info!(instance = %self.instance, role = %self.admin_user, version,
+                    "database admin password set to the store's latest version");
+                Ok((conn, true))
+            }
+            other => Ok((other.map_err(|e| classify(e, &what))?, false)),
+        }
+    }
+
+    async fn connect_with(&self, port: u16, password: &str) -> Result<PgConnection, sqlx::Error> {
         let opts = PgConnectOptions::new()
             .host("127.0.0.1")
-            .port(self.port.get("port")?)
+            .port(port)
             .username(&self.admin_user)
-            .password(&password)
+            .password(password)
             .database("postgres")
             .application_name("dive");
-        PgConnection::connect_with(&opts).await.map_err(|e| {
-            classify(
-                e,
-                &format!(
-                    "connecting to PostgreSQL of {} as {}",
-                    self.instance, self.admin_user
-                ),
-            )
-        })
+        PgConnection::connect_with(&opts).await
     }
 
     /// Runs a statement built server-side with format(%I/%L), so names and values are quoted by
@@ -92,7 +129,7 @@ impl Phase for PostgresDatabase {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let owner_password =
             secret_value(Services::of(ctx)?.secrets(), &self.owner_password_secret).await?;
-        let mut conn = self.connect(ctx).await?;
+        let (mut conn, admin_password_set) = self.connect(ctx).await?;
         let role_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                 .bind(&self.owner)
@@ -135,6 +172,7 @@ impl Phase for PostgresDatabase {
             "owner": self.owner,
             "created_database": !db_exists,
             "created_role": !role_exists,
+            "admin_password_set": admin_password_set,
         }))
     }
 
@@ -147,7 +185,7 @@ impl Phase for PostgresDatabase {
         if !created("created_database") && !created("created_role") {
             return Ok(());
         }
-        let mut conn = self.connect(ctx).await?;
+        let (mut conn, _) = self.connect(ctx).await?;
         if created("created_database") {
             Self::run_formatted(
                 &mut conn,

@@ -103,6 +103,7 @@ impl Service {
             command: self.command.clone(),
             env: self.env.clone(),
             secret_env,
+            bootstrap_secret_env: BTreeMap::new(),
             ports: self.ports.clone(),
             data: self.data.clone(),
             health: self.health.clone(),

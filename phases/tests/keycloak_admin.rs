@@ -99,6 +99,7 @@ async fn start_stack(rt: &DockerRuntime, secrets: &SecretStore) -> Stack {
             "/var/lib/postgresql/data/pgdata".to_string(),
         )]),
         secret_env: BTreeMap::from([("POSTGRES_PASSWORD".to_string(), db_password.clone())]),
+        bootstrap_secret_env: BTreeMap::new(),
         ports: vec![],
         data: vec![DataMount {
             volume: "pgdata".into(),
@@ -142,6 +143,7 @@ async fn start_stack(rt: &DockerRuntime, secrets: &SecretStore) -> Stack {
                 admin_password.clone(),
             ),
         ]),
+        bootstrap_secret_env: BTreeMap::new(),
         ports: vec![PortSpec {
             name: "http".into(),
             container: 8080,

@@ -1,18 +1,23 @@
 //! `dive bench engine`: engine overhead against the configured state database, as JSON.
 
-use crate::cli::BenchCommand;
+use crate::cli::{BenchCommand, ExecArgs};
 use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
 use crate::commands::run::start_named;
 use crate::commands::secrets::secret_store;
+use crate::{InvalidInput, config};
 use crate::{database, exit};
 use anyhow::{Context, Result, bail};
 use dive_engine::{Engine, RunOptions, RunState, Workflow};
+use dive_instances::normalize_code;
 use dive_keycloak::{test_users, user_password_secret};
+use dive_phases::rotation;
+use dive_verify::probe::{Login, Password, Probe};
 use dive_verify::{Endpoint, brokered_login};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub async fn bench(cmd: BenchCommand) -> Result<u8> {
@@ -23,6 +28,12 @@ pub async fn bench(cmd: BenchCommand) -> Result<u8> {
             concurrency,
         } => engine(chain, parallel, concurrency).await,
         BenchCommand::Federation { code, logins } => federation(&code, logins).await,
+        BenchCommand::Rotation {
+            code,
+            kinds,
+            grace,
+            workers,
+        } => rotation(&code, &kinds, &grace, workers).await,
     }
 }
 
@@ -152,6 +163,96 @@ async fn federation(code: &str, logins: usize) -> Result<u8> {
             "max": ms.last().copied().map(round),
         },
     }))?;
+    Ok(exit::OK)
+}
+
+/// Rotates each of `kinds` of instance `code` in turn with a login probe running.
+async fn rotation(code: &str, kinds: &[String], grace: &str, workers: usize) -> Result<u8> {
+    let code = normalize_code(code).map_err(InvalidInput)?;
+    for kind in kinds {
+        rotation::check_kinds(kind).map_err(InvalidInput)?;
+    }
+    let store = database::open().await?;
+    let registry = config::get().instances(&store);
+    let rec = registry.get(&code).await?.ok_or_else(|| {
+        InvalidInput(format!(
+            "instance {code} is not deployed (deploy and link it first)"
+        ))
+    })?;
+    let partners = rotation::partners(store.pool(), &code)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if partners.is_empty() {
+        bail!("{code} has no federation link: link it first (`dive federation link`)");
+    }
+    let secrets = Arc::new(secret_store(&store)?);
+    let mut instances = vec![rec.clone()];
+    for p in &partners {
+        instances.push(
+            registry
+                .get(p)
+                .await?
+                .context("a linked instance is not registered")?,
+        );
+    }
+    let user_of = |x: &dive_instances::InstanceRecord| {
+        let user = test_users(&x.code)[0].username.clone();
+        let password = Password::Stored(secrets.clone(), user_password_secret(&x.code, &user));
+        (Endpoint::from(x), user, password)
+    };
+    let mut logins = Vec::new();
+    for p in &instances[1..] {
+        for (x, target) in [(&rec, p), (p, &rec)] {
+            let (home, user, password) = user_of(x);
+            logins.push(Login::Brokered {
+                home,
+                target: Endpoint::from(target),
+                user,
+                password,
+            });
+        }
+    }
+    for x in &instances {
+        let (at, user, password) = user_of(x);
+        logins.push(Login::Direct { at, user, password });
+    }
+    let exec = ExecArgs {
+        json: false,
+        concurrency: 8,
+        runtime: Some(rec.runtime),
+    };
+    let mut results = Vec::new();
+    for kind in kinds {
+        let probed: Vec<Login> = logins
+            .iter()
+            .filter(|l| kind != "users" || l.home().code != code)
+            .cloned()
+            .collect();
+        let probe = Probe::start(probed.clone(), workers);
+        let warm = probed.len() as u64;
+        let probe = tokio::task::spawn_blocking(move || {
+            probe.wait_for(warm, std::time::Duration::from_secs(60));
+            probe
+        })
+        .await?;
+        let params = BTreeMap::from([
+            ("code".to_string(), code.clone()),
+            ("only".to_string(), kind.clone()),
+            ("grace".to_string(), grace.to_string()),
+        ]);
+        let start = Instant::now();
+        let (_, outcome) = start_named("secret-rotation", &params, false, &exec).await?;
+        let took = start.elapsed();
+        let report = tokio::task::spawn_blocking(move || probe.stop()).await?;
+        results.push(json!({
+            "kind": kind,
+            "state": outcome.state,
+            "run_id": outcome.run_id,
+            "duration_ms": round(took.as_secs_f64() * 1000.0),
+            "probe": report.to_json(),
+        }));
+    }
+    print_json(&json!({ "code": code, "grace": grace, "rotations": results }))?;
     Ok(exit::OK)
 }
 

@@ -118,8 +118,16 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
             only,
             older_than,
             keep,
+            grace,
             exec,
-        } => return rotate(&store, &code, &only, older_than, keep, exec).await,
+        } => {
+            let opts = RotateOptions {
+                older_than,
+                keep,
+                grace,
+            };
+            return rotate(&store, &code, &only, opts, exec).await;
+        }
     }
     Ok(exit::OK)
 }
@@ -139,12 +147,18 @@ async fn registered(store: &Store, code: &str) -> Result<InstanceRecord> {
 }
 
 /// `dive secrets rotate`: the built-in workflow `secret-rotation` on the instance's runtime.
+/// What `dive secrets rotate` passes on besides the instance and the kinds.
+struct RotateOptions {
+    older_than: Option<String>,
+    keep: u32,
+    grace: Option<String>,
+}
+
 async fn rotate(
     store: &Store,
     code: &str,
     only: &[String],
-    older_than: Option<String>,
-    keep: u32,
+    opts: RotateOptions,
     mut exec: ExecArgs,
 ) -> Result<u8> {
     let code = normalize_code(code).map_err(InvalidInput)?;
@@ -163,9 +177,13 @@ async fn rotate(
         ("only".to_string(), only),
         (
             "older_than".to_string(),
-            older_than.unwrap_or_else(|| "0s".into()),
+            opts.older_than.unwrap_or_else(|| "0s".into()),
         ),
-        ("keep".to_string(), keep.to_string()),
+        ("keep".to_string(), opts.keep.to_string()),
+        (
+            "grace".to_string(),
+            opts.grace.unwrap_or_else(|| "auto".into()),
+        ),
     ]);
     run_named("secret-rotation", &params, false, &exec).await
 }

@@ -9,7 +9,6 @@
 #![allow(dead_code)]
 
 pub mod federation;
-pub mod probe;
 
 use dive_pgcluster::{Cluster, StopMode};
 use serde_json::Value;

@@ -103,6 +103,15 @@ impl KeycloakError {
     pub fn is_conflict(&self) -> bool {
         self.status() == Some(StatusCode::CONFLICT)
     }
+
+    /// Keycloak refused a login's credentials (401, or 400 `invalid_grant`).
+    pub fn is_refused_credentials(&self) -> bool {
+        match self.status() {
+            Some(StatusCode::UNAUTHORIZED) => true,
+            Some(StatusCode::BAD_REQUEST) => self.message().contains("invalid_grant"),
+            _ => false,
+        }
+    }
 }
 
 impl dive_error::Classify for KeycloakError {

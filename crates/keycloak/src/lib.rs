@@ -7,12 +7,14 @@
 //! live in dive-phases.
 
 mod admin;
+mod keys;
 mod login;
 mod names;
 mod rotation;
 pub mod types;
 
 pub use admin::{KeycloakAdmin, KeycloakError, enc, realm_path, wait_for_admin_token};
+pub use keys::{RSA_PROVIDER, SigningKey};
 pub use login::{decode_jwt_claims, login_claims};
 pub use names::{
     ADMIN_USER, DIVE_ATTRIBUTES, TestUser, admin_password_secret, default_realm, test_users,

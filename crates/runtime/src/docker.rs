@@ -223,7 +223,7 @@ impl DockerRuntime {
             .iter()
             .map(|(k, v)| format!("{k}={}", self.render(spec, v)))
             .collect();
-        env.extend(spec.secret_env.iter().map(|(k, v)| format!("{k}={v}")));
+        env.extend(spec.all_secret_env().map(|(k, v)| format!("{k}={v}")));
         let mut container_labels = labels(Some(&spec.instance), Some(&spec.name));
         container_labels.insert("dive.spec".into(), spec.digest());
         let body = ContainerCreateBody {
@@ -383,7 +383,9 @@ impl Runtime for DockerRuntime {
                 }
                 spec.env
                     .insert("PGDATA".into(), "/var/lib/postgresql/data/pgdata".into());
-                spec.secret_env.insert("POSTGRES_PASSWORD".into(), password);
+                // Read by the image's entrypoint when it initialises the data only.
+                spec.bootstrap_secret_env
+                    .insert("POSTGRES_PASSWORD".into(), password);
                 spec.health = Some(pg_isready("pg_isready".into(), "5432".into()));
             }
             Builtin::Keycloak => {

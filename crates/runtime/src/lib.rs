@@ -215,6 +215,13 @@ pub struct ServiceSpec {
     #[serde(skip_serializing)]
     #[serde(default)]
     pub secret_env: BTreeMap<String, String>,
+    /// Secrets the service reads only when it first initialises its data (the database
+    /// superuser's password, Keycloak's first admin): passed like `secret_env` but left out of
+    /// the [digest](ServiceSpec::digest), so rotating them — which dive does through the running
+    /// service — is no reason to restart it.
+    #[serde(skip_serializing)]
+    #[serde(default)]
+    pub bootstrap_secret_env: BTreeMap<String, String>,
     pub ports: Vec<PortSpec>,
     pub data: Vec<DataMount>,
     pub health: Option<Health>,
@@ -236,6 +243,10 @@ impl fmt::Debug for ServiceSpec {
             .field("image", &self.image)
             .field("command", &self.command)
             .field("secret_env", &self.secret_env.keys().collect::<Vec<_>>())
+            .field(
+                "bootstrap_secret_env",
+                &self.bootstrap_secret_env.keys().collect::<Vec<_>>(),
+            )
             .field("ports", &self.ports)
             .finish_non_exhaustive()
     }
@@ -243,7 +254,8 @@ impl fmt::Debug for ServiceSpec {
 
 impl ServiceSpec {
     /// A digest of everything that shapes the running service (secret values included, so a
-    /// changed secret recreates it; only the digest is ever stored).
+    /// changed secret recreates it; only the digest is ever stored). Bootstrap secrets are left
+    /// out: they do not shape a service that is already initialised.
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(self).expect("spec serialises"));
@@ -254,6 +266,11 @@ impl ServiceSpec {
             h.update([0]);
         }
         hex::encode(&h.finalize()[..16])
+    }
+
+    /// Every secret environment value the service is started with (bootstrap ones included).
+    pub fn all_secret_env(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.secret_env.iter().chain(&self.bootstrap_secret_env)
     }
 
     pub fn host_port(&self, name: &str) -> Option<u16> {
@@ -479,6 +496,41 @@ pub fn check_name(what: &str, name: &str) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_change_the_digest_and_bootstrap_secrets_do_not() {
+        let spec = ServiceSpec {
+            instance: "fra".into(),
+            name: "keycloak".into(),
+            image: String::new(),
+            command: vec!["kc.sh".into()],
+            env: BTreeMap::new(),
+            secret_env: BTreeMap::from([("KC_DB_PASSWORD".into(), "a".into())]),
+            bootstrap_secret_env: BTreeMap::from([(
+                "KC_BOOTSTRAP_ADMIN_PASSWORD".into(),
+                "x".into(),
+            )]),
+            ports: Vec::new(),
+            data: Vec::new(),
+            health: None,
+            ready_timeout: Duration::from_secs(1),
+            run_as: None,
+            init: None,
+            networks: Vec::new(),
+        };
+        let mut other = spec.clone();
+        other
+            .bootstrap_secret_env
+            .insert("KC_BOOTSTRAP_ADMIN_PASSWORD".into(), "y".into());
+        assert_eq!(other.digest(), spec.digest());
+        assert_eq!(other.all_secret_env().count(), 2);
+        other.secret_env.insert("KC_DB_PASSWORD".into(), "b".into());
+        assert_ne!(other.digest(), spec.digest());
+        assert!(
+            !format!("{spec:?}").contains("\"x\""),
+            "values are not shown"
+        );
+    }
 
     #[test]
     fn runtimes_are_known_by_name_and_nothing_else_parses() {

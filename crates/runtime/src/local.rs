@@ -210,7 +210,7 @@ impl LocalRuntime {
         for (k, v) in &spec.env {
             cmd.env(k, self.render(spec, v));
         }
-        for (k, v) in &spec.secret_env {
+        for (k, v) in spec.all_secret_env() {
             cmd.env(k, v);
         }
         if let Some((uid, gid)) = ids {

@@ -111,7 +111,8 @@ pub async fn keycloak_template(
         ),
     ]);
     spec.secret_env.insert("KC_DB_PASSWORD".into(), db_password);
-    spec.secret_env
+    // Keycloak creates its first admin with it, once; later changes go through the admin API.
+    spec.bootstrap_secret_env
         .insert("KC_BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password);
     spec.health = Some(Health::Http {
         port: "management".into(),

@@ -28,6 +28,7 @@ fn sleeper(instance: &str) -> ServiceSpec {
         ],
         env: BTreeMap::from([("MODE".to_string(), "a".to_string())]),
         secret_env: BTreeMap::new(),
+        bootstrap_secret_env: BTreeMap::new(),
         ports: vec![],
         data: vec![],
         health: Some(Health::Command {

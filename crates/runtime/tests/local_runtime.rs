@@ -32,6 +32,7 @@ fn web(instance: &str, port: u16) -> ServiceSpec {
         ],
         env: BTreeMap::new(),
         secret_env: BTreeMap::from([("TOKEN".to_string(), "not-shown".to_string())]),
+        bootstrap_secret_env: BTreeMap::new(),
         ports: vec![PortSpec {
             name: "http".into(),
             container: 8000,

@@ -316,8 +316,32 @@ impl SecretStore {
         length: usize,
         alphabet: Alphabet,
     ) -> Result<(u32, bool), SecretError> {
-        validate_name(name)?;
         check_length(length)?;
+        self.insert_once(name, origin, || alphabet.generate(length), true)
+            .await
+    }
+
+    /// Records `value` as the next version of `name` for `origin` (version 1 for a new name),
+    /// once per origin like [`SecretStore::mint`]: for values another system generates (a
+    /// signing key Keycloak made), committed as soon as they are read back.
+    pub async fn record(
+        &self,
+        name: &str,
+        origin: &str,
+        value: &Secret,
+    ) -> Result<(u32, bool), SecretError> {
+        self.insert_once(name, origin, || value.clone(), false)
+            .await
+    }
+
+    async fn insert_once(
+        &self,
+        name: &str,
+        origin: &str,
+        value: impl FnOnce() -> Secret,
+        must_exist: bool,
+    ) -> Result<(u32, bool), SecretError> {
+        validate_name(name)?;
         self.verify_key().await?;
         let mut tx = self.pool.begin().await?;
         lock_name(&mut tx, name).await?;
@@ -332,11 +356,12 @@ impl SecretStore {
         if let Some(v) = mine {
             return Ok((version_from_db(v), false));
         }
-        let Some(latest) = latest else {
+        if latest.is_none() && must_exist {
             return Err(SecretError::NotFound(name.to_string()));
-        };
+        }
+        let latest = latest.unwrap_or(0);
         let version = version_from_db(latest) + 1;
-        let (nonce, ciphertext) = self.seal(name, version, &alphabet.generate(length));
+        let (nonce, ciphertext) = self.seal(name, version, &value());
         sqlx::query(
             "INSERT INTO secrets (name, version, nonce, ciphertext, origin) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -349,7 +374,11 @@ impl SecretStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        tracing::info!(secret = name, version, "minted a new secret version");
+        tracing::info!(
+            secret = name,
+            version,
+            "stored a new secret version for a rotation"
+        );
         Ok((version, true))
     }
 

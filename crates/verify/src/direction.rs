@@ -3,10 +3,7 @@
 
 use crate::{Endpoint, VerifyError, brokered_login};
 use chrono::{DateTime, Utc};
-use dive_keycloak::{
-    ADMIN_USER, DIVE_ATTRIBUTES, KeycloakAdmin, admin_password_secret, test_users,
-    user_password_secret,
-};
+use dive_keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin, test_users, user_password_secret};
 use dive_secrets::SecretStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -159,17 +156,14 @@ pub async fn verify_direction(
         users: Vec::new(),
         error: None,
     };
-    let admin = match secret(secrets, &admin_password_secret(&from.code)).await {
-        Ok(pw) => KeycloakAdmin::connect_named(
-            &format!("home keycloak {} ({})", from.code, from.url),
-            &from.url,
-            ADMIN_USER,
-            &pw,
-        )
-        .await
-        .map_err(|e| format!("reading the users' attributes: {e}")),
-        Err(e) => Err(e),
-    };
+    let admin = crate::admin_login(
+        secrets,
+        &format!("home keycloak {} ({})", from.code, from.url),
+        &from.code,
+        &from.url,
+    )
+    .await
+    .map_err(|e| format!("reading the users' attributes: {e}"));
     match admin {
         Ok(admin) => {
             let users = test_users(&from.code);

@@ -25,11 +25,14 @@
 //! Errors name the side that failed (home or target, by code and URL) and never contain a
 //! password, an authorization code or a token: URLs in errors are shown without their query.
 
+mod admin_login;
 mod browser;
 mod direction;
 mod html;
 mod jwt;
+pub mod probe;
 
+pub use admin_login::{AdminLoginError, admin_login};
 pub use browser::{CALLBACK_URI, CLIENT_ID, LoginResult, brokered_login};
 pub use direction::{
     ClaimMismatch, DirectionReport, UserReport, compare_claims, for_run, latest, links, record,

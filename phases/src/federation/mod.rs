@@ -55,10 +55,9 @@ pub use versions::{SecretVersions, secret_versions};
 
 use crate::context::Services;
 pub(crate) use crate::keycloak::flag;
-use crate::service::secret_value;
 use dive_engine::{PhaseContext, PhaseError};
 use dive_instances::{InstanceRecord, Instances, Role, normalize_code};
-use dive_keycloak::{ADMIN_USER, KeycloakAdmin, KeycloakError, admin_password_secret};
+use dive_keycloak::{KeycloakAdmin, KeycloakError};
 pub(crate) use dive_keycloak::{enc, realm_path};
 use dive_runtime::{KEYCLOAK_HTTP_PORT, PortSpec};
 use serde::{Deserialize, Deserializer};
@@ -208,13 +207,11 @@ pub(crate) async fn admin_with(
     store: &dive_secrets::SecretStore,
     rec: &InstanceRecord,
 ) -> Result<KeycloakAdmin, PhaseError> {
-    let password =
-        zeroize::Zeroizing::new(secret_value(store, &admin_password_secret(&rec.code)).await?);
-    Ok(KeycloakAdmin::connect_named(
+    Ok(dive_verify::admin_login(
+        store,
         &format!("keycloak {}", rec.code),
+        &rec.code,
         &rec.keycloak_url(),
-        ADMIN_USER,
-        &password,
     )
     .await?)
 }

@@ -1,9 +1,8 @@
 //! What every `keycloak.*` phase shares: the instance code, the realm, the admin login.
 
 use crate::context::Services;
-use crate::service::secret_value;
 use dive_engine::{PhaseContext, PhaseError};
-use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret, default_realm};
+use dive_keycloak::{KeycloakAdmin, default_realm};
 use serde::{Deserialize, Deserializer};
 
 /// Checks `instance` when the workflow is read: three letters, or a reference that the engine
@@ -77,17 +76,15 @@ impl Target {
         is_code(instance).then(|| format!("keycloak:{}", instance.to_ascii_uppercase()))
     }
 
-    /// Logs in as [`ADMIN_USER`] with the password from the secret store.
+    /// Logs in as the bootstrap admin with the password from the secret store
+    /// ([`dive_verify::admin_login`]).
     pub async fn admin(&self, ctx: &PhaseContext) -> Result<KeycloakAdmin, PhaseError> {
         let store = Services::of(ctx)?.secrets();
-        let password = zeroize::Zeroizing::new(
-            secret_value(store, &admin_password_secret(&self.lower)).await?,
-        );
-        Ok(KeycloakAdmin::connect_named(
+        Ok(dive_verify::admin_login(
+            store,
             &format!("keycloak {}", self.upper),
+            &self.upper,
             &self.url,
-            ADMIN_USER,
-            &password,
         )
         .await?)
     }

@@ -1,6 +1,7 @@
 //! `rotation.finish`: the rotation is proven (`rotation.verify`), so each X drops the previous
 //! secret of its federation client (from now on a token request with it is refused), and the
-//! store keeps only the latest `keep` versions of each rotated secret (older ones are pruned).
+//! store keeps only the latest `keep` versions of each secret this run rotated (older ones are
+//! pruned).
 //!
 //! ```yaml
 //! - id: finish
@@ -15,7 +16,7 @@
 //! Idempotency: dropping a rotated secret that is gone and pruning to `keep` again change
 //! nothing. Compensation: none; it is the last phase, and what it drops is no longer used.
 
-use super::{DEFAULT_KEEP, default_only, directions, minted, origin, selected};
+use super::{DEFAULT_KEEP, default_only, directions, minted, needed_secrets, origin, selected};
 use crate::context::Services;
 use crate::federation::{admin, breaker};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
@@ -53,23 +54,35 @@ pub struct RotationFinish {
 impl Phase for RotationFinish {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let keep = parse_keep(&self.keep).map_err(PhaseError::fatal)?;
-        let mut dropped = Vec::new();
-        let mut pruned = 0;
-        if !selected(&self.only, "federation")? {
-            return Ok(json!({ "dropped": dropped, "pruned": pruned }));
-        }
-        let store = Services::of(ctx)?.secrets();
+        let services = Services::of(ctx)?;
+        let store = services.secrets();
         let origin = origin(ctx);
-        for d in directions(ctx, &self.code).await? {
-            if minted(store, &d.secret, &origin).await?.is_none() {
-                continue;
+        let mut dropped = Vec::new();
+        if selected(&self.only, "federation")? {
+            for d in directions(ctx, &self.code).await? {
+                if minted(store, &d.secret, &origin).await?.is_none() {
+                    continue;
+                }
+                let admin = admin(ctx, &d.x).await?;
+                let realm = d.x.realm();
+                let id = super::federation_client::client_uuid(&admin, &realm, &d.p.code).await?;
+                admin.drop_rotated_client_secret(&realm, &id).await?;
+                dropped.push(json!({ "from": d.x.code, "to": d.p.code }));
             }
-            let admin = admin(ctx, &d.x).await?;
-            let realm = d.x.realm();
-            let id = super::federation_client::client_uuid(&admin, &realm, &d.p.code).await?;
-            admin.drop_rotated_client_secret(&realm, &id).await?;
-            pruned += store.prune(&d.secret, keep).await?;
-            dropped.push(json!({ "from": d.x.code, "to": d.p.code }));
+        }
+        let code = crate::federation::code(&self.code)?;
+        let partners = super::partners(services.pool(), &code)
+            .await
+            .map_err(PhaseError::retryable)?;
+        let mut pruned = 0;
+        let names = needed_secrets(&code, &partners)
+            .into_iter()
+            .map(|s| s.name)
+            .chain([super::signing_publish::record_name(&code)]);
+        for name in names {
+            if store.minted_by(&name, &origin).await?.is_some() {
+                pruned += store.prune(&name, keep).await?;
+            }
         }
         Ok(json!({ "dropped": dropped, "pruned": pruned }))
     }

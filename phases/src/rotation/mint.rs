@@ -18,18 +18,15 @@
 //! (the later phases' compensations have put the previous values back in Keycloak first).
 //! Tolerates versions already removed.
 
-use super::{Direction, default_only, directions, origin, selected};
+use super::{
+    default_only, directions, needed_secrets, origin, parse_older_than, selected, zero_duration,
+};
 use crate::context::Services;
-use crate::federation::SECRET_LENGTH;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_secrets::Alphabet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-fn zero() -> String {
-    "0s".into()
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,45 +35,43 @@ pub struct RotationMint {
     #[serde(default = "default_only")]
     pub only: String,
     /// A duration (`30d`, `12h`, `0s`).
-    #[serde(default = "zero")]
+    #[serde(default = "zero_duration")]
     pub older_than: String,
 }
 
 impl RotationMint {
     fn older_than(&self) -> Result<Duration, PhaseError> {
-        humantime::parse_duration(self.older_than.trim()).map_err(|e| {
-            PhaseError::fatal(format!(
-                "older_than: `{}` is not a duration ({e}); expected e.g. 30d, 12h or 0s",
-                self.older_than
-            ))
-        })
+        parse_older_than(&self.older_than)
     }
 
-    /// The secrets the selected kinds rotate.
-    async fn secrets(&self, ctx: &PhaseContext) -> Result<Vec<String>, PhaseError> {
-        let mut names = Vec::new();
-        if selected(&self.only, "federation")? {
-            names.extend(
-                directions(ctx, &self.code)
-                    .await?
-                    .into_iter()
-                    .map(|Direction { secret, .. }| secret),
-            );
+    /// The secrets the selected kinds rotate, with the length of a new value.
+    async fn secrets(&self, ctx: &PhaseContext) -> Result<Vec<(String, usize)>, PhaseError> {
+        let code = crate::federation::code(&self.code)?;
+        // The links through the registry: a partner that is not deployed fails here.
+        directions(ctx, &code).await?;
+        let partners = super::partners(Services::of(ctx)?.pool(), &code)
+            .await
+            .map_err(PhaseError::retryable)?;
+        let mut out = Vec::new();
+        for s in needed_secrets(&code, &partners) {
+            if selected(&self.only, s.kind)? {
+                out.push((s.name, s.length));
+            }
         }
-        Ok(names)
+        Ok(out)
     }
 
     async fn mint_all(
         &self,
         ctx: &PhaseContext,
-        names: &[String],
+        names: &[(String, usize)],
         older_than: Duration,
         minted: &mut Vec<Value>,
         skipped: &mut Vec<Value>,
     ) -> Result<(), PhaseError> {
         let store = Services::of(ctx)?.secrets();
         let origin = origin(ctx);
-        for name in names {
+        for (name, length) in names {
             let info = store.info(name).await?.ok_or_else(|| {
                 PhaseError::fatal(format!(
                     "secret `{name}` does not exist: run `dive secrets ensure {}` or link again",
@@ -93,7 +88,7 @@ impl RotationMint {
                 continue;
             }
             let (version, _) = store
-                .mint(name, &origin, SECRET_LENGTH, Alphabet::Alphanumeric)
+                .mint(name, &origin, *length, Alphabet::Alphanumeric)
                 .await?;
             minted.push(json!({"secret": name, "version": version, "previous": version - 1}));
         }
@@ -117,7 +112,7 @@ impl Phase for RotationMint {
         if let Err(e) = result {
             // Nothing uses a version yet: take back what this run minted, so a failed mint
             // leaves the store as it was (a resume mints again).
-            for name in &names {
+            for (name, _) in &names {
                 let _ = store.unmint(name, &origin).await;
             }
             return Err(e);

@@ -26,16 +26,28 @@
 //! `older_than` (a duration, `0s` by default): a secret whose latest version is younger is
 //! skipped.
 
+mod admin;
+mod database;
 mod federation_client;
 mod federation_provider;
 mod finish;
 mod mint;
+mod signing_activate;
+mod signing_publish;
+mod signing_retire;
+mod users;
 mod verify;
 
+pub use admin::RotateAdmin;
+pub use database::RotateDatabase;
 pub use federation_client::RotateFederationClient;
 pub use federation_provider::RotateFederationProvider;
 pub use finish::RotationFinish;
 pub use mint::RotationMint;
+pub use signing_activate::RotateSigningActivate;
+pub use signing_publish::RotateSigningPublish;
+pub use signing_retire::RotateSigningRetire;
+pub use users::RotateUsers;
 pub use verify::RotationVerify;
 
 use crate::context::Services;
@@ -44,8 +56,8 @@ use dive_engine::{PhaseContext, PhaseError};
 use dive_instances::{InstanceRecord, lock_key, normalize_code};
 use dive_secrets::{Secret, SecretStore};
 
-/// The kinds of secrets `dive secrets rotate --only` names, in the order they rotate.
-pub const KINDS: [&str; 1] = ["federation"];
+/// The kinds of secrets `dive secrets rotate --only` names.
+pub const KINDS: [&str; 5] = ["federation", "signing-key", "admin", "users", "database"];
 /// Workflow parameter type `rotation-kinds`: `all` or a comma-separated list of [`KINDS`].
 pub const KINDS_TYPE: &str = "rotation-kinds";
 /// Versions of a secret kept after a rotation (the latest and the ones before it), for rollback.
@@ -88,6 +100,24 @@ pub(crate) fn selected(only: &str, kind: &str) -> Result<bool, PhaseError> {
 
 fn default_only() -> String {
     "all".into()
+}
+
+fn zero_duration() -> String {
+    "0s".into()
+}
+
+/// `older_than` as a duration (`30d`, `12h`, `0s`).
+pub(crate) fn parse_older_than(text: &str) -> Result<std::time::Duration, PhaseError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        PhaseError::fatal(format!(
+            "older_than: `{text}` is not a duration ({e}); expected e.g. 30d, 12h or 0s"
+        ))
+    })
+}
+
+/// The signing key a run creates: `dive-signing-<run id>` (so a re-run finds it).
+pub(crate) fn signing_key_name(ctx: &PhaseContext) -> String {
+    format!("dive-signing-{}", ctx.run_id.simple())
 }
 
 /// `run:<id>`: what marks the versions a run minted.
@@ -167,39 +197,38 @@ pub(crate) struct Minted {
     pub previous: Secret,
 }
 
-/// A secret an instance needs: its name and how a missing one is generated.
+/// A secret an instance needs: its name, the kind that rotates it, and how a missing one is
+/// generated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeededSecret {
     pub name: String,
+    pub kind: &'static str,
     pub length: usize,
 }
 
-/// Every secret instance `code` needs, given the instances it is linked with: its database,
-/// Keycloak and admin passwords, its test users' passwords, and the client secret of each
-/// direction of each link (what the deploy and link workflows ensure).
+/// Every secret instance `code` needs, given the instances it is linked with: its database and
+/// Keycloak passwords (`database`), its admin password (`admin`), its test users' passwords
+/// (`users`), and the client secret of each direction of each link (`federation`) — what the
+/// deploy and link workflows ensure.
 pub fn needed_secrets(code: &str, partners: &[String]) -> Vec<NeededSecret> {
     let lower = code.to_ascii_lowercase();
-    let secret = |name: String, length: usize| NeededSecret { name, length };
+    let secret = |name: String, kind, length| NeededSecret { name, kind, length };
     let mut out = vec![
-        secret(format!("{lower}/postgres/password"), 32),
-        secret(format!("{lower}/keycloak/db-password"), 32),
-        secret(dive_keycloak::admin_password_secret(code), 32),
+        secret(format!("{lower}/postgres/password"), "database", 32),
+        secret(format!("{lower}/keycloak/db-password"), "database", 32),
+        secret(dive_keycloak::admin_password_secret(code), "admin", 32),
     ];
     out.extend(dive_keycloak::test_users(&lower).into_iter().map(|u| {
         secret(
             dive_keycloak::user_password_secret(&lower, &u.username),
+            "users",
             crate::keycloak::PASSWORD_LENGTH,
         )
     }));
     for p in partners {
-        out.push(secret(
-            client_secret_name(code, p),
-            crate::federation::SECRET_LENGTH,
-        ));
-        out.push(secret(
-            client_secret_name(p, code),
-            crate::federation::SECRET_LENGTH,
-        ));
+        for name in [client_secret_name(code, p), client_secret_name(p, code)] {
+            out.push(secret(name, "federation", crate::federation::SECRET_LENGTH));
+        }
     }
     out
 }

@@ -1,12 +1,36 @@
-//! A login probe for rotation tests: while a rotation runs, background workers log in without
-//! pause — a brokered login in each direction of each link and a direct login at each instance —
-//! and count attempts and failures. A rotation that breaks logins even for a moment shows up as
-//! a failure here.
+//! A login probe: while something changes the federation (a secret rotation), background
+//! workers log in without pause — brokered logins across the links and direct logins at the
+//! instances — and count attempts and failures. A change that breaks logins even for a moment
+//! shows up as a failure; how long logins kept failing measures a restart's downtime. Used by
+//! `dive bench rotation` and the rotation tests.
 
-use dive_verify::{Endpoint, brokered_login};
+use crate::{Endpoint, brokered_login};
+use dive_secrets::SecretStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Where a probe login's password comes from.
+#[derive(Clone)]
+pub enum Password {
+    /// This value, always.
+    Fixed(String),
+    /// The latest version of this secret, read at each attempt (what the store holds then).
+    Stored(Arc<SecretStore>, String),
+}
+
+impl Password {
+    async fn get(&self) -> Result<String, String> {
+        match self {
+            Password::Fixed(p) => Ok(p.clone()),
+            Password::Stored(store, name) => match store.get(name).await {
+                Ok(Some((s, _))) => Ok(s.expose().to_string()),
+                Ok(None) => Err(format!("secret `{name}` is not in the store")),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
 
 /// One login the probe repeats.
 #[derive(Clone)]
@@ -16,18 +40,27 @@ pub enum Login {
         home: Endpoint,
         target: Endpoint,
         user: String,
-        password: String,
+        password: Password,
     },
     /// A user of `at` logs in at its own realm (password grant on `dive-verify`).
     Direct {
         at: Endpoint,
         user: String,
-        password: String,
+        password: Password,
     },
 }
 
 impl Login {
-    fn name(&self) -> String {
+    /// The instance whose user logs in.
+    pub fn home(&self) -> &Endpoint {
+        match self {
+            Login::Brokered { home, .. } => home,
+            Login::Direct { at, .. } => at,
+        }
+    }
+
+    /// `X→P` or `direct X`.
+    pub fn name(&self) -> String {
         match self {
             Login::Brokered { home, target, .. } => format!("{}→{}", home.code, target.code),
             Login::Direct { at, .. } => format!("direct {}", at.code),
@@ -41,16 +74,20 @@ impl Login {
                 target,
                 user,
                 password,
-            } => brokered_login(home, target, user, password)
+            } => brokered_login(home, target, user, &password.get().await?)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            Login::Direct { at, user, password } => {
-                dive_keycloak::login_claims(&at.url, &at.realm(), "dive-verify", user, password)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
+            Login::Direct { at, user, password } => dive_keycloak::login_claims(
+                &at.url,
+                &at.realm(),
+                crate::CLIENT_ID,
+                user,
+                &password.get().await?,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         }
     }
 }
@@ -62,6 +99,23 @@ pub struct ProbeReport {
     /// The first failures (login and error).
     pub failed: Vec<String>,
     pub worst: Duration,
+    /// From the start of the first failed login to the end of the last one: how long logins
+    /// were failing (a restart's downtime).
+    pub failing_for: Option<Duration>,
+    first_failure: Option<Instant>,
+}
+
+impl ProbeReport {
+    /// `{attempts, failures, worst_ms, failing_for_ms, failed}` for JSON output.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "worst_ms": self.worst.as_millis() as u64,
+            "failing_for_ms": self.failing_for.map(|d| d.as_millis() as u64),
+            "failed": self.failed,
+        })
+    }
 }
 
 /// Workers logging in until [`Probe::stop`].
@@ -92,14 +146,23 @@ impl Probe {
                             let started = Instant::now();
                             let result = login.attempt().await;
                             let took = started.elapsed();
-                            let mut r = report.lock().unwrap();
-                            r.attempts += 1;
-                            r.worst = r.worst.max(took);
-                            if let Err(e) = result {
-                                r.failures += 1;
-                                if r.failed.len() < 10 {
-                                    r.failed.push(format!("{}: {e}", login.name()));
+                            let failed = {
+                                let mut r = report.lock().unwrap();
+                                r.attempts += 1;
+                                r.worst = r.worst.max(took);
+                                if let Err(e) = &result {
+                                    let first = *r.first_failure.get_or_insert(started);
+                                    r.failing_for = Some(Instant::now() - first);
+                                    r.failures += 1;
+                                    if r.failed.len() < 10 {
+                                        r.failed.push(format!("{}: {e}", login.name()));
+                                    }
                                 }
+                                result.is_err()
+                            };
+                            if failed {
+                                // A refused connection answers at once: do not spin.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
                             }
                         }
                     });

@@ -1,0 +1,147 @@
+//! `rotation.admin`: the Keycloak bootstrap admin's password (`<code>/keycloak/admin-password`,
+//! user `admin` in realm `master`) becomes the version this run minted. Runs right after
+//! `rotation.mint`; until it has, dive's admin logins fall back to the previous version
+//! (`dive_verify::admin_login`), and from then on use the new one.
+//!
+//! ```yaml
+//! - id: admin
+//!   type: rotation.admin
+//!   after: [mint]
+//!   code: "${params.code}"
+//!   only: "${params.only}"
+//! ```
+//! Output `{rotated, changed}`. The new password is proven (a token with it) and the previous one
+//! refused before the phase succeeds.
+//!
+//! Idempotency: when Keycloak already accepts the new password nothing is written.
+//! Compensation: the previous password is set again (logged in with whichever Keycloak accepts).
+
+use super::{default_only, minted, origin, selected};
+use crate::context::Services;
+use crate::federation::{breaker, code, instance};
+use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_instances::InstanceRecord;
+use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+const MASTER: &str = "master";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateAdmin {
+    pub code: String,
+    #[serde(default = "default_only")]
+    pub only: String,
+}
+
+/// Logs in with `first`, or else with `second`.
+async fn login_with_either(
+    rec: &InstanceRecord,
+    first: &str,
+    second: &str,
+) -> Result<KeycloakAdmin, PhaseError> {
+    let name = format!("keycloak {}", rec.code);
+    match KeycloakAdmin::connect_named(&name, &rec.keycloak_url(), ADMIN_USER, first).await {
+        Err(e) if e.is_refused_credentials() => {
+            Ok(
+                KeycloakAdmin::connect_named(&name, &rec.keycloak_url(), ADMIN_USER, second)
+                    .await?,
+            )
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Sets the admin's password to `value` unless Keycloak already accepts it (logging in with
+/// `value` or else `other`); returns whether it changed it.
+async fn set_admin_password(
+    rec: &InstanceRecord,
+    value: &str,
+    other: &str,
+) -> Result<bool, PhaseError> {
+    let admin = login_with_either(rec, value, other).await?;
+    if admin.check_password(MASTER, ADMIN_USER, value).await? {
+        return Ok(false);
+    }
+    let id = admin
+        .user_by_username(MASTER, ADMIN_USER)
+        .await?
+        .and_then(|u| u.id)
+        .ok_or_else(|| {
+            PhaseError::fatal(format!(
+                "{}: no user `{ADMIN_USER}` in realm master",
+                admin.name()
+            ))
+        })?;
+    admin.reset_password(MASTER, &id, value).await?;
+    Ok(true)
+}
+
+#[typetag::serde(name = "rotation.admin")]
+#[async_trait]
+impl Phase for RotateAdmin {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        let code = code(&self.code)?;
+        let name = admin_password_secret(&code);
+        let store = Services::of(ctx)?.secrets();
+        let m = match selected(&self.only, "admin")? {
+            true => minted(store, &name, &origin(ctx)).await?,
+            false => None,
+        };
+        let Some(m) = m else {
+            return Ok(json!({ "rotated": false, "changed": false }));
+        };
+        let rec = instance(Services::of(ctx)?.instances(), &code)
+            .await
+            .map_err(PhaseError::fatal)?;
+        let changed = set_admin_password(&rec, m.value.expose(), m.previous.expose()).await?;
+        let admin = KeycloakAdmin::connect_named(
+            &format!("keycloak {code}"),
+            &rec.keycloak_url(),
+            ADMIN_USER,
+            m.value.expose(),
+        )
+        .await?;
+        if admin
+            .check_password(MASTER, ADMIN_USER, m.previous.expose())
+            .await?
+        {
+            return Err(PhaseError::retryable(format!(
+                "{}: the previous admin password is still accepted",
+                admin.name()
+            )));
+        }
+        if changed {
+            tracing::info!(instance = %code, version = m.version, "admin password rotated");
+        }
+        Ok(json!({ "rotated": true, "version": m.version, "changed": changed }))
+    }
+
+    fn has_compensation(&self) -> bool {
+        true
+    }
+
+    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        if output["rotated"] != json!(true) {
+            return Ok(());
+        }
+        let code = code(&self.code)?;
+        let store = Services::of(ctx)?.secrets();
+        let Some(m) = minted(store, &admin_password_secret(&code), &origin(ctx)).await? else {
+            return Ok(());
+        };
+        // An instance reset since has nothing to restore.
+        let Ok(rec) = instance(Services::of(ctx)?.instances(), &code).await else {
+            return Ok(());
+        };
+        if set_admin_password(&rec, m.previous.expose(), m.value.expose()).await? {
+            tracing::info!(instance = %code, "admin password restored (compensation)");
+        }
+        Ok(())
+    }
+
+    fn breaker_key(&self) -> Option<String> {
+        breaker(&self.code)
+    }
+}
