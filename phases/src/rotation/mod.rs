@@ -284,15 +284,17 @@ mod tests {
 
     #[test]
     fn kinds_are_checked_and_normalised() {
-        assert_eq!(check_kinds("all").unwrap(), "federation");
-        assert_eq!(check_kinds("").unwrap(), "federation");
+        let all = "federation,signing-key,admin,users,database";
+        assert_eq!(check_kinds("all").unwrap(), all);
+        assert_eq!(check_kinds("").unwrap(), all);
         assert_eq!(
             check_kinds(" Federation, federation").unwrap(),
             "federation"
         );
+        assert_eq!(check_kinds("users,admin").unwrap(), "users,admin");
         let err = check_kinds("federation,passwords").unwrap_err();
         assert!(
-            err.contains("`passwords`") && err.contains("federation"),
+            err.contains("`passwords`") && err.contains("signing-key"),
             "{err}"
         );
     }
