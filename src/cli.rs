@@ -332,7 +332,12 @@ pub enum SecretsCommand {
     /// rolls both sides back. Safe to call from a timer with --older-than.
     Rotate {
         /// ISO 3166-1 alpha-3 code of the instance (any case).
-        code: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        code: Option<String>,
+        /// Every registered instance in one run (built-in workflow `secret-rotation-all`): a
+        /// child run each, the spokes side by side, then the hub.
+        #[arg(long)]
+        all: bool,
         /// Rotate only this kind (repeatable): federation (the client secret of each direction
         /// of each link), signing-key (the realm's RSA signing key), admin (Keycloak's admin
         /// password), users (the test users' passwords), database (the PostgreSQL passwords;

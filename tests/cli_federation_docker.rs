@@ -2,7 +2,8 @@
 //! offline images, `dive federation link` in both directions, identity providers whose back
 //! channel (token, JWKS, userinfo) is the partner's container on network `dive-federation` and
 //! whose front channel (authorization, issuer) is the partner's published 127.0.0.1 port, and
-//! `dive federation verify` logging every test user in through the federation both ways.
+//! `dive federation verify` logging every test user in through the federation both ways, then
+//! the federation secrets and signing keys rotated with a login probe running (no login fails).
 //!
 //! Container names are global on the Docker daemon: the codes DNK and ISL are used by no other
 //! test. Cleanup touches only these two instances (never `dive cleanup --all`).
@@ -12,6 +13,8 @@ mod common;
 use common::federation::{direction, users_have_their_claims};
 use common::{Output, TestEnv};
 use dive_keycloak::KeycloakAdmin;
+use dive_verify::Endpoint;
+use dive_verify::probe::{Login, Password, Probe};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -191,5 +194,64 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
         !out.stdout.contains(&client_secret),
         "the secret never appears"
     );
+
+    // The federation secrets and signing keys rotated on Docker too, with a login probe
+    // (brokered both ways, direct at each side) running throughout: no login fails.
+    let endpoint = |code: &str, args: &[&str]| {
+        Endpoint::new(code, status(&env, args)["keycloak_url"].as_str().unwrap())
+    };
+    let hub = endpoint(HUB, &["hub", "status", "--code", HUB, "--json"]);
+    let spoke = endpoint(SPOKE, &["spoke", "status", SPOKE, "--json"]);
+    let user = |e: &Endpoint| {
+        let name = format!("testuser-{}-1", e.code.to_lowercase());
+        let pw = secret(&env, &format!("{}/users/{name}", e.code.to_lowercase()));
+        (name, Password::Fixed(pw))
+    };
+    let mut logins = Vec::new();
+    for (x, p) in [(&hub, &spoke), (&spoke, &hub)] {
+        let (user, password) = user(x);
+        logins.push(Login::Brokered {
+            home: x.clone(),
+            target: p.clone(),
+            user: user.clone(),
+            password: password.clone(),
+        });
+        logins.push(Login::Direct {
+            at: x.clone(),
+            user,
+            password,
+        });
+    }
+    let probe = Probe::start(logins, 2);
+    probe.wait_for(4, VERIFY_TIMEOUT);
+    let out = timed(
+        &env,
+        &[
+            "secrets",
+            "rotate",
+            SPOKE,
+            "--only",
+            "federation",
+            "--only",
+            "signing-key",
+            "--grace",
+            "3s",
+            "--json",
+        ],
+        VERIFY_TIMEOUT,
+    );
+    probe.wait_for(30, VERIFY_TIMEOUT);
+    let report = probe.stop();
+    out.assert_code(0);
+    eprintln!(
+        "rotation on docker: {:?}; probe {} attempts, {} failures",
+        out.elapsed, report.attempts, report.failures
+    );
+    assert_eq!(report.failures, 0, "{:?}", report.failed);
+    assert_ne!(
+        secret(&env, "federation/dnk/isl/client-secret"),
+        client_secret
+    );
+    timed(&env, &["federation", "drift", SPOKE], VERIFY_TIMEOUT).assert_code(0);
     eprintln!("test wall time before the reset: {:.1?}", started.elapsed());
 }

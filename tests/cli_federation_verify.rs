@@ -2,7 +2,7 @@
 //! GBR) on the local runtime linked by `dive federation link`, real brokered logins in all four
 //! directions with exact claims, the status view of the recorded results and secret versions,
 //! and tampering behind dive's back — a wrong secret in an identity provider, the provider
-//! deleted, a mapper deleted, the client secret regenerated, the partner Keycloak stopped — each
+//! deleted, a mapper deleted, the client secret replaced, the partner Keycloak stopped — each
 //! found by `drift`, repaired by `link` and proven repaired by `verify`.
 
 mod common;
@@ -291,7 +291,9 @@ fn hub_and_two_spokes_verified_then_tampered_found_by_drift_and_repaired_by_link
     );
     repaired(&env, "FRA");
 
-    // 4. The client secret regenerated in Keycloak behind dive's back.
+    // 4. The client secret replaced in Keycloak behind dive's back (set outright: Keycloak's
+    //    "regenerate" would keep the previous secret accepted for a while, as the rotation
+    //    policy dive installs says).
     rt.block_on(async {
         let a = admin(&env, &usa, "USA").await;
         let clients: Vec<Value> = a
@@ -299,9 +301,9 @@ fn hub_and_two_spokes_verified_then_tampered_found_by_drift_and_repaired_by_link
             .await
             .unwrap();
         let id = clients[0]["id"].as_str().unwrap();
-        a.post(
-            &format!("/admin/realms/dive-usa/clients/{id}/client-secret"),
-            &json!({}),
+        a.put(
+            &format!("/admin/realms/dive-usa/clients/{id}"),
+            Some(&json!({ "clientId": "federation-fra", "secret": "changed-outside-dive-0123456789" })),
         )
         .await
         .unwrap();

@@ -13,6 +13,8 @@
 //! - GBR's admin and test users' passwords: the new ones work, the old ones are refused, no
 //!   other login fails; then GBR's database passwords: Keycloak restarts (its downtime is
 //!   printed), no login that does not involve GBR fails, a deploy afterwards changes nothing.
+//! - `--all` killed (kill -9) mid-way and resumed: its child runs are resumed, not started
+//!   again; every federation secret gets exactly one new version.
 //! - `--older-than` skips young secrets; `dive secrets ensure` recreates a deleted secret and
 //!   changes nothing else.
 //! - no secret value appears in any output of these commands.
@@ -259,24 +261,29 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         );
         (name, pw)
     };
-    let mut logins = Vec::new();
-    for (x, p) in [(&usa, &fra), (&fra, &usa), (&usa, &gbr), (&gbr, &usa)] {
-        let (user, password) = user(x);
-        logins.push(Login::Brokered {
-            home: x.clone(),
-            target: p.clone(),
-            user,
-            password: Password::Fixed(password),
-        });
-    }
-    for at in [&usa, &fra, &gbr] {
-        let (user, password) = user(at);
-        logins.push(Login::Direct {
-            at: at.clone(),
-            user,
-            password: Password::Fixed(password),
-        });
-    }
+    // The probe's logins, with the passwords the store holds now.
+    let current_logins = || {
+        let mut logins = Vec::new();
+        for (x, p) in [(&usa, &fra), (&fra, &usa), (&usa, &gbr), (&gbr, &usa)] {
+            let (user, password) = user(x);
+            logins.push(Login::Brokered {
+                home: x.clone(),
+                target: p.clone(),
+                user,
+                password: Password::Fixed(password),
+            });
+        }
+        for at in [&usa, &fra, &gbr] {
+            let (user, password) = user(at);
+            logins.push(Login::Direct {
+                at: at.clone(),
+                user,
+                password: Password::Fixed(password),
+            });
+        }
+        logins
+    };
+    let mut logins = current_logins();
     // Every stored version of every federation secret (older ones are pruned).
     let all_secrets = |env: &TestEnv| -> Vec<String> {
         let list = env
@@ -551,16 +558,16 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     env.dive(&["federation", "verify", "GBR"]).assert_code(0);
     env.dive(&["federation", "drift", "GBR"]).assert_code(0);
 
+    logins = current_logins();
+
     // 5b. GBR's database passwords: Keycloak restarts with its new one; logins that do not
     //     involve GBR never fail, and GBR's own logins are down only for the restart.
     let old_db = secret(&env, "gbr/keycloak/db-password", None);
-    // GBR's users' passwords changed above: the store's current one.
-    let (gbr_user, gbr_password) = user(&gbr);
-    let gbr_direct = vec![Login::Direct {
-        at: gbr.clone(),
-        user: gbr_user,
-        password: Password::Fixed(gbr_password),
-    }];
+    let gbr_direct: Vec<Login> = logins
+        .iter()
+        .filter(|l| matches!(l, Login::Direct { at, .. } if at.code == "GBR"))
+        .cloned()
+        .collect();
     let others: Vec<Login> = logins
         .iter()
         .filter(|l| match l {
@@ -625,6 +632,68 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     assert!(out.stderr.contains("`passwords`"), "{}", out.stderr);
     env.dive(&["secrets", "rotate", "GBR", "--older-than", "soon"])
         .assert_code(2);
+
+    // 6b. --all (federation and signing keys), killed (kill -9) once a spoke's child has
+    //     changed a client, then resumed: the children are resumed, not started again, so
+    //     every federation secret gets exactly one new version; no login fails throughout.
+    let before = versions(&env);
+    let probe = Probe::start(logins.clone(), PROBE_WORKERS);
+    probe.wait_for(logins.len() as u64, Duration::from_secs(60));
+    let run = env.spawn(&[
+        "secrets",
+        "rotate",
+        "--all",
+        "--only",
+        "federation",
+        "--only",
+        "signing-key",
+        "--grace",
+        "3s",
+    ]);
+    let parent = env.wait_for_run("secret-rotation-all");
+    common::wait_until(
+        "a child of the --all run changed a client",
+        Duration::from_secs(120),
+        || {
+            env.try_psql(&format!(
+                "SELECT count(*) FROM phases p JOIN runs r ON r.id = p.run_id \
+                 WHERE r.parent_run_id = '{parent}' AND p.phase_id = 'client' \
+                 AND p.state = 'succeeded'"
+            ))
+            .is_ok_and(|n| n.trim() != "0")
+        },
+    );
+    run.signal(libc::SIGKILL);
+    let killed = run.wait(Duration::from_secs(10));
+    assert_ne!(killed.code, Some(0));
+    let out = env
+        .spawn(&["resume", &parent, "--json"])
+        .wait(ROTATE_TIMEOUT);
+    probe.wait_for(MIN_ATTEMPTS, Duration::from_secs(60));
+    let report = probe.stop();
+    out.assert_code(0);
+    no_failures("--all killed and resumed", &report, MIN_ATTEMPTS);
+    let children = env.query_json(&format!(
+        "SELECT params->>'code' AS code, state FROM runs WHERE parent_run_id = '{parent}' \
+         ORDER BY 1"
+    ));
+    let codes: Vec<&str> = children
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["FRA", "GBR", "USA"],
+        "one child each, none started twice: {children}"
+    );
+    for (name, v) in versions(&env) {
+        let was = before.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(v, was + 1, "{name}: exactly one new version");
+    }
+    env.dive(&["federation", "drift", "FRA"]).assert_code(0);
+    env.dive(&["federation", "drift", "GBR"]).assert_code(0);
 
     // 7. ensure: a deleted secret comes back, nothing else changes.
     env.psql("DELETE FROM secrets WHERE name = 'gbr/users/testuser-gbr-4'");

@@ -99,14 +99,20 @@ impl RunConn {
     }
 
     /// Records a new run.
-    pub async fn create_run(&mut self, plan: &Plan, no_rollback: bool) -> Result<(), EngineError> {
+    pub async fn create_run(
+        &mut self,
+        plan: &Plan,
+        no_rollback: bool,
+        parent: Option<&(Uuid, String)>,
+    ) -> Result<(), EngineError> {
         let conn = self.conn.as_mut().expect("connected after acquire");
         // Every phase gets its checkpoint row now, `pending`, so that each later checkpoint
         // updates rows in place instead of inserting them.
         let phase_ids: Vec<&str> = plan.phases.iter().map(|p| p.id.as_str()).collect();
         sqlx::query(
             "WITH run AS (INSERT INTO runs (id, workflow, lock_key, lock_keys, state, params, plan, \
-             no_rollback) VALUES ($1, $2, $3[1], $3, 'running', $4, $5, $6) RETURNING id) \
+             no_rollback, parent_run_id, parent_key) \
+             VALUES ($1, $2, $3[1], $3, 'running', $4, $5, $6, $8, $9) RETURNING id) \
              INSERT INTO phases (run_id, phase_id, state, attempt) \
              SELECT run.id, phase_id, 'pending', 0 FROM run, unnest($7::text[]) AS phase_id",
         )
@@ -117,6 +123,8 @@ impl RunConn {
         .bind(serde_json::to_value(plan).expect("plan serialises"))
         .bind(no_rollback)
         .bind(phase_ids)
+        .bind(parent.map(|p| p.0))
+        .bind(parent.map(|p| p.1.as_str()))
         .execute(conn)
         .await?;
         Ok(())

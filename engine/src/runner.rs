@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// its ancestors' locks; it takes only its other keys. Empty for a top-level run and on
     /// `dive resume` of a child, which then takes all of its keys itself.
     pub held_lock_keys: Vec<String>,
+    /// The run and key of the `workflow` phase that starts this run as its child (recorded,
+    /// so a resumed parent finds the child again); `None` for a top-level run.
+    pub parent: Option<(Uuid, String)>,
 }
 
 impl Default for RunOptions {
@@ -56,6 +59,7 @@ impl Default for RunOptions {
             events: EventSink::none(),
             cancel: CancellationToken::new(),
             held_lock_keys: Vec::new(),
+            parent: None,
         }
     }
 }
@@ -160,7 +164,8 @@ impl Engine {
             opts.cancel.clone(),
         )
         .await?;
-        conn.create_run(plan, opts.no_rollback).await?;
+        conn.create_run(plan, opts.no_rollback, opts.parent.as_ref())
+            .await?;
         let mut runner = Runner::new(self, plan, conn, opts);
         runner.announce(false);
         runner.sched.begin();

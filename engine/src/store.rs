@@ -505,6 +505,24 @@ impl Store {
             .collect()
     }
 
+    /// The newest child run that run `parent` started under `key`, with its state.
+    pub async fn child_run(
+        &self,
+        parent: Uuid,
+        key: &str,
+    ) -> Result<Option<(Uuid, RunState)>, EngineError> {
+        let row: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, state FROM runs WHERE parent_run_id = $1 AND parent_key = $2 \
+             ORDER BY started_at DESC, id DESC LIMIT 1",
+        )
+        .bind(parent)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(id, state)| Ok((id, parse_state(id, &state)?)))
+            .transpose()
+    }
+
     /// Removes lock rows whose advisory lock nobody holds; returns their keys.
     pub async fn clean_locks(&self) -> Result<Vec<String>, EngineError> {
         Ok(sqlx::query_scalar(sql_clean_locks())

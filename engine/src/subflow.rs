@@ -8,8 +8,11 @@
 //! any ancestor) already holds are not taken again — the parent's session holds them, so taking
 //! them would fail — and the child takes only its other keys ([`RunOptions::held_lock_keys`],
 //! passed down from [`PhaseContext::held_lock_keys`]). A child resumed on its own with
-//! `dive resume CHILD_ID` has no parent holding anything and takes all of its keys itself. Idempotency: the children used here are ensure-style, so running
-//! one again (after a crash of the parent, or on resume) converges instead of duplicating.
+//! `dive resume CHILD_ID` has no parent holding anything and takes all of its keys itself.
+//!
+//! Idempotency: each child is recorded with its parent run and key (the phase id); when the
+//! parent runs the phase again (resumed after a crash), it resumes that child where it stopped
+//! (or reuses it, if it succeeded) instead of starting a second one.
 //! Compensation: none — a failed child has already rolled itself back, and a child that
 //! succeeded is a finished deployment that a later failure elsewhere should not tear down.
 
@@ -55,25 +58,41 @@ impl SubWorkflow {
     }
 }
 
-#[typetag::serde(name = "workflow")]
-#[async_trait]
-impl Phase for SubWorkflow {
-    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let plan = self.plan(ctx).map_err(PhaseError::fatal)?;
+impl SubWorkflow {
+    /// Runs the child under `key` (unique among the children of this run): a child already
+    /// started under that key by this run — a parent resumed after a crash — is not started
+    /// again: a succeeded one is reused, an unfinished one resumed; only one that rolled back
+    /// or was cancelled is replaced by a new run. Fails unless the child succeeds.
+    pub async fn run_child(&self, ctx: &PhaseContext, key: &str) -> Result<Value, PhaseError> {
         let engine = Engine::new(ctx.store.clone())
             .with_catalog(ctx.catalog.clone())
             .with_services(ctx.services.clone())
             .with_lock_expander(ctx.lock_expander.clone());
         let opts = RunOptions {
-            events: ctx.events.scoped(&ctx.phase_id),
+            events: ctx.events.scoped(key),
             cancel: ctx.cancel.child_token(),
             held_lock_keys: ctx.held_lock_keys.clone(),
+            parent: Some((ctx.run_id, key.to_string())),
             ..RunOptions::default()
         };
-        let outcome = engine
-            .start(&plan, &opts)
+        let existing = ctx
+            .store
+            .child_run(ctx.run_id, key)
             .await
-            .map_err(|e| PhaseError::fatal(format!("workflow `{}`: {e}", self.workflow)))?;
+            .map_err(|e| PhaseError::retryable(format!("workflow `{}`: {e}", self.workflow)))?;
+        let outcome = match existing {
+            Some((id, RunState::Succeeded)) => {
+                return Ok(json!({ "workflow": self.workflow, "run_id": id, "state": RunState::Succeeded }));
+            }
+            Some((id, state)) if state.is_resumable() && state != RunState::Cancelled => {
+                engine.resume(id, &opts).await
+            }
+            _ => {
+                let plan = self.plan(ctx).map_err(PhaseError::fatal)?;
+                engine.start(&plan, &opts).await
+            }
+        }
+        .map_err(|e| PhaseError::fatal(format!("workflow `{}`: {e}", self.workflow)))?;
         if outcome.state != RunState::Succeeded {
             return Err(PhaseError::fatal(format!(
                 "workflow `{}` (run {}) ended {}: {}",
@@ -84,6 +103,14 @@ impl Phase for SubWorkflow {
             )));
         }
         Ok(json!({ "workflow": self.workflow, "run_id": outcome.run_id, "state": outcome.state }))
+    }
+}
+
+#[typetag::serde(name = "workflow")]
+#[async_trait]
+impl Phase for SubWorkflow {
+    async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
+        self.run_child(ctx, &ctx.phase_id).await
     }
 
     /// The child workflow exists and takes these parameters.

@@ -115,6 +115,7 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
         }
         SecretsCommand::Rotate {
             code,
+            all: _,
             only,
             older_than,
             keep,
@@ -126,7 +127,7 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
                 keep,
                 grace,
             };
-            return rotate(&store, &code, &only, opts, exec).await;
+            return rotate(&store, code.as_deref(), &only, opts, exec).await;
         }
     }
     Ok(exit::OK)
@@ -156,24 +157,18 @@ struct RotateOptions {
 
 async fn rotate(
     store: &Store,
-    code: &str,
+    code: Option<&str>,
     only: &[String],
     opts: RotateOptions,
     mut exec: ExecArgs,
 ) -> Result<u8> {
-    let code = normalize_code(code).map_err(InvalidInput)?;
     let only = if only.is_empty() {
         "all".to_string()
     } else {
         only.join(",")
     };
     rotation::check_kinds(&only).map_err(InvalidInput)?;
-    let rec = registered(store, &code).await?;
-    if exec.runtime.is_none() {
-        exec.runtime = Some(rec.runtime);
-    }
-    let params = BTreeMap::from([
-        ("code".to_string(), code),
+    let mut params = BTreeMap::from([
         ("only".to_string(), only),
         (
             "older_than".to_string(),
@@ -185,6 +180,16 @@ async fn rotate(
             opts.grace.unwrap_or_else(|| "auto".into()),
         ),
     ]);
+    // `--all` when no code (clap requires one of the two).
+    let Some(code) = code else {
+        return run_named("secret-rotation-all", &params, false, &exec).await;
+    };
+    let code = normalize_code(code).map_err(InvalidInput)?;
+    let rec = registered(store, &code).await?;
+    if exec.runtime.is_none() {
+        exec.runtime = Some(rec.runtime);
+    }
+    params.insert("code".to_string(), code);
     run_named("secret-rotation", &params, false, &exec).await
 }
 

@@ -334,13 +334,20 @@ impl SecretStore {
             .await
     }
 
-    async fn insert_once(
+    /// Starts a transaction that holds `name`'s writer lock, and reads its latest version and
+    /// the version `origin` wrote (if any).
+    async fn lock_versions(
         &self,
         name: &str,
         origin: &str,
-        value: impl FnOnce() -> Secret,
-        must_exist: bool,
-    ) -> Result<(u32, bool), SecretError> {
+    ) -> Result<
+        (
+            sqlx::Transaction<'static, sqlx::Postgres>,
+            Option<i32>,
+            Option<i32>,
+        ),
+        SecretError,
+    > {
         validate_name(name)?;
         self.verify_key().await?;
         let mut tx = self.pool.begin().await?;
@@ -353,6 +360,17 @@ impl SecretStore {
         .bind(origin)
         .fetch_one(&mut *tx)
         .await?;
+        Ok((tx, latest, mine))
+    }
+
+    async fn insert_once(
+        &self,
+        name: &str,
+        origin: &str,
+        value: impl FnOnce() -> Secret,
+        must_exist: bool,
+    ) -> Result<(u32, bool), SecretError> {
+        let (mut tx, latest, mine) = self.lock_versions(name, origin).await?;
         if let Some(v) = mine {
             return Ok((version_from_db(v), false));
         }
@@ -386,18 +404,7 @@ impl SecretStore {
     /// again (a rotation rolled back). Refused while a later version exists: that one was made
     /// from it. Returns the version removed, `None` when there was none.
     pub async fn unmint(&self, name: &str, origin: &str) -> Result<Option<u32>, SecretError> {
-        validate_name(name)?;
-        self.verify_key().await?;
-        let mut tx = self.pool.begin().await?;
-        lock_name(&mut tx, name).await?;
-        let (latest, mine): (Option<i32>, Option<i32>) = sqlx::query_as(
-            "SELECT max(version), max(version) FILTER (WHERE origin = $2) \
-             FROM secrets WHERE name = $1",
-        )
-        .bind(name)
-        .bind(origin)
-        .fetch_one(&mut *tx)
-        .await?;
+        let (mut tx, latest, mine) = self.lock_versions(name, origin).await?;
         let Some(mine) = mine else {
             return Ok(None);
         };

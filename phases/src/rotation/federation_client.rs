@@ -21,8 +21,7 @@
 //! Compensation: per direction, the primary goes back to the previous value and marker (P's
 //! provider has it back already: rollback runs in reverse), then the rotated secret is dropped.
 
-use super::{default_only, directions, minted, origin, selected};
-use crate::context::Services;
+use super::{default_only, rotated_directions};
 use crate::federation::{SECRET_VERSION_KEY, admin, breaker, client_id};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_keycloak::{KeycloakAdmin, ROTATION_ATTRIBUTE};
@@ -85,15 +84,7 @@ async fn set_primary(
 impl Phase for RotateFederationClient {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let mut out = Vec::new();
-        if !selected(&self.only, "federation")? {
-            return Ok(json!({ "clients": out }));
-        }
-        let store = Services::of(ctx)?.secrets();
-        let origin = origin(ctx);
-        for d in directions(ctx, &self.code).await? {
-            let Some(m) = minted(store, &d.secret, &origin).await? else {
-                continue;
-            };
+        for (d, m) in rotated_directions(ctx, &self.code, &self.only).await? {
             let admin = admin(ctx, &d.x).await?;
             let realm = d.x.realm();
             admin.ensure_rotation_policy(&realm).await?;
@@ -136,12 +127,7 @@ impl Phase for RotateFederationClient {
     }
 
     async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
-        let store = Services::of(ctx)?.secrets();
-        let origin = origin(ctx);
-        for d in directions(ctx, &self.code).await? {
-            let Some(m) = minted(store, &d.secret, &origin).await? else {
-                continue;
-            };
+        for (d, m) in rotated_directions(ctx, &self.code, &self.only).await? {
             let admin = admin(ctx, &d.x).await?;
             let realm = d.x.realm();
             let id = client_uuid(&admin, &realm, &d.p.code).await?;

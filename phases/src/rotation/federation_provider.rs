@@ -19,8 +19,7 @@
 //! Compensation: per direction, the previous secret and marker go back (X's client still
 //! accepts both until its own compensation runs next).
 
-use super::{default_only, directions, minted, origin, selected};
-use crate::context::Services;
+use super::{default_only, rotated_directions};
 use crate::federation::{SECRET_VERSION_KEY, admin, breaker, idp_alias, idp_path};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_instances::InstanceRecord;
@@ -69,15 +68,7 @@ async fn set_provider_secret(
 impl Phase for RotateFederationProvider {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let mut out = Vec::new();
-        if !selected(&self.only, "federation")? {
-            return Ok(json!({ "providers": out }));
-        }
-        let store = Services::of(ctx)?.secrets();
-        let origin = origin(ctx);
-        for d in directions(ctx, &self.code).await? {
-            let Some(m) = minted(store, &d.secret, &origin).await? else {
-                continue;
-            };
+        for (d, m) in rotated_directions(ctx, &self.code, &self.only).await? {
             let changed = set_provider_secret(ctx, &d.x, &d.p, m.value.expose(), m.version).await?;
             if changed {
                 tracing::info!(from = %d.x.code, to = %d.p.code, version = m.version,
@@ -96,12 +87,7 @@ impl Phase for RotateFederationProvider {
     }
 
     async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
-        let store = Services::of(ctx)?.secrets();
-        let origin = origin(ctx);
-        for d in directions(ctx, &self.code).await? {
-            let Some(m) = minted(store, &d.secret, &origin).await? else {
-                continue;
-            };
+        for (d, m) in rotated_directions(ctx, &self.code, &self.only).await? {
             if set_provider_secret(ctx, &d.x, &d.p, m.previous.expose(), m.version - 1).await? {
                 tracing::info!(from = %d.x.code, to = %d.p.code,
                     "partner's identity provider has the previous secret back (compensation)");

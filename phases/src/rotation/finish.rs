@@ -16,7 +16,7 @@
 //! Idempotency: dropping a rotated secret that is gone and pruning to `keep` again change
 //! nothing. Compensation: none; it is the last phase, and what it drops is no longer used.
 
-use super::{DEFAULT_KEEP, default_only, directions, minted, needed_secrets, origin, selected};
+use super::{DEFAULT_KEEP, default_only, needed_secrets, origin, rotated_directions};
 use crate::context::Services;
 use crate::federation::{admin, breaker};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
@@ -58,17 +58,12 @@ impl Phase for RotationFinish {
         let store = services.secrets();
         let origin = origin(ctx);
         let mut dropped = Vec::new();
-        if selected(&self.only, "federation")? {
-            for d in directions(ctx, &self.code).await? {
-                if minted(store, &d.secret, &origin).await?.is_none() {
-                    continue;
-                }
-                let admin = admin(ctx, &d.x).await?;
-                let realm = d.x.realm();
-                let id = super::federation_client::client_uuid(&admin, &realm, &d.p.code).await?;
-                admin.drop_rotated_client_secret(&realm, &id).await?;
-                dropped.push(json!({ "from": d.x.code, "to": d.p.code }));
-            }
+        for (d, _) in rotated_directions(ctx, &self.code, &self.only).await? {
+            let admin = admin(ctx, &d.x).await?;
+            let realm = d.x.realm();
+            let id = super::federation_client::client_uuid(&admin, &realm, &d.p.code).await?;
+            admin.drop_rotated_client_secret(&realm, &id).await?;
+            dropped.push(json!({ "from": d.x.code, "to": d.p.code }));
         }
         let code = crate::federation::code(&self.code)?;
         let partners = super::partners(services.pool(), &code)

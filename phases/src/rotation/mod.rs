@@ -28,6 +28,7 @@
 
 mod admin;
 mod database;
+mod each;
 mod federation_client;
 mod federation_provider;
 mod finish;
@@ -40,6 +41,7 @@ mod verify;
 
 pub use admin::RotateAdmin;
 pub use database::RotateDatabase;
+pub use each::RotationEach;
 pub use federation_client::RotateFederationClient;
 pub use federation_provider::RotateFederationProvider;
 pub use finish::RotationFinish;
@@ -159,6 +161,27 @@ pub(crate) async fn directions(
     Ok(out)
 }
 
+/// The directions of the links of `code` whose client secret this run minted, each with its
+/// new and previous value; none when kind `federation` is not selected (`only`).
+pub(crate) async fn rotated_directions(
+    ctx: &PhaseContext,
+    code: &str,
+    only: &str,
+) -> Result<Vec<(Direction, Minted)>, PhaseError> {
+    let mut out = Vec::new();
+    if !selected(only, "federation")? {
+        return Ok(out);
+    }
+    let store = Services::of(ctx)?.secrets();
+    let origin = origin(ctx);
+    for d in directions(ctx, code).await? {
+        if let Some(m) = minted(store, &d.secret, &origin).await? {
+            out.push((d, m));
+        }
+    }
+    Ok(out)
+}
+
 /// The version of `name` this run minted, with its value and the value of the version before
 /// it; `None` when this run does not rotate `name`.
 pub(crate) async fn minted(
@@ -251,7 +274,7 @@ pub async fn partners(pool: &sqlx::PgPool, code: &str) -> Result<Vec<String>, St
 }
 
 /// Lock key `linked:<CODE>`: stands for the instance keys of CODE and of every instance linked
-/// with it (see [`LinkedInstances`]).
+/// with it (see [`LinkedInstances`]); `linked:*` for those of every registered instance.
 pub const LINKED_PREFIX: &str = "linked:";
 
 /// Expands `linked:<CODE>` into `instance:<CODE>` and `instance:<P>` for every instance P
@@ -266,6 +289,17 @@ impl dive_engine::LockExpander for LinkedInstances {
         let Some(code_) = key.strip_prefix(LINKED_PREFIX) else {
             return Ok(None);
         };
+        if code_ == "*" {
+            let all = dive_instances::Instances::new(self.pool.clone())
+                .list()
+                .await
+                .map_err(|e| e.to_string())?;
+            // Nothing deployed: the key itself still keeps two such runs apart.
+            if all.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(all.iter().map(|i| lock_key(&i.code)).collect()));
+        }
         let code_ = normalize_code(code_)?;
         let mut keys = vec![lock_key(&code_)];
         keys.extend(

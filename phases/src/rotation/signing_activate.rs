@@ -15,8 +15,8 @@
 //! Idempotency: a new key that is already active, with no other key active, is left alone.
 //! Compensation: the previous keys are active again and the new one passive.
 
-use super::signing_publish::record_name;
-use super::{default_only, origin, selected, signing_key_name};
+use super::signing_publish::rotating;
+use super::{default_only, signing_key_name};
 use crate::context::Services;
 use crate::federation::{admin, breaker, code, instance};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
@@ -35,20 +35,9 @@ pub struct RotateSigningActivate {
 #[async_trait]
 impl Phase for RotateSigningActivate {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let code = code(&self.code)?;
-        let services = Services::of(ctx)?;
-        if !selected(&self.only, "signing-key")?
-            || services
-                .secrets()
-                .minted_by(&record_name(&code), &origin(ctx))
-                .await?
-                .is_none()
-        {
+        let Some(rec) = rotating(ctx, &self.code, &self.only).await? else {
             return Ok(json!({ "activated": false }));
-        }
-        let rec = instance(services.instances(), &code)
-            .await
-            .map_err(PhaseError::fatal)?;
+        };
         let admin_api = admin(ctx, &rec).await?;
         let realm = rec.realm();
         let keys = admin_api.signing_keys(&realm).await?;

@@ -23,6 +23,7 @@ use super::{default_only, origin, partners, selected, signing_key_name, zero_dur
 use crate::context::Services;
 use crate::federation::{admin, breaker, code, idp_alias, idp_path, instance};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_instances::InstanceRecord;
 use dive_keycloak::admin_password_secret;
 use dive_secrets::Secret;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,30 @@ use serde_json::{Value, json};
 /// Where the store records which signing key is current.
 pub(crate) fn record_name(code: &str) -> String {
     admin_password_secret(code).replace("admin-password", "signing-key")
+}
+
+/// The instance `code` when this run rotates its signing key (kind selected in `only` and a new
+/// key published and recorded), else `None`.
+pub(crate) async fn rotating(
+    ctx: &PhaseContext,
+    code_: &str,
+    only: &str,
+) -> Result<Option<InstanceRecord>, PhaseError> {
+    let code = code(code_)?;
+    let services = Services::of(ctx)?;
+    if !selected(only, "signing-key")?
+        || services
+            .secrets()
+            .minted_by(&record_name(&code), &origin(ctx))
+            .await?
+            .is_none()
+    {
+        return Ok(None);
+    }
+    instance(services.instances(), &code)
+        .await
+        .map(Some)
+        .map_err(PhaseError::fatal)
 }
 
 #[derive(Debug, Serialize, Deserialize)]

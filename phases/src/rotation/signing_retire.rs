@@ -18,10 +18,9 @@
 //! run waits the grace again (never less). Compensation: none; it runs after the rotation was
 //! verified and only removes keys nothing signs with.
 
-use super::signing_publish::record_name;
-use super::{default_only, origin, selected, signing_key_name};
-use crate::context::Services;
-use crate::federation::{admin, breaker, code, instance};
+use super::signing_publish::rotating;
+use super::{default_only, signing_key_name};
+use crate::federation::{admin, breaker};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_keycloak::KeycloakAdmin;
 use serde::{Deserialize, Serialize};
@@ -78,20 +77,9 @@ impl RotateSigningRetire {
 #[async_trait]
 impl Phase for RotateSigningRetire {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let code = code(&self.code)?;
-        let services = Services::of(ctx)?;
-        if !selected(&self.only, "signing-key")?
-            || services
-                .secrets()
-                .minted_by(&record_name(&code), &origin(ctx))
-                .await?
-                .is_none()
-        {
+        let Some(rec) = rotating(ctx, &self.code, &self.only).await? else {
             return Ok(json!({ "retired": [], "deleted": [] }));
-        }
-        let rec = instance(services.instances(), &code)
-            .await
-            .map_err(PhaseError::fatal)?;
+        };
         let realm = rec.realm();
         let grace = match self.grace()? {
             Some(g) => g,
