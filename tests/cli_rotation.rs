@@ -65,8 +65,8 @@ fn versions(env: &TestEnv) -> Vec<(String, u64)> {
     latest_versions(env, "federation/")
 }
 
-/// Latest version of each secret whose name starts with `prefix`, by name.
-fn latest_versions(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+/// `dive secrets list --json`: the secrets whose name starts with `prefix`.
+fn secrets_under(env: &TestEnv, prefix: &str) -> Vec<Value> {
     let list = env
         .dive(&["secrets", "list", "--json"])
         .assert_code(0)
@@ -75,6 +75,14 @@ fn latest_versions(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
         .unwrap()
         .iter()
         .filter(|s| s["name"].as_str().unwrap().starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+/// Latest version of each secret whose name starts with `prefix`, by name.
+fn latest_versions(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+    secrets_under(env, prefix)
+        .iter()
         .map(|s| {
             (
                 s["name"].as_str().unwrap().to_string(),
@@ -286,14 +294,8 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     let mut logins = current_logins();
     // Every stored version of every federation secret (older ones are pruned).
     let all_secrets = |env: &TestEnv| -> Vec<String> {
-        let list = env
-            .dive(&["secrets", "list", "--json"])
-            .assert_code(0)
-            .json();
-        list.as_array()
-            .unwrap()
+        secrets_under(env, "federation/")
             .iter()
-            .filter(|s| s["name"].as_str().unwrap().starts_with("federation/"))
             .flat_map(|s| {
                 let (latest, count) = (
                     s["latest"].as_u64().unwrap(),

@@ -14,13 +14,12 @@
 //! refused before the phase succeeds.
 //!
 //! Idempotency: when Keycloak already accepts the new password nothing is written.
-//! Compensation: the previous password is set again (logged in with whichever Keycloak accepts).
+//! Compensation: the previous password is set again (dive's admin login accepts either).
 
-use super::{default_only, minted, origin, selected};
+use super::{default_only, minted, origin, selected, set_password};
 use crate::context::Services;
-use crate::federation::{breaker, code, instance};
+use crate::federation::{admin, breaker, code, instance};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
-use dive_instances::InstanceRecord;
 use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -33,49 +32,6 @@ pub struct RotateAdmin {
     pub code: String,
     #[serde(default = "default_only")]
     pub only: String,
-}
-
-/// Logs in with `first`, or else with `second`.
-async fn login_with_either(
-    rec: &InstanceRecord,
-    first: &str,
-    second: &str,
-) -> Result<KeycloakAdmin, PhaseError> {
-    let name = format!("keycloak {}", rec.code);
-    match KeycloakAdmin::connect_named(&name, &rec.keycloak_url(), ADMIN_USER, first).await {
-        Err(e) if e.is_refused_credentials() => {
-            Ok(
-                KeycloakAdmin::connect_named(&name, &rec.keycloak_url(), ADMIN_USER, second)
-                    .await?,
-            )
-        }
-        other => Ok(other?),
-    }
-}
-
-/// Sets the admin's password to `value` unless Keycloak already accepts it (logging in with
-/// `value` or else `other`); returns whether it changed it.
-async fn set_admin_password(
-    rec: &InstanceRecord,
-    value: &str,
-    other: &str,
-) -> Result<bool, PhaseError> {
-    let admin = login_with_either(rec, value, other).await?;
-    if admin.check_password(MASTER, ADMIN_USER, value).await? {
-        return Ok(false);
-    }
-    let id = admin
-        .user_by_username(MASTER, ADMIN_USER)
-        .await?
-        .and_then(|u| u.id)
-        .ok_or_else(|| {
-            PhaseError::fatal(format!(
-                "{}: no user `{ADMIN_USER}` in realm master",
-                admin.name()
-            ))
-        })?;
-    admin.reset_password(MASTER, &id, value).await?;
-    Ok(true)
 }
 
 #[typetag::serde(name = "rotation.admin")]
@@ -95,7 +51,14 @@ impl Phase for RotateAdmin {
         let rec = instance(Services::of(ctx)?.instances(), &code)
             .await
             .map_err(PhaseError::fatal)?;
-        let changed = set_admin_password(&rec, m.value.expose(), m.previous.expose()).await?;
+        // `admin` logs in with the new password, or the previous one while Keycloak has that.
+        let changed = set_password(
+            &admin(ctx, &rec).await?,
+            MASTER,
+            ADMIN_USER,
+            m.value.expose(),
+        )
+        .await?;
         let admin = KeycloakAdmin::connect_named(
             &format!("keycloak {code}"),
             &rec.keycloak_url(),
@@ -135,7 +98,14 @@ impl Phase for RotateAdmin {
         let Ok(rec) = instance(Services::of(ctx)?.instances(), &code).await else {
             return Ok(());
         };
-        if set_admin_password(&rec, m.previous.expose(), m.value.expose()).await? {
+        if set_password(
+            &admin(ctx, &rec).await?,
+            MASTER,
+            ADMIN_USER,
+            m.previous.expose(),
+        )
+        .await?
+        {
             tracing::info!(instance = %code, "admin password restored (compensation)");
         }
         Ok(())

@@ -182,6 +182,31 @@ pub(crate) async fn rotated_directions(
     Ok(out)
 }
 
+/// Sets `username`'s password in `realm` to `value` unless it already works; returns whether
+/// it changed it.
+pub(crate) async fn set_password(
+    admin: &dive_keycloak::KeycloakAdmin,
+    realm: &str,
+    username: &str,
+    value: &str,
+) -> Result<bool, PhaseError> {
+    if admin.check_password(realm, username, value).await? {
+        return Ok(false);
+    }
+    let id = admin
+        .user_by_username(realm, username)
+        .await?
+        .and_then(|u| u.id)
+        .ok_or_else(|| {
+            PhaseError::fatal(format!(
+                "{}: no user {username} in realm {realm} (deploy the instance again)",
+                admin.name()
+            ))
+        })?;
+    admin.reset_password(realm, &id, value).await?;
+    Ok(true)
+}
+
 /// The version of `name` this run minted, with its value and the value of the version before
 /// it; `None` when this run does not rotate `name`.
 pub(crate) async fn minted(

@@ -14,11 +14,11 @@
 //! Idempotency: a user whose new password already works is left alone.
 //! Compensation: each user whose previous password does not work gets it back.
 
-use super::{default_only, minted, origin, selected};
+use super::{default_only, minted, origin, selected, set_password};
 use crate::context::Services;
 use crate::federation::{admin, breaker, code, instance};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
-use dive_keycloak::{KeycloakAdmin, test_users, user_password_secret};
+use dive_keycloak::{test_users, user_password_secret};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -28,30 +28,6 @@ pub struct RotateUsers {
     pub code: String,
     #[serde(default = "default_only")]
     pub only: String,
-}
-
-/// Sets `username`'s password to `value` unless it already works; returns whether it changed.
-async fn set_password(
-    admin: &KeycloakAdmin,
-    realm: &str,
-    username: &str,
-    value: &str,
-) -> Result<bool, PhaseError> {
-    if admin.check_password(realm, username, value).await? {
-        return Ok(false);
-    }
-    let id = admin
-        .user_by_username(realm, username)
-        .await?
-        .and_then(|u| u.id)
-        .ok_or_else(|| {
-            PhaseError::fatal(format!(
-                "{}: no user {username} in realm {realm} (deploy the instance again)",
-                admin.name()
-            ))
-        })?;
-    admin.reset_password(realm, &id, value).await?;
-    Ok(true)
 }
 
 impl RotateUsers {
