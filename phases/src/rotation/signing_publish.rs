@@ -4,6 +4,9 @@
 //! version of `<code>/keycloak/signing-key` as soon as it is read back, and each partner's
 //! identity provider `<code>-idp` is written back unchanged, which makes Keycloak drop its cached
 //! copy of this realm's keys (it fetches them again, new key included, at the next login).
+//! That write-back must not overlap `rotation.federation_provider`, which writes the same
+//! providers (the later write would undo the earlier): in the workflow the federation phases
+//! come after this one.
 //!
 //! ```yaml
 //! - id: signing-publish
