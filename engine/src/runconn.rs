@@ -38,10 +38,12 @@ pub(crate) enum Op<'a> {
     PollCancel,
 }
 
+/// A checkpoint: a phase's result and its dependents' start, from typed arrays (no JSON to
+/// encode and parse on the hot path). Every row exists since the run was created (`pending`),
+/// so the update is in place; the insert covers runs recorded before that was so.
 const UPSERT_PHASES: &str = "INSERT INTO phases AS p (run_id, phase_id, state, attempt, started_at, finished_at, output, error) \
-     SELECT $1, r.phase_id, r.state, r.attempt, r.started_at, r.finished_at, r.output, r.error \
-     FROM jsonb_to_recordset($2) AS r(phase_id text, state text, attempt int, started_at timestamptz, \
-          finished_at timestamptz, output jsonb, error text) \
+     SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::timestamptz[], \
+          $6::timestamptz[], $7::jsonb[], $8::text[]) \
      ON CONFLICT (run_id, phase_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt, \
           started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, output = EXCLUDED.output, \
           error = EXCLUDED.error";
@@ -74,9 +76,11 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
 
 impl RunConn {
     /// Connects and takes every key in `lock_keys` (in sorted order), failing at once — with
-    /// the keys it took released again — if another run holds one.
+    /// the keys it took released again, and the refusal recorded for the metrics — if another
+    /// run holds one.
     pub async fn acquire(
         url: &str,
+        workflow: &str,
         lock_keys: &[String],
         run_id: Uuid,
         events: EventSink,
@@ -86,6 +90,12 @@ impl RunConn {
         let mut conn = PgConnection::connect_with(&connect_options(url)?).await?;
         if let Some(key) = take_locks(&mut conn, &lock_keys, run_id).await? {
             let holder = lock_holder(&mut conn, &key).await?;
+            sqlx::query("INSERT INTO lock_refusals (key, workflow, holder) VALUES ($1, $2, $3)")
+                .bind(&key)
+                .bind(workflow)
+                .bind(holder)
+                .execute(&mut conn)
+                .await?;
             return Err(EngineError::LockHeld { key, holder });
         }
         Ok(RunConn {
@@ -109,12 +119,13 @@ impl RunConn {
         // Every phase gets its checkpoint row now, `pending`, so that each later checkpoint
         // updates rows in place instead of inserting them.
         let phase_ids: Vec<&str> = plan.phases.iter().map(|p| p.id.as_str()).collect();
+        let phase_types: Vec<&str> = plan.phases.iter().map(|p| p.kind.as_str()).collect();
         sqlx::query(
             "WITH run AS (INSERT INTO runs (id, workflow, lock_key, lock_keys, state, params, plan, \
              no_rollback, parent_run_id, parent_key) \
              VALUES ($1, $2, $3[1], $3, 'running', $4, $5, $6, $8, $9) RETURNING id) \
-             INSERT INTO phases (run_id, phase_id, state, attempt) \
-             SELECT run.id, phase_id, 'pending', 0 FROM run, unnest($7::text[]) AS phase_id",
+             INSERT INTO phases (run_id, phase_id, phase_type, state, attempt) \
+             SELECT run.id, p.id, p.type, 'pending', 0 FROM run, unnest($7::text[], $10::text[]) AS p(id, type)",
         )
         .bind(self.run_id)
         .bind(&plan.workflow)
@@ -125,6 +136,7 @@ impl RunConn {
         .bind(phase_ids)
         .bind(parent.map(|p| p.0))
         .bind(parent.map(|p| p.1.as_str()))
+        .bind(phase_types)
         .execute(conn)
         .await?;
         Ok(())
@@ -246,7 +258,13 @@ async fn apply(conn: &mut PgConnection, run_id: Uuid, op: &Op<'_>) -> Result<boo
         Op::Phases(rows) => {
             sqlx::query(UPSERT_PHASES)
                 .bind(run_id)
-                .bind(serde_json::to_value(rows).expect("rows serialise"))
+                .bind(rows.iter().map(|r| r.phase_id.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.attempt as i32).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.finished_at).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.output.clone()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
                 .execute(conn)
                 .await?;
         }
