@@ -67,6 +67,22 @@ pub enum Command {
     /// List stored secrets and read one (values only with --reveal).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Serve Prometheus metrics and keep a federation heartbeat, until SIGTERM or Ctrl-C.
+    ///
+    /// `/metrics` (OpenMetrics text) shows runs, phases, retries, rollbacks, breakers, locks,
+    /// each federation direction's verifications, secret ages and instance service health, all
+    /// read from the state database at scrape time (runs of every dive process count).
+    /// `/healthz` answers 200 while the state database does. Every --heartbeat, each linked pair
+    /// is verified by a recorded `federation-verify` run; a pair whose lock another run holds is
+    /// skipped, and said so. Runs in the foreground: start it under a service manager.
+    Serve {
+        /// Address to listen on (keep it on loopback unless a firewall protects it).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+        /// Interval between heartbeat verifications (e.g. 60s, 5m), or `off`.
+        #[arg(long, default_value = "60s")]
+        heartbeat: String,
+    },
     /// Deploy and operate the hub (code USA unless --code says otherwise).
     #[command(subcommand)]
     Hub(InstanceCommand<HubCode>),
@@ -286,11 +302,18 @@ pub enum BenchCommand {
     /// of each link of CODE and a direct login at each instance, without pause, each with the
     /// password the store holds at that moment. Prints each rotation's duration and the probe's
     /// attempts, failures and worst latency. The `users` kind leaves CODE's own users out of the
-    /// probe (their passwords are what changes).
+    /// probe (their passwords are what changes). With `--all` instead of CODE: one run of
+    /// `secret-rotation-all` rotating every kind given together (not `users`: every probed
+    /// password would change), the probe covering every link.
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["code", "all"]))]
     Rotation {
-        code: String,
-        /// Kinds to rotate, in this order (repeatable).
-        #[arg(long = "kind", default_values_t = ["federation".to_string(), "signing-key".to_string(), "admin".to_string(), "users".to_string()])]
+        code: Option<String>,
+        /// Every deployed instance in one run.
+        #[arg(long)]
+        all: bool,
+        /// Kinds to rotate, in this order (repeatable). Default: federation, signing-key, admin
+        /// and users (without users for --all).
+        #[arg(long = "kind")]
         kinds: Vec<String>,
         /// Grace period of the previous signing key.
         #[arg(long, default_value = "5s")]

@@ -158,6 +158,7 @@ impl Engine {
         let run_id = Uuid::now_v7();
         let mut conn = RunConn::acquire(
             self.store.url(),
+            &plan.workflow,
             &opts.own_lock_keys(&plan.lock_keys),
             run_id,
             opts.events.clone(),
@@ -230,6 +231,7 @@ impl Engine {
         check_resumable(&record)?;
         let conn = RunConn::acquire(
             self.store.url(),
+            &record.plan.workflow,
             &opts.own_lock_keys(&record.lock_keys),
             run_id,
             opts.events.clone(),

@@ -33,7 +33,8 @@ pub async fn bench(cmd: BenchCommand) -> Result<u8> {
             kinds,
             grace,
             workers,
-        } => rotation(&code, &kinds, &grace, workers).await,
+            ..
+        } => rotation(code.as_deref(), &kinds, &grace, workers).await,
     }
 }
 
@@ -166,43 +167,83 @@ async fn federation(code: &str, logins: usize) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// Rotates each of `kinds` of instance `code` in turn with a login probe running.
-async fn rotation(code: &str, kinds: &[String], grace: &str, workers: usize) -> Result<u8> {
-    let code = normalize_code(code).map_err(InvalidInput)?;
-    for kind in kinds {
+/// With a code: rotates each of `kinds` of that instance in turn, a probe running over its
+/// links. With none (`--all`): one `secret-rotation-all` run of all `kinds` together, the probe
+/// covering every link.
+async fn rotation(code: Option<&str>, kinds: &[String], grace: &str, workers: usize) -> Result<u8> {
+    let code = code.map(normalize_code).transpose().map_err(InvalidInput)?;
+    let mut kinds = kinds.to_vec();
+    if kinds.is_empty() {
+        kinds = ["federation", "signing-key", "admin"]
+            .map(String::from)
+            .to_vec();
+        if code.is_some() {
+            kinds.push("users".into());
+        }
+    }
+    for kind in &kinds {
         rotation::check_kinds(kind).map_err(InvalidInput)?;
+    }
+    if code.is_none() && kinds.iter().any(|k| k == "users") {
+        return Err(InvalidInput(
+            "--kind users with --all: every probed login's password would change; leave it out"
+                .into(),
+        )
+        .into());
     }
     let store = database::open().await?;
     let registry = config::get().instances(&store);
-    let rec = registry.get(&code).await?.ok_or_else(|| {
-        InvalidInput(format!(
-            "instance {code} is not deployed (deploy and link it first)"
-        ))
-    })?;
-    let partners = rotation::partners(store.pool(), &code)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    if partners.is_empty() {
-        bail!("{code} has no federation link: link it first (`dive federation link`)");
+    // The instances probed and the links (pairs of codes) between them.
+    let mut instances = Vec::new();
+    let mut links = Vec::new();
+    let codes = match &code {
+        Some(code) => vec![code.clone()],
+        None => registry.list().await?.into_iter().map(|r| r.code).collect(),
+    };
+    for x in &codes {
+        let rec = registry.get(x).await?.ok_or_else(|| {
+            InvalidInput(format!(
+                "instance {x} is not deployed (deploy and link it first)"
+            ))
+        })?;
+        instances.push(rec);
+        for p in rotation::partners(store.pool(), x)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            if code.is_some() || x < &p {
+                links.push((x.clone(), p));
+            }
+        }
+    }
+    if links.is_empty() {
+        bail!("no federation link to probe: link the instances first (`dive federation link`)");
+    }
+    for (_, p) in &links {
+        if !instances.iter().any(|r| &r.code == p) {
+            instances.push(
+                registry
+                    .get(p)
+                    .await?
+                    .context("a linked instance is not registered")?,
+            );
+        }
     }
     let secrets = Arc::new(secret_store(&store)?);
-    let mut instances = vec![rec.clone()];
-    for p in &partners {
-        instances.push(
-            registry
-                .get(p)
-                .await?
-                .context("a linked instance is not registered")?,
-        );
-    }
+    let rec_of = |c: &str| {
+        instances
+            .iter()
+            .find(|r| r.code == c)
+            .expect("registered above")
+    };
     let user_of = |x: &dive_instances::InstanceRecord| {
         let user = test_users(&x.code)[0].username.clone();
-        let password = Password::Stored(secrets.clone(), user_password_secret(&x.code, &user));
+        let password = Password::stored(secrets.clone(), user_password_secret(&x.code, &user));
         (Endpoint::from(x), user, password)
     };
     let mut logins = Vec::new();
-    for p in &instances[1..] {
-        for (x, target) in [(&rec, p), (p, &rec)] {
+    for (a, b) in &links {
+        for (x, target) in [(rec_of(a), rec_of(b)), (rec_of(b), rec_of(a))] {
             let (home, user, password) = user_of(x);
             logins.push(Login::Brokered {
                 home,
@@ -219,13 +260,18 @@ async fn rotation(code: &str, kinds: &[String], grace: &str, workers: usize) -> 
     let exec = ExecArgs {
         json: false,
         concurrency: 8,
-        runtime: Some(rec.runtime),
+        runtime: Some(instances[0].runtime),
+    };
+    // One run per kind for an instance; one run of every kind for `--all`.
+    let runs: Vec<String> = match &code {
+        Some(_) => kinds.clone(),
+        None => vec![kinds.join(",")],
     };
     let mut results = Vec::new();
-    for kind in kinds {
+    for only in runs {
         let probed: Vec<Login> = logins
             .iter()
-            .filter(|l| kind != "users" || l.home().code != code)
+            .filter(|l| only != "users" || Some(&l.home().code) != code.as_ref())
             .cloned()
             .collect();
         let probe = Probe::start(probed.clone(), workers);
@@ -235,24 +281,31 @@ async fn rotation(code: &str, kinds: &[String], grace: &str, workers: usize) -> 
             probe
         })
         .await?;
-        let params = BTreeMap::from([
-            ("code".to_string(), code.clone()),
-            ("only".to_string(), kind.clone()),
+        let mut params = BTreeMap::from([
+            ("only".to_string(), only.clone()),
             ("grace".to_string(), grace.to_string()),
         ]);
+        let workflow = match &code {
+            Some(code) => {
+                params.insert("code".to_string(), code.clone());
+                "secret-rotation"
+            }
+            None => "secret-rotation-all",
+        };
         let start = Instant::now();
-        let (_, outcome) = start_named("secret-rotation", &params, false, &exec).await?;
+        let (_, outcome) = start_named(workflow, &params, false, &exec).await?;
         let took = start.elapsed();
         let report = tokio::task::spawn_blocking(move || probe.stop()).await?;
         results.push(json!({
-            "kind": kind,
+            "kind": only,
             "state": outcome.state,
             "run_id": outcome.run_id,
             "duration_ms": round(took.as_secs_f64() * 1000.0),
             "probe": report.to_json(),
         }));
     }
-    print_json(&json!({ "code": code, "grace": grace, "rotations": results }))?;
+    let scope = code.unwrap_or_else(|| "all".to_string());
+    print_json(&json!({ "code": scope, "grace": grace, "rotations": results }))?;
     Ok(exit::OK)
 }
 

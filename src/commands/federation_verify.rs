@@ -15,7 +15,20 @@ use dive_verify::{self as verify, DirectionReport};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-pub async fn verify(code: &str, json: bool) -> Result<u8> {
+/// One verification of a linked pair: both directions, recorded.
+pub struct PairVerification {
+    pub hub: String,
+    pub spoke: String,
+    pub run_id: uuid::Uuid,
+    /// The run succeeded and every direction passed.
+    pub ok: bool,
+    pub directions: Vec<DirectionReport>,
+}
+
+/// Runs `federation-verify` for the pair of spoke `code` and records each direction; a
+/// direction that never got to log in (a Keycloak did not answer) is recorded failing, with
+/// the reason. Used by `dive federation verify` and by `dive serve`'s heartbeat.
+pub async fn verify_pair(code: &str) -> Result<PairVerification> {
     let Federated {
         hub,
         spoke,
@@ -25,7 +38,6 @@ pub async fn verify(code: &str, json: bool) -> Result<u8> {
     let (engine, outcome) = start_named("federation-verify", &params, false, &exec).await?;
     let pool = engine.store().pool().clone();
     let mut recorded = verify::for_run(&pool, outcome.run_id).await?;
-    // A direction that never got to log in (a Keycloak did not answer) fails with the reason.
     let run = engine.store().load_run(outcome.run_id).await?;
     let mut directions = Vec::new();
     for (from, to) in [(&hub.code, &spoke.code), (&spoke.code, &hub.code)] {
@@ -46,23 +58,33 @@ pub async fn verify(code: &str, json: bool) -> Result<u8> {
             .context("recording the verification")?;
         directions.push(report);
     }
-    let ok = outcome.state == RunState::Succeeded && directions.iter().all(|d| d.ok);
+    Ok(PairVerification {
+        ok: outcome.state == RunState::Succeeded && directions.iter().all(|d| d.ok),
+        hub: hub.code,
+        spoke: spoke.code,
+        run_id: outcome.run_id,
+        directions,
+    })
+}
+
+pub async fn verify(code: &str, json: bool) -> Result<u8> {
+    let v = verify_pair(code).await?;
     if json {
         print_json(
-            &json!({"code": spoke.code, "ok": ok, "run_id": outcome.run_id, "directions": directions}),
+            &json!({"code": v.spoke, "ok": v.ok, "run_id": v.run_id, "directions": v.directions}),
         )?;
     } else {
-        for d in &directions {
+        for d in &v.directions {
             print_direction(d);
         }
         println!(
             "federation {} ↔ {}: {}",
-            hub.code,
-            spoke.code,
-            if ok { "verified" } else { "FAILED" }
+            v.hub,
+            v.spoke,
+            if v.ok { "verified" } else { "FAILED" }
         );
     }
-    Ok(if ok { exit::OK } else { exit::RUN_FAILED })
+    Ok(if v.ok { exit::OK } else { exit::RUN_FAILED })
 }
 
 /// Why a run stopped before logging in: the failed phases' first error (the cause) and their
@@ -141,6 +163,8 @@ struct DirectionStatus {
     from: String,
     to: String,
     last_verification: Option<LastVerification>,
+    /// When this direction last verified good (it may be the last verification or older).
+    last_success: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(flatten)]
     versions: SecretVersions,
 }
@@ -184,6 +208,7 @@ pub async fn status(json: bool) -> Result<u8> {
                 from: from.clone(),
                 to: to.clone(),
                 last_verification: last,
+                last_success: verify::last_success(&pool, from, to).await?,
                 versions,
             });
         }
@@ -242,6 +267,13 @@ pub async fn status(json: bool) -> Result<u8> {
                         .unwrap_or_default()
                 ),
                 None => "never verified".into(),
+            };
+            let last = match (&d.last_verification, d.last_success) {
+                (Some(v), Some(good)) if !v.ok => {
+                    format!("{last}; last good {}", good.format("%Y-%m-%d %H:%M:%S UTC"))
+                }
+                (Some(v), None) if !v.ok => format!("{last}; never verified good"),
+                _ => last,
             };
             let v = &d.versions;
             let secret = match (v.secrets_agree, &v.secrets_unknown_because) {

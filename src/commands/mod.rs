@@ -11,6 +11,7 @@ mod locks;
 mod run;
 mod runs;
 pub mod secrets;
+mod serve;
 mod workflow;
 
 use crate::InvalidInput;
@@ -44,6 +45,7 @@ pub async fn dispatch(command: Command) -> Result<u8> {
             force,
         } => cleanup::cleanup(all, instance, force).await,
         Command::Secrets(cmd) => secrets::secrets(cmd).await,
+        Command::Serve { listen, heartbeat } => serve::serve(&listen, &heartbeat).await,
         Command::Hub(cmd) => instance::hub(cmd).await,
         Command::Spoke(cmd) => instance::spoke(cmd).await,
     }

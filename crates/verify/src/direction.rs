@@ -330,6 +330,23 @@ pub async fn latest(
     .map_err(|e| VerifyError::Setup(format!("reading verifications: {e}")))
 }
 
+/// When users of `source` last logged in at `target` with every check passing.
+pub async fn last_success(
+    pool: &PgPool,
+    source: &str,
+    target: &str,
+) -> Result<Option<DateTime<Utc>>, VerifyError> {
+    sqlx::query_scalar(
+        "SELECT max(verified_at) FROM federation_verifications \
+         WHERE source = $1 AND target = $2 AND ok",
+    )
+    .bind(source)
+    .bind(target)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| VerifyError::Setup(format!("reading verifications: {e}")))
+}
+
 /// Every row of `federation_links`: `(hub, spoke, linked_at, updated_at)`, by hub and spoke.
 pub async fn links(
     pool: &PgPool,

@@ -35,8 +35,8 @@ pub mod probe;
 pub use admin_login::{AdminLoginError, admin_login};
 pub use browser::{CALLBACK_URI, CLIENT_ID, LoginResult, brokered_login};
 pub use direction::{
-    ClaimMismatch, DirectionReport, UserReport, compare_claims, for_run, latest, links, record,
-    verify_direction,
+    ClaimMismatch, DirectionReport, UserReport, compare_claims, for_run, last_success, latest,
+    links, record, verify_direction,
 };
 
 use std::fmt;

@@ -15,19 +15,44 @@ use std::time::{Duration, Instant};
 pub enum Password {
     /// This value, always.
     Fixed(String),
-    /// The latest version of this secret, read at each attempt (what the store holds then).
-    Stored(Arc<SecretStore>, String),
+    /// The latest version of this secret, read at each attempt (what the store holds then),
+    /// on the runtime the store's connections belong to: the probe's workers run their own.
+    Stored {
+        store: Arc<SecretStore>,
+        name: String,
+        runtime: tokio::runtime::Handle,
+    },
 }
 
 impl Password {
+    /// [`Password::Stored`] for a store of the current runtime.
+    pub fn stored(store: Arc<SecretStore>, name: String) -> Password {
+        Password::Stored {
+            store,
+            name,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
     async fn get(&self) -> Result<String, String> {
         match self {
             Password::Fixed(p) => Ok(p.clone()),
-            Password::Stored(store, name) => match store.get(name).await {
-                Ok(Some((s, _))) => Ok(s.expose().to_string()),
-                Ok(None) => Err(format!("secret `{name}` is not in the store")),
-                Err(e) => Err(e.to_string()),
-            },
+            Password::Stored {
+                store,
+                name,
+                runtime,
+            } => {
+                let (store, name) = (store.clone(), name.clone());
+                let read = runtime.spawn(async move {
+                    match store.get(&name).await {
+                        Ok(Some((s, _))) => Ok(s.expose().to_string()),
+                        Ok(None) => Err(format!("secret `{name}` is not in the store")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+                read.await
+                    .map_err(|e| format!("reading the secret store: {e}"))?
+            }
         }
     }
 }
@@ -96,7 +121,7 @@ impl Login {
 pub struct ProbeReport {
     pub attempts: u64,
     pub failures: u64,
-    /// The first failures (login and error).
+    /// The first failures (login, error, and when after the probe started).
     pub failed: Vec<String>,
     pub worst: Duration,
     /// From the start of the first failed login to the end of the last one: how long logins
@@ -130,6 +155,7 @@ impl Probe {
     pub fn start(logins: Vec<Login>, workers: usize) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(ProbeReport::default()));
+        let begun = Instant::now();
         let threads = (0..workers)
             .map(|w| {
                 let (stop, report, logins) = (stop.clone(), report.clone(), logins.clone());
@@ -155,7 +181,9 @@ impl Probe {
                                     r.failing_for = Some(Instant::now() - first);
                                     r.failures += 1;
                                     if r.failed.len() < 10 {
-                                        r.failed.push(format!("{}: {e}", login.name()));
+                                        let at = (started - begun).as_secs_f64();
+                                        r.failed
+                                            .push(format!("{}: {e} (at +{at:.1}s)", login.name()));
                                     }
                                 }
                                 result.is_err()
