@@ -83,6 +83,12 @@ pub enum Command {
         #[arg(long, default_value = "60s")]
         heartbeat: String,
     },
+    /// Everything at a glance: every instance (role, runtime, services and health), every link
+    /// with each direction's last verification, open breakers, and runs going on or orphaned.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Deploy and operate the hub (code USA unless --code says otherwise).
     #[command(subcommand)]
     Hub(InstanceCommand<HubCode>),
@@ -102,8 +108,9 @@ pub struct HubCode {
 /// A spoke's code.
 #[derive(Debug, Clone, Args)]
 pub struct SpokeCode {
-    /// ISO 3166-1 alpha-3 code of the spoke, any case (e.g. FRA, gbr).
-    pub code: String,
+    /// ISO 3166-1 alpha-3 code of the spoke, any case (e.g. FRA, gbr). `status` without one
+    /// shows every spoke; the other commands need it.
+    pub code: Option<String>,
 }
 
 /// What `dive hub` and `dive spoke` do with an instance.
@@ -258,6 +265,13 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the state database's own invariants: every run and phase in a legal state for
+    /// each other, no lock row without a live holder, no federation link or secret naming an
+    /// instance that is not registered. Says what is wrong; exit 1 if anything is.
+    Validate {
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the embedded PostgreSQL cluster (no-op with DIVE_DATABASE_URL).
     Stop,
 }
@@ -286,6 +300,21 @@ pub enum BenchCommand {
         /// Concurrency for the parallel case.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+    },
+    /// `/metrics` cost: a scratch database on the state database's server gets `--runs` runs
+    /// (eight phases each), as many verifications, breaker events and secret versions; prints
+    /// the scrape time (median, p95, max) and the peak RSS of a `dive serve` scraped over it.
+    /// With linked instances in the state database, also `dive serve`'s own CPU per heartbeat
+    /// (`--heartbeat-for` seconds at a 5 s heartbeat), scaled to a 60 s heartbeat.
+    Metrics {
+        #[arg(long, default_value_t = 10_000)]
+        runs: u32,
+        /// Scrapes to time.
+        #[arg(long, default_value_t = 30)]
+        scrapes: usize,
+        /// Seconds to run a heartbeat for (0: skip).
+        #[arg(long, default_value_t = 30)]
+        heartbeat_for: u64,
     },
     /// Federation targets on a deployed hub and spoke CODE: the pair is unlinked and linked
     /// again (timed: a link from nothing), then single brokered logins one after another, then

@@ -559,6 +559,58 @@ impl Store {
         Ok(times)
     }
 
+    /// Breakers open (or half-open) in runs going on: `(breaker, state, since, run)`.
+    pub async fn open_breakers(
+        &self,
+    ) -> Result<Vec<(String, String, DateTime<Utc>, Uuid)>, EngineError> {
+        Ok(sqlx::query_as(
+            "SELECT breaker, transition, at, run_id FROM \
+             (SELECT DISTINCT ON (e.breaker) e.breaker, e.transition, e.at, e.run_id \
+              FROM breaker_events e JOIN runs r ON r.id = e.run_id \
+              WHERE r.state IN ('running', 'rolling_back') AND e.transition <> 'rejected' \
+              ORDER BY e.breaker, e.id DESC) latest \
+             WHERE transition IN ('open', 'half_open') ORDER BY breaker",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The engine's own invariants that the schema cannot enforce, each broken one as a
+    /// sentence: a succeeded run whose phases did not all succeed, a phase still running or
+    /// compensating in a run that ended, a phase row that is not in the stored plan, and
+    /// lock rows that no live session holds.
+    pub async fn validate(&self) -> Result<Vec<String>, EngineError> {
+        let mut problems: Vec<String> = sqlx::query_scalar(
+            "SELECT format('run %s (%s) succeeded but its phase `%s` is %s', r.id, r.workflow, \
+                           p.phase_id, p.state) \
+             FROM runs r JOIN phases p ON p.run_id = r.id \
+             WHERE r.state = 'succeeded' AND p.state NOT IN ('succeeded', 'skipped') \
+             UNION ALL \
+             SELECT format('run %s (%s) is %s but its phase `%s` is still %s', r.id, r.workflow, \
+                           r.state, p.phase_id, p.state) \
+             FROM runs r JOIN phases p ON p.run_id = r.id \
+             WHERE r.state IN ('rolled_back', 'cancelled') \
+               AND p.state IN ('running', 'compensating') \
+             UNION ALL \
+             SELECT format('run %s (%s) has a checkpoint row for `%s`, which its plan does not have', \
+                           r.id, r.workflow, p.phase_id) \
+             FROM runs r JOIN phases p ON p.run_id = r.id \
+             WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(r.plan->'phases') e \
+                               WHERE e->>'id' = p.phase_id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for lock in self.locks().await? {
+            if !lock.held {
+                problems.push(format!(
+                    "lock `{}` names run {} but no session holds it (`dive locks clean` forgets it)",
+                    lock.key, lock.run_id
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     /// Counts for `dive db status`.
     pub async fn counts(&self) -> Result<Vec<(String, i64)>, EngineError> {
         let rows =

@@ -28,6 +28,11 @@ pub async fn bench(cmd: BenchCommand) -> Result<u8> {
             concurrency,
         } => engine(chain, parallel, concurrency).await,
         BenchCommand::Federation { code, logins } => federation(&code, logins).await,
+        BenchCommand::Metrics {
+            runs,
+            scrapes,
+            heartbeat_for,
+        } => crate::commands::bench_metrics::metrics(runs, scrapes, heartbeat_for).await,
         BenchCommand::Rotation {
             code,
             kinds,
@@ -103,7 +108,7 @@ async fn engine(chain: usize, parallel: usize, concurrency: usize) -> Result<u8>
             "ideal_ms": ideal_ms,
             "ratio_to_ideal": round(parallel_wall / ideal_ms),
         },
-        "peak_rss_mb": peak_rss_mb()?,
+        "peak_rss_mb": peak_rss_mb("self")?,
     }))?;
     Ok(exit::OK)
 }
@@ -274,8 +279,17 @@ async fn rotation(code: Option<&str>, kinds: &[String], grace: &str, workers: us
             .filter(|l| only != "users" || Some(&l.home().code) != code.as_ref())
             .cloned()
             .collect();
-        let probe = Probe::start(probed.clone(), workers);
+        // Each login once, one at a time, before the probe counts: a user's first brokered
+        // login creates and links its account at the target, and two of those side by side
+        // collide (the second is asked to sign in at the target) — not what is measured here.
         let warm = probed.len() as u64;
+        let primer = Probe::start(probed.clone(), 1);
+        tokio::task::spawn_blocking(move || {
+            primer.wait_for(warm, std::time::Duration::from_secs(60));
+            primer.stop()
+        })
+        .await?;
+        let probe = Probe::start(probed.clone(), workers);
         let probe = tokio::task::spawn_blocking(move || {
             probe.wait_for(warm, std::time::Duration::from_secs(60));
             probe
@@ -324,7 +338,7 @@ async fn verify_latest(
     Ok(serde_json::Value::Array(out))
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -343,14 +357,14 @@ async fn timed_run(engine: &Engine, yaml: &str, concurrency: usize) -> Result<(f
     Ok((wall, outcome.run_id))
 }
 
-/// Peak resident set size of this process (VmHWM).
-fn peak_rss_mb() -> Result<f64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+/// Peak resident set size (VmHWM) of process `pid` (`self`: this one).
+pub(crate) fn peak_rss_mb(pid: &str) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let kb: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")?;
+        .with_context(|| format!("no VmHWM in {path}"))?;
     Ok(round(kb / 1024.0))
 }

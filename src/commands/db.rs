@@ -1,8 +1,9 @@
-//! `dive db migrate|status|stop`.
+//! `dive db migrate|status|validate|stop`.
 
 use crate::cli::DbCommand;
 use crate::commands::print_json;
-use crate::{database, exit};
+use crate::commands::secrets::secret_store;
+use crate::{config, database, exit};
 use anyhow::Result;
 use dive_pgcluster::StopMode;
 use serde_json::json;
@@ -52,6 +53,7 @@ pub async fn db(cmd: DbCommand) -> Result<u8> {
                 }
             }
         }
+        DbCommand::Validate { json } => return validate(json).await,
         DbCommand::Stop => {
             if crate::config::get().database_url.is_some() {
                 eprintln!("DIVE_DATABASE_URL is set: dive does not manage that server");
@@ -70,4 +72,81 @@ pub async fn db(cmd: DbCommand) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `dive db validate`: the engine's invariants, then references to unregistered instances.
+async fn validate(json: bool) -> Result<u8> {
+    let store = database::open().await?;
+    let mut problems = store.validate().await?;
+    let registered: Vec<String> = config::get()
+        .instances(&store)
+        .list()
+        .await?
+        .into_iter()
+        .map(|r| r.code)
+        .collect();
+    let unknown = |code: &str| !registered.iter().any(|r| r.eq_ignore_ascii_case(code));
+    for (hub, spoke, _, _) in dive_verify::links(store.pool()).await? {
+        for code in [&hub, &spoke] {
+            if unknown(code) {
+                problems.push(format!(
+                    "federation link {hub} ↔ {spoke} names {code}, which is not registered"
+                ));
+            }
+        }
+    }
+    for secret in secret_store(&store)?.list().await? {
+        for code in secret_codes(&secret.name) {
+            if unknown(code) {
+                problems.push(format!(
+                    "secret `{}` belongs to {}, which is not registered",
+                    secret.name,
+                    code.to_ascii_uppercase()
+                ));
+            }
+        }
+    }
+    if json {
+        print_json(&json!({ "ok": problems.is_empty(), "problems": problems }))?;
+    } else if problems.is_empty() {
+        println!("state database: no problem found");
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+        eprintln!("{} problem(s) found", problems.len());
+    }
+    Ok(if problems.is_empty() {
+        exit::OK
+    } else {
+        exit::RUN_FAILED
+    })
+}
+
+/// The instance codes a secret name belongs to: `fra/...` to FRA, `federation/usa/fra/...` to
+/// both; names of another shape belong to none.
+fn secret_codes(name: &str) -> Vec<&str> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let is_code = |p: &str| p.len() == 3 && p.bytes().all(|b| b.is_ascii_lowercase());
+    match parts.as_slice() {
+        ["federation", a, b, ..] => [*a, *b].into_iter().filter(|p| is_code(p)).collect(),
+        [first, _, ..] if is_code(first) => vec![*first],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_codes;
+
+    #[test]
+    fn secrets_belong_to_the_instances_their_names_start_with() {
+        assert_eq!(secret_codes("fra/keycloak/admin-password"), ["fra"]);
+        assert_eq!(
+            secret_codes("federation/usa/gbr/client-secret"),
+            ["usa", "gbr"]
+        );
+        assert!(secret_codes("dive/ca/key").is_empty());
+        assert!(secret_codes("fra").is_empty());
+    }
 }

@@ -150,12 +150,30 @@ fn print_direction(d: &DirectionReport) {
 }
 
 #[derive(Debug, Serialize)]
-struct LastVerification {
-    verified_at: chrono::DateTime<chrono::Utc>,
-    ok: bool,
-    latency_ms: i32,
+pub(crate) struct LastVerification {
+    pub verified_at: chrono::DateTime<chrono::Utc>,
+    pub ok: bool,
+    pub latency_ms: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub error: Option<String>,
+}
+
+impl LastVerification {
+    /// The latest verification of users of `from` logging in at `to`.
+    pub(crate) async fn latest(
+        pool: &sqlx::PgPool,
+        from: &str,
+        to: &str,
+    ) -> Result<Option<LastVerification>> {
+        Ok(verify::latest(pool, from, to)
+            .await?
+            .map(|(verified_at, ok, latency_ms, error)| LastVerification {
+                verified_at,
+                ok,
+                latency_ms,
+                error,
+            }))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -189,14 +207,7 @@ pub async fn status(json: bool) -> Result<u8> {
     for (hub, spoke, linked_at, updated_at) in verify::links(&pool).await? {
         let mut directions = Vec::new();
         for (from, to) in [(&hub, &spoke), (&spoke, &hub)] {
-            let last = verify::latest(&pool, from, to).await?.map(
-                |(verified_at, ok, latency_ms, error)| LastVerification {
-                    verified_at,
-                    ok,
-                    latency_ms,
-                    error,
-                },
-            );
+            let last = LastVerification::latest(&pool, from, to).await?;
             let versions = match (registry.get(from).await?, registry.get(to).await?) {
                 (Some(x), Some(p)) => secret_versions(&secrets, &x, &p).await,
                 _ => SecretVersions {

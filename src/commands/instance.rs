@@ -87,7 +87,34 @@ pub async fn hub(cmd: InstanceCommand<HubCode>) -> Result<u8> {
 
 pub async fn spoke(cmd: InstanceCommand<SpokeCode>) -> Result<u8> {
     let (code, action) = split(cmd);
-    instance(Role::Spoke, Some(code.code), action).await
+    match (code.code, action) {
+        (Some(code), action) => instance(Role::Spoke, Some(code), action).await,
+        (None, Action::Status { json }) => every_spoke(json).await,
+        (None, action) => Err(InvalidInput(format!(
+            "which spoke? e.g. `dive spoke {} FRA`",
+            action.verb()
+        ))
+        .into()),
+    }
+}
+
+/// `dive spoke status` without a code: every registered spoke.
+async fn every_spoke(json: bool) -> Result<u8> {
+    let store = database::open().await?;
+    let mut views = Vec::new();
+    for rec in config::get().instances(&store).list().await? {
+        if rec.role == Role::Spoke {
+            views.push(status_view(Role::Spoke, &rec.code, Some(&rec)).await);
+        }
+    }
+    if json {
+        print_json(&views)?;
+    } else if views.is_empty() {
+        println!("no spoke is deployed (dive spoke deploy CODE)");
+    } else {
+        views.iter().for_each(|v| print!("{}", status_text(v)));
+    }
+    Ok(exit::OK)
 }
 
 /// Operator errors become exit code 2.
@@ -218,7 +245,7 @@ async fn deploy(
 }
 
 #[derive(Debug, Serialize)]
-struct StatusView {
+pub(crate) struct StatusView {
     code: String,
     country: &'static str,
     role: Role,
@@ -231,7 +258,11 @@ struct StatusView {
     services: Vec<ServiceHealth>,
 }
 
-async fn status_view(role: Role, code: &str, rec: Option<&InstanceRecord>) -> StatusView {
+pub(crate) async fn status_view(
+    role: Role,
+    code: &str,
+    rec: Option<&InstanceRecord>,
+) -> StatusView {
     let country = country_name(code).unwrap_or("unknown");
     let Some(rec) = rec else {
         return StatusView {
@@ -277,6 +308,12 @@ fn print_status(view: &StatusView, json: bool) -> Result<()> {
     if json {
         return print_json(view);
     }
+    print!("{}", status_text(view));
+    Ok(())
+}
+
+/// An instance's status as lines of text.
+pub(crate) fn status_text(view: &StatusView) -> String {
     let mut out = format!(
         "{} ({}) {}: {}",
         view.code, view.country, view.role, view.state
@@ -298,8 +335,7 @@ fn print_status(view: &StatusView, json: bool) -> Result<()> {
         }
         out.push('\n');
     }
-    print!("{out}");
-    Ok(())
+    out
 }
 
 async fn status(role: Role, code: &str, rec: Option<&InstanceRecord>, json: bool) -> Result<u8> {

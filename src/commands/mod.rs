@@ -1,17 +1,19 @@
 //! One function per command; each returns the process exit code.
 
-mod bench;
+pub(crate) mod bench;
+mod bench_metrics;
 pub(crate) mod cleanup;
 mod db;
 mod federation_drift;
 mod federation_link;
-mod federation_verify;
-mod instance;
+pub(crate) mod federation_verify;
+pub(crate) mod instance;
 mod locks;
 mod run;
 mod runs;
 pub mod secrets;
 mod serve;
+mod status;
 mod workflow;
 
 use crate::InvalidInput;
@@ -45,6 +47,7 @@ pub async fn dispatch(command: Command) -> Result<u8> {
             force,
         } => cleanup::cleanup(all, instance, force).await,
         Command::Secrets(cmd) => secrets::secrets(cmd).await,
+        Command::Status { json } => status::status(json).await,
         Command::Serve { listen, heartbeat } => serve::serve(&listen, &heartbeat).await,
         Command::Hub(cmd) => instance::hub(cmd).await,
         Command::Spoke(cmd) => instance::spoke(cmd).await,

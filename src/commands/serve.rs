@@ -108,7 +108,7 @@ async fn check_health(s: Shared, stop: CancellationToken) {
                     .map_err(|e| format!("{e:#}"));
                 for h in service_health(rt.as_deref().map_err(String::as_str), &rec).await {
                     up.push(ServiceUp {
-                        instance: rec.code.clone(),
+                        code: rec.code.clone(),
                         up: h.is_ok(),
                         service: h.name,
                     });

@@ -177,9 +177,9 @@ impl Collector for Snapshot {
         family(
             &mut e,
             "dive_breaker_open",
-            "1 while a circuit breaker is open in a run going on (0.5 half-open).",
+            "1 while a circuit breaker is open in a run going on, 0.5 half-open, else 0 (every breaker ever recorded).",
             Gauge,
-            self.breakers_open.iter().map(|(k, t)| {
+            self.breakers.iter().map(|(k, t)| {
                 let v = match t.as_str() {
                     "open" => 1.0,
                     "half_open" => 0.5,
@@ -327,10 +327,7 @@ impl Collector for Snapshot {
             Gauge,
             self.services.iter().map(|s| {
                 (
-                    vec![
-                        ("instance", s.instance.as_str()),
-                        ("service", s.service.as_str()),
-                    ],
+                    vec![("code", s.code.as_str()), ("service", s.service.as_str())],
                     Sample::Gauge(if s.up { 1.0 } else { 0.0 }),
                 )
             }),

@@ -13,7 +13,8 @@ pub(crate) const LATENCY_BUCKETS: [f64; 8] = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30
 /// One instance service's last health check, as the caller measured it.
 #[derive(Debug, Clone)]
 pub struct ServiceUp {
-    pub instance: String,
+    /// The instance's code (the label is `code`: Prometheus names its scrape targets `instance`).
+    pub code: String,
     pub service: String,
     /// Running and healthy.
     pub up: bool,
@@ -35,8 +36,9 @@ pub struct Snapshot {
     pub(crate) run_durations: Vec<(String, Buckets)>,
     /// (phase type, durations of finished attempts, retries)
     pub(crate) phase_durations: Vec<(String, Buckets, i64)>,
-    /// (breaker, latest transition in a run still going on)
-    pub(crate) breakers_open: Vec<(String, String)>,
+    /// (breaker, its state: the latest transition in a run still going on, else closed), for
+    /// every breaker ever recorded.
+    pub(crate) breakers: Vec<(String, String)>,
     /// (breaker, transition, count)
     pub(crate) breaker_transitions: Vec<(String, String, i64)>,
     pub(crate) locks_held: i64,
@@ -141,10 +143,13 @@ impl Snapshot {
         .zip(retries)
         .map(|((t, b), (_, r))| (t, b, r))
         .collect();
-        let breakers_open = sqlx::query_as(
-            "SELECT DISTINCT ON (e.breaker) e.breaker, e.transition FROM breaker_events e \
-             JOIN runs r ON r.id = e.run_id AND r.state IN ('running', 'rolling_back') \
-             WHERE e.transition <> 'rejected' ORDER BY e.breaker, e.id DESC",
+        let breakers = sqlx::query_as(
+            "SELECT k.breaker, coalesce(a.transition, 'closed') FROM \
+             (SELECT DISTINCT breaker FROM breaker_events) k LEFT JOIN \
+             (SELECT DISTINCT ON (e.breaker) e.breaker, e.transition FROM breaker_events e \
+              JOIN runs r ON r.id = e.run_id AND r.state IN ('running', 'rolling_back') \
+              WHERE e.transition <> 'rejected' ORDER BY e.breaker, e.id DESC) a USING (breaker) \
+             ORDER BY 1",
         )
         .fetch_all(pool)
         .await?;
@@ -179,7 +184,7 @@ impl Snapshot {
             runs,
             run_durations,
             phase_durations,
-            breakers_open,
+            breakers,
             breaker_transitions,
             locks_held,
             lock_refusals,

@@ -1,0 +1,453 @@
+//! `dive serve` scraped by a real Prometheus while a hub (USA) and a spoke (FRA) are deployed,
+//! linked and verified on the local runtime: PromQL returns the expected series and values, the
+//! heartbeat records `federation-verify` runs (and skips a pair whose lock is held, saying so),
+//! stopping FRA's Keycloak turns its direction failing within two heartbeats, every Grafana
+//! panel's expression returns data, the alert rules load and pass their unit tests, a real
+//! scrape passes `promtool check metrics`, and SIGTERM stops the exporter cleanly.
+
+mod common;
+
+use common::{TestEnv, free_port, wait_until};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
+const HEARTBEAT_S: u64 = 5;
+
+fn observability() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("observability")
+}
+
+/// Resets the instances at the end, also when an assertion failed.
+struct Reset<'a>(&'a TestEnv);
+
+impl Drop for Reset<'_> {
+    fn drop(&mut self) {
+        for args in [
+            ["spoke", "reset", "FRA", "--yes"].as_slice(),
+            &["hub", "reset", "--yes"],
+        ] {
+            let _ = self.0.spawn(args).wait(Duration::from_secs(120));
+        }
+    }
+}
+
+/// A Prometheus of this test's own, scraping `target` every second with dive's alert rules.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+                 rule_files: [\"{}\"]\n\
+                 scrape_configs:\n  - job_name: dive\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                observability().join("alerts.yml").display()
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus (scripts/setup installs it)");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The result vector of an instant PromQL query (empty while Prometheus is starting).
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let doc: Value = get_json(&format!("{}/api/v1/query", self.url), &[("query", expr)]);
+        assert_ne!(doc["status"], "error", "query `{expr}`: {doc}");
+        doc["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The value of the single series `expr` selects, if there is exactly one.
+    fn value(&self, expr: &str) -> Option<f64> {
+        match self.query(expr).as_slice() {
+            [one] => one["value"][1].as_str()?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> (tokio::runtime::Runtime, reqwest::Client) {
+    (
+        tokio::runtime::Runtime::new().unwrap(),
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    )
+}
+
+fn get_json(url: &str, query: &[(&str, &str)]) -> Value {
+    let (rt, client) = client();
+    rt.block_on(async {
+        match client.get(url).query(query).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    })
+}
+
+/// (status, content type, body) of a GET with an optional Accept header.
+fn get(url: &str, accept: Option<&str>) -> Option<(u16, String, String)> {
+    let (rt, client) = client();
+    rt.block_on(async {
+        let mut req = client.get(url);
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let r = req.send().await.ok()?;
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Some((status, ct, r.text().await.ok()?))
+    })
+}
+
+fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(observability())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting promtool (scripts/setup installs it)");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn assert_ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_load_and_pass_their_unit_tests() {
+    assert_ok(
+        &promtool(&["check", "rules", "alerts.yml"], None),
+        "check rules",
+    );
+    assert_ok(
+        &promtool(&["test", "rules", "alerts_test.yml"], None),
+        "test rules",
+    );
+    assert_ok(
+        &promtool(&["check", "config", "prometheus.yml"], None),
+        "check config",
+    );
+}
+
+/// The dashboard is the Grafana dashboard model (schema version 38, Grafana 10): a title, a uid,
+/// panels with unique ids, a type, a title and a grid position, and each query a refId and a
+/// PromQL expression. Returns every expression.
+fn dashboard_expressions(path: &Path) -> Vec<String> {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for field in ["title", "uid"] {
+        assert!(
+            doc[field].is_string(),
+            "{}: `{field}` missing",
+            path.display()
+        );
+    }
+    assert_eq!(doc["schemaVersion"], 38);
+    let mut ids = std::collections::HashSet::new();
+    let mut exprs = Vec::new();
+    for p in doc["panels"].as_array().expect("panels") {
+        let id = p["id"].as_u64().expect("panel id");
+        assert!(ids.insert(id), "panel id {id} twice");
+        assert!(p["title"].is_string() && p["type"].is_string(), "{p}");
+        for k in ["h", "w", "x", "y"] {
+            assert!(p["gridPos"][k].is_u64(), "panel {id}: gridPos.{k}");
+        }
+        assert!(p["gridPos"]["x"].as_u64().unwrap() + p["gridPos"]["w"].as_u64().unwrap() <= 24);
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["type"], "prometheus", "panel {id}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {id} has no query");
+        for t in targets {
+            assert!(t["refId"].is_string(), "panel {id}: refId");
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    exprs
+}
+
+#[test]
+fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
+    let mut env = TestEnv::new();
+    env.own_ports();
+    let _reset = Reset(&env);
+
+    // Bad flags are refused before anything starts.
+    let out = env.dive(&["serve", "--listen", "nowhere"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("--listen `nowhere`"), "{}", out.stderr);
+    env.dive(&["serve", "--heartbeat", "often"]).assert_code(2);
+
+    env.spawn(&["run", "workflow", "quickstart"])
+        .wait(DEPLOY_TIMEOUT)
+        .assert_code(0);
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let heartbeat = format!("{HEARTBEAT_S}s");
+    let serve = env.spawn(&["serve", "--listen", &addr, "--heartbeat", &heartbeat]);
+    let base = format!("http://{addr}");
+    wait_until(
+        "dive serve answers /healthz",
+        Duration::from_secs(60),
+        || get(&format!("{base}/healthz"), None).is_some_and(|(s, _, _)| s == 200),
+    );
+
+    // The classic text format passes promtool; Prometheus is offered OpenMetrics.
+    let (status, ct, text) = get(&format!("{base}/metrics"), None).unwrap();
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert_ok(
+        &promtool(&["check", "metrics"], Some(&text)),
+        "check metrics",
+    );
+    let (_, ct, om) = get(
+        &format!("{base}/metrics"),
+        Some("application/openmetrics-text;version=1.0.0"),
+    )
+    .unwrap();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    assert!(om.trim_end().ends_with("# EOF"));
+    let admin = env.dive(&["secrets", "show", "usa/keycloak/admin-password", "--reveal"]);
+    let admin = admin.stdout.trim();
+    assert!(
+        !admin.is_empty() && !text.contains(admin),
+        "no secret in the metrics"
+    );
+
+    let prom = Prometheus::start(&addr);
+    wait_until(
+        "Prometheus sees both directions verified",
+        Duration::from_secs(120),
+        || {
+            prom.value(r#"dive_federation_verification_ok{source="USA",target="FRA"}"#) == Some(1.0)
+                && prom.value(r#"dive_federation_verification_ok{source="FRA",target="USA"}"#)
+                    == Some(1.0)
+        },
+    );
+    // The quickstart ran in another process: counted all the same.
+    assert_eq!(
+        prom.value(r#"dive_runs_finished_total{workflow="quickstart",outcome="succeeded"}"#),
+        Some(1.0)
+    );
+    wait_until(
+        "the heartbeat's runs are counted",
+        Duration::from_secs(60),
+        || {
+            prom.value(
+                r#"dive_runs_finished_total{workflow="federation-verify",outcome="succeeded"}"#,
+            )
+            .is_some_and(|n| n >= 2.0)
+        },
+    );
+    wait_until("service health is checked", Duration::from_secs(60), || {
+        prom.value(r#"dive_instance_service_up{code="FRA",service="keycloak"}"#) == Some(1.0)
+    });
+    assert!(
+        prom.value(r#"dive_federation_seconds_since_success{source="USA",target="FRA"}"#)
+            .is_some_and(|s| (0.0..60.0).contains(&s))
+    );
+    assert!(
+        prom.value(r#"dive_secret_age_seconds{secret="usa/keycloak/admin-password"}"#)
+            .is_some_and(|s| s > 0.0)
+    );
+    assert!(
+        prom.value(r#"sum(dive_phase_duration_seconds_count{type="federation.verify"})"#)
+            .is_some_and(|n| n >= 4.0)
+    );
+    let rules = get_json(&format!("{}/api/v1/rules", prom.url), &[]);
+    let loaded = rules["data"]["groups"][0]["rules"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(loaded, 6, "{rules}");
+
+    // A pair whose lock another run holds is skipped, said so, and counted as a refusal.
+    let hold = env.workflow(
+        "hold.yaml",
+        "name: hold\nlock: \"federation-verify:FRA\"\nphases:\n  - { id: wait, type: sleep, duration: 12s }\n",
+    );
+    // The heartbeat itself may hold the lock for a moment: try again until this run has it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = env.dive(&["run", "workflow", &hold]);
+        if out.code == Some(3) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        }
+        out.assert_code(0);
+        break;
+    }
+    wait_until("the refusal is counted", Duration::from_secs(30), || {
+        prom.value(r#"dive_lock_refusals_total{workflow="federation-verify"}"#)
+            .is_some_and(|n| n >= 1.0)
+    });
+
+    // FRA's Keycloak stopped behind dive's back: failing within two heartbeats.
+    let pidfile = env.home.path().join("instances/fra/services/keycloak.json");
+    let pid: Value = serde_json::from_str(&std::fs::read_to_string(&pidfile).unwrap()).unwrap();
+    let pid = pid["pid"].as_i64().unwrap() as i32;
+    let stopped_at = chrono::Utc::now();
+    // SAFETY: kill(2) on the process group of the Keycloak this test's deploy started (dive
+    // starts each service in a session of its own).
+    assert_eq!(unsafe { libc::kill(-pid, libc::SIGKILL) }, 0);
+    let started = Instant::now();
+    wait_until(
+        "USA → FRA turns failing",
+        Duration::from_secs(120),
+        || prom.value(r#"dive_federation_verification_ok{source="USA",target="FRA"}"#) == Some(0.0),
+    );
+    let beats = env.psql(&format!(
+        "SELECT count(*) FROM runs WHERE workflow = 'federation-verify' AND started_at > '{}'",
+        stopped_at.to_rfc3339()
+    ));
+    let beats: u32 = beats.trim().parse().unwrap();
+    assert!(
+        beats <= 2,
+        "failing only after {beats} heartbeats ({:?})",
+        started.elapsed()
+    );
+    wait_until(
+        "FRA's Keycloak reported down",
+        Duration::from_secs(60),
+        || prom.value(r#"dive_instance_service_up{code="FRA",service="keycloak"}"#) == Some(0.0),
+    );
+    let status = env.dive(&["federation", "status", "--json"]).json();
+    let usa_fra = &status["links"][0]["directions"][0];
+    assert_eq!(usa_fra["last_verification"]["ok"], false, "{status}");
+    assert!(usa_fra["last_success"].is_string(), "{status}");
+
+    // Every Grafana panel's expression returns data from this Prometheus.
+    let dashboards: Vec<PathBuf> = std::fs::read_dir(observability().join("grafana"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!dashboards.is_empty());
+    for path in dashboards {
+        for expr in dashboard_expressions(&path) {
+            assert!(
+                !prom.query(&expr).is_empty(),
+                "{}: `{expr}` returns no data",
+                path.display()
+            );
+        }
+    }
+
+    // SIGTERM: a clean stop.
+    serve.signal(libc::SIGTERM);
+    let out = serve.wait(Duration::from_secs(60));
+    out.assert_code(0);
+    assert!(out.stderr.contains("dive serve: stopped"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("heartbeat: USA ↔ FRA: skipped, lock `federation-verify:FRA` is held by run"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(admin) && !out.stdout.contains(admin));
+}
+
+#[test]
+fn db_validate_finds_a_run_corrupted_by_hand() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "two.yaml",
+        "name: two\nlock: two\nphases:\n  - { id: a, type: noop }\n  - { id: b, type: noop, after: [a] }\n",
+    );
+    let run_id = env.dive(&["run", "workflow", &wf, "--json"]).run_id();
+    let out = env.dive(&["db", "validate"]);
+    out.assert_code(0);
+    assert!(out.stdout.contains("no problem found"), "{}", out.stdout);
+
+    // Behind dive's back (triggers off, as a hand edit could): a phase of a succeeded run set
+    // running again, a lock row nobody holds, a secret of an instance nobody registered.
+    env.psql(&format!(
+        "SET session_replication_role = replica; \
+         UPDATE phases SET state = 'running' WHERE run_id = '{run_id}' AND phase_id = 'b'"
+    ));
+    env.psql(&format!(
+        "INSERT INTO locks (key, run_id, pid, host) VALUES ('test:stale', '{run_id}', 1, 'elsewhere')"
+    ));
+    env.psql(
+        "INSERT INTO secrets (name, version, nonce, ciphertext) VALUES \
+         ('zzz/keycloak/admin-password', 1, '\\x000000000000000000000000', \
+          '\\x00000000000000000000000000000000')",
+    );
+    let out = env.dive(&["db", "validate", "--json"]);
+    out.assert_code(1);
+    let doc = out.json();
+    assert_eq!(doc["ok"], false);
+    let problems: Vec<&str> = doc["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems.contains(
+            &format!("run {run_id} (two) succeeded but its phase `b` is running").as_str()
+        )
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("lock `test:stale` names run"))
+    );
+    assert!(
+        problems.contains(
+            &"secret `zzz/keycloak/admin-password` belongs to ZZZ, which is not registered"
+        )
+    );
+}
