@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Output, TestEnv, wait_until};
+use common::{Output, Reset, TestEnv, wait_until};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -134,33 +134,13 @@ fn nothing_changed(run: &Value) {
     }
 }
 
-/// Resets the instances at the end, also when an assertion failed.
-struct Reset<'a>(&'a TestEnv, Vec<(&'static str, String)>);
-
-impl Drop for Reset<'_> {
-    fn drop(&mut self) {
-        for (role, code) in self.1.iter().rev() {
-            let mut args = vec![*role, "reset"];
-            if *role == "spoke" {
-                args.push(code);
-            }
-            args.push("--yes");
-            let _ = self.0.spawn(&args).wait(Duration::from_secs(120));
-        }
-    }
-}
-
 #[test]
 fn hub_and_spokes_on_the_local_runtime() {
     let mut env = TestEnv::new();
     env.own_ports();
     let _reset = Reset(
         &env,
-        vec![
-            ("hub", "USA".into()),
-            ("spoke", "FRA".into()),
-            ("spoke", "GBR".into()),
-        ],
+        vec![("hub", "USA"), ("spoke", "FRA"), ("spoke", "GBR")],
     );
     deploy(&env, &["hub", "deploy"]);
     let hub = status(&env, "hub", "USA");
@@ -219,7 +199,7 @@ fn hub_on_the_docker_runtime_with_the_offline_images() {
     let mut env = TestEnv::new();
     env.own_ports();
     env.set("DIVE_KEYCLOAK_IMAGE", "dive-offline/keycloak:26.5.5");
-    let _reset = Reset(&env, vec![("hub", "NOR".into())]);
+    let _reset = Reset(&env, vec![("hub", "NOR")]);
     deploy(
         &env,
         &["hub", "deploy", "--code", "nor", "--runtime", "docker"],
@@ -256,7 +236,7 @@ fn hub_on_the_docker_runtime_with_the_offline_images() {
 fn kill_during_keycloak_start_then_resume_starts_no_second_keycloak() {
     let mut env = TestEnv::new();
     env.own_ports();
-    let _reset = Reset(&env, vec![("hub", "CAN".into())]);
+    let _reset = Reset(&env, vec![("hub", "CAN")]);
     let run = env.spawn(&["hub", "deploy", "--code", "CAN"]);
     let pid_file = env.home.path().join("instances/can/services/keycloak.json");
     wait_until("Keycloak is starting", Duration::from_secs(300), || {
@@ -298,7 +278,7 @@ fn kill_during_keycloak_start_then_resume_starts_no_second_keycloak() {
 fn a_failure_after_the_realm_exists_rolls_back_to_a_clean_instance() {
     let mut env = TestEnv::new();
     env.own_ports();
-    let _reset = Reset(&env, vec![("hub", "AUS".into())]);
+    let _reset = Reset(&env, vec![("hub", "AUS")]);
     let builtin = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/workflows/instance-deploy.yaml"

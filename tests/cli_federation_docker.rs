@@ -11,7 +11,7 @@
 mod common;
 
 use common::federation::{direction, users_have_their_claims};
-use common::{Output, TestEnv};
+use common::{Output, Reset, TestEnv};
 use dive_keycloak::KeycloakAdmin;
 use dive_verify::Endpoint;
 use dive_verify::probe::{Login, Password, Probe};
@@ -22,19 +22,6 @@ const DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
 const HUB: &str = "DNK";
 const SPOKE: &str = "ISL";
-
-/// Resets the instances at the end, also when an assertion failed.
-struct Reset<'a>(&'a TestEnv);
-
-impl Drop for Reset<'_> {
-    fn drop(&mut self) {
-        let spoke = ["spoke", "reset", SPOKE, "--yes"];
-        let hub = ["hub", "reset", "--code", HUB, "--yes"];
-        for args in [&spoke[..], &hub[..]] {
-            let _ = self.0.spawn(args).wait(Duration::from_secs(180));
-        }
-    }
-}
 
 fn secret(env: &TestEnv, name: &str) -> String {
     let out = env.dive(&["secrets", "show", name, "--reveal"]);
@@ -113,7 +100,7 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
         env.dive(&["cleanup", "--instance", code, "--force"])
             .assert_code(0);
     }
-    let _reset = Reset(&env);
+    let _reset = Reset(&env, vec![("hub", HUB), ("spoke", SPOKE)]);
 
     timed(
         &env,

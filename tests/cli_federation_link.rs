@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Output, TestEnv};
+use common::{Output, Reset, TestEnv};
 use dive_keycloak::KeycloakAdmin;
 use serde_json::Value;
 use std::time::Duration;
@@ -224,25 +224,11 @@ fn nothing_changed(run: &Value) {
     }
 }
 
-/// Resets the instances at the end, also when an assertion failed.
-struct Reset<'a>(&'a TestEnv);
-
-impl Drop for Reset<'_> {
-    fn drop(&mut self) {
-        for args in [
-            &["spoke", "reset", "FRA", "--yes"][..],
-            &["hub", "reset", "--yes"][..],
-        ] {
-            let _ = self.0.spawn(args).wait(Duration::from_secs(120));
-        }
-    }
-}
-
 #[test]
 fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
     let mut env = TestEnv::new();
     env.own_ports();
-    let _reset = Reset(&env);
+    let _reset = Reset(&env, vec![("hub", "USA"), ("spoke", "FRA")]);
 
     // Refused before anything runs: no hub yet, an unknown code.
     let out = env.dive(&["federation", "link", "FRA"]);

@@ -8,29 +8,13 @@
 mod common;
 
 use common::federation::{direction, users_have_their_claims};
-use common::{Output, TestEnv};
+use common::{Output, Reset, TestEnv};
 use dive_keycloak::KeycloakAdmin;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Resets the instances at the end, also when an assertion failed.
-struct Reset<'a>(&'a TestEnv, Vec<(&'static str, &'static str)>);
-
-impl Drop for Reset<'_> {
-    fn drop(&mut self) {
-        for (role, code) in self.1.iter().rev() {
-            let mut args = vec![*role, "reset"];
-            if *role == "spoke" {
-                args.push(code);
-            }
-            args.push("--yes");
-            let _ = self.0.spawn(&args).wait(Duration::from_secs(120));
-        }
-    }
-}
 
 fn secret(env: &TestEnv, name: &str) -> String {
     let out = env.dive(&["secrets", "show", name, "--reveal"]);

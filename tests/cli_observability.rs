@@ -1,13 +1,14 @@
 //! `dive serve` scraped by a real Prometheus while a hub (USA) and a spoke (FRA) are deployed,
-//! linked and verified on the local runtime: PromQL returns the expected series and values, the
+//! linked and verified on the local runtime (and a second spoke, GBR, deployed): PromQL returns the expected series and values, the
 //! heartbeat records `federation-verify` runs (and skips a pair whose lock is held, saying so),
 //! stopping FRA's Keycloak turns its direction failing within two heartbeats, every Grafana
 //! panel's expression returns data, the alert rules load and pass their unit tests, a real
-//! scrape passes `promtool check metrics`, and SIGTERM stops the exporter cleanly.
+//! scrape passes `promtool check metrics`, `dive status` shows the stopped Keycloak, and SIGTERM
+//! stops the exporter cleanly. `dive db validate` finds a run corrupted by hand.
 
 mod common;
 
-use common::{TestEnv, free_port, wait_until};
+use common::{Reset, TestEnv, free_port, wait_until};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,20 +19,6 @@ const HEARTBEAT_S: u64 = 5;
 
 fn observability() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("observability")
-}
-
-/// Resets the instances at the end, also when an assertion failed.
-struct Reset<'a>(&'a TestEnv);
-
-impl Drop for Reset<'_> {
-    fn drop(&mut self) {
-        for args in [
-            ["spoke", "reset", "FRA", "--yes"].as_slice(),
-            &["hub", "reset", "--yes"],
-        ] {
-            let _ = self.0.spawn(args).wait(Duration::from_secs(120));
-        }
-    }
 }
 
 /// A Prometheus of this test's own, scraping `target` every second with dive's alert rules.
@@ -223,7 +210,10 @@ fn dashboard_expressions(path: &Path) -> Vec<String> {
 fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
     let mut env = TestEnv::new();
     env.own_ports();
-    let _reset = Reset(&env);
+    let _reset = Reset(
+        &env,
+        vec![("hub", "USA"), ("spoke", "FRA"), ("spoke", "GBR")],
+    );
 
     // Bad flags are refused before anything starts.
     let out = env.dive(&["serve", "--listen", "nowhere"]);
@@ -234,6 +224,13 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
     env.spawn(&["run", "workflow", "quickstart"])
         .wait(DEPLOY_TIMEOUT)
         .assert_code(0);
+    // A second spoke, not linked: `dive status` and `dive spoke status` show it too.
+    env.spawn(&["spoke", "deploy", "GBR"])
+        .wait(DEPLOY_TIMEOUT)
+        .assert_code(0);
+    let out = env.dive(&["spoke", "deploy"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("which spoke?"), "{}", out.stderr);
 
     let addr = format!("127.0.0.1:{}", free_port());
     let heartbeat = format!("{HEARTBEAT_S}s");
@@ -363,6 +360,44 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
         Duration::from_secs(60),
         || prom.value(r#"dive_instance_service_up{code="FRA",service="keycloak"}"#) == Some(0.0),
     );
+    // At a glance: three instances, FRA's Keycloak not running, USA → FRA failing.
+    let doc = env.dive(&["status", "--json"]).json();
+    let instances = doc["instances"].as_array().unwrap();
+    let codes: Vec<&str> = instances
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 3, "{doc}");
+    for code in ["USA", "FRA", "GBR"] {
+        assert!(codes.contains(&code), "{doc}");
+    }
+    let fra = instances.iter().find(|i| i["code"] == "FRA").unwrap();
+    assert_ne!(fra["state"], "running", "{fra}");
+    let services = fra["services"].as_array().unwrap();
+    let keycloak = services.iter().find(|s| s["name"] == "keycloak").unwrap();
+    assert_ne!(keycloak["state"], "running", "{keycloak}");
+    let links = doc["links"].as_array().unwrap();
+    let usa_fra = links
+        .iter()
+        .find(|d| d["from"] == "USA" && d["to"] == "FRA")
+        .unwrap();
+    assert_eq!(usa_fra["last"]["ok"], false, "{doc}");
+    let text = env.dive(&["status"]);
+    text.assert_code(0);
+    assert!(
+        text.stdout.contains("USA → FRA  FAILING"),
+        "{}",
+        text.stdout
+    );
+    let spokes = env.dive(&["spoke", "status", "--json"]).json();
+    let spokes: Vec<&str> = spokes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(spokes, ["FRA", "GBR"]);
+
     let status = env.dive(&["federation", "status", "--json"]).json();
     let usa_fra = &status["links"][0]["directions"][0];
     assert_eq!(usa_fra["last_verification"]["ok"], false, "{status}");

@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{Reset, TestEnv};
 use dive_verify::Endpoint;
 use dive_verify::probe::{Login, Password, Probe, ProbeReport};
 use serde_json::Value;
@@ -34,20 +34,6 @@ const PROBE_WORKERS: usize = 6;
 /// round of every login first) and goes on after it until it made this many, so the logins
 /// after the previous secret was dropped are counted too.
 const MIN_ATTEMPTS: u64 = 50;
-
-struct Reset<'a>(&'a TestEnv);
-
-impl Drop for Reset<'_> {
-    fn drop(&mut self) {
-        for args in [
-            &["spoke", "reset", "FRA", "--yes"][..],
-            &["spoke", "reset", "GBR", "--yes"][..],
-            &["hub", "reset", "--yes"][..],
-        ] {
-            let _ = self.0.spawn(args).wait(Duration::from_secs(120));
-        }
-    }
-}
 
 fn secret(env: &TestEnv, name: &str, version: Option<u32>) -> String {
     let v = version.map(|v| v.to_string());
@@ -233,7 +219,10 @@ fn run_of(out: &common::Output) -> Value {
 fn rotation_of_federation_secrets_without_a_failed_login() {
     let mut env = TestEnv::new();
     env.own_ports();
-    let _reset = Reset(&env);
+    let _reset = Reset(
+        &env,
+        vec![("hub", "USA"), ("spoke", "GBR"), ("spoke", "FRA")],
+    );
 
     // Hub USA and spoke FRA (the README's main command), then spoke GBR, linked too.
     env.spawn(&["run", "workflow", "quickstart"])

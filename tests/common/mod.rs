@@ -77,6 +77,22 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// Resets instances when dropped — also when an assertion failed — last listed first (spokes
+/// before their hub): `(role, code)` with role `hub` or `spoke`.
+pub struct Reset<'a>(pub &'a TestEnv, pub Vec<(&'static str, &'static str)>);
+
+impl Drop for Reset<'_> {
+    fn drop(&mut self) {
+        for (role, code) in self.1.iter().rev() {
+            let args = match *role {
+                "spoke" => vec!["spoke", "reset", code, "--yes"],
+                _ => vec!["hub", "reset", "--code", code, "--yes"],
+            };
+            let _ = self.0.spawn(&args).wait(Duration::from_secs(180));
+        }
+    }
+}
+
 /// What a finished dive process left.
 #[derive(Debug)]
 pub struct Output {
