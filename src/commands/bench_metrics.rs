@@ -30,7 +30,7 @@ pub async fn metrics(runs: u32, scrapes: usize, heartbeat_for: u64) -> Result<u8
     .await;
     let mut doc = result?;
     if heartbeat_for > 0 {
-        doc["heartbeat"] = heartbeat_cpu(store.url(), heartbeat_for).await?;
+        doc["heartbeat"] = heartbeat_cpu(&store, heartbeat_for).await?;
     }
     print_json(&doc)?;
     Ok(exit::OK)
@@ -90,12 +90,18 @@ async fn measure(url: &str, runs: u32, scrapes: usize) -> Result<serde_json::Val
     }))
 }
 
-/// Synthetic history: `runs` runs of six workflows (one in fifty failed, one in a hundred
+/// Synthetic history in the scratch database: `runs` runs of six workflows (one in fifty failed, one in a hundred
 /// rolled back), eight phases each, a verification per run with three users, a breaker event
 /// per hundred runs, and three versions of fifty secrets (random bytes: ages are all a scrape
 /// reads of them).
 async fn fill(pool: &sqlx::PgPool, runs: u32) -> Result<()> {
     let mut tx = pool.begin().await?;
+    // History is written as it ended, not lived through: the transition triggers (which guard
+    // live runs) stay out of it. Needs a superuser, which the embedded cluster's role is.
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .context("the scratch database needs a superuser connection")?;
     for sql in [
         "INSERT INTO runs (id, workflow, lock_key, lock_keys, state, params, plan, started_at, finished_at) \
          SELECT gen_random_uuid(), \
@@ -135,13 +141,13 @@ async fn fill(pool: &sqlx::PgPool, runs: u32) -> Result<()> {
 
 /// Runs a `dive serve` on the same database with a 5 s heartbeat for `seconds` and returns its
 /// own CPU time per heartbeat, and that as a share of one core at a 60 s heartbeat.
-async fn heartbeat_cpu(url: &str, seconds: u64) -> Result<serde_json::Value> {
-    let links = dive_verify::links(&dive_engine::Store::open(url).await?.pool().clone()).await?;
+async fn heartbeat_cpu(store: &dive_engine::Store, seconds: u64) -> Result<serde_json::Value> {
+    let links = dive_verify::links(store.pool()).await?;
     if links.is_empty() {
         return Ok(json!({ "skipped": "no linked instances in the state database" }));
     }
     let port = free_port()?;
-    let mut serve = spawn_serve(url, port, "5s")?;
+    let mut serve = spawn_serve(store.url(), port, "5s")?;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let cpu_s = cpu_seconds(serve.id())?;

@@ -98,33 +98,80 @@ impl Snapshot {
         now: DateTime<Utc>,
         services: &[ServiceUp],
     ) -> Result<Snapshot, sqlx::Error> {
+        // Side by side, each on a connection of the pool: a scrape costs its slowest query.
         let runs = sqlx::query_as(
             "SELECT workflow, state, count(*) FROM runs GROUP BY workflow, state ORDER BY 1, 2",
         )
-        .fetch_all(pool)
-        .await?;
-        let run_durations = histograms(
-            sqlx::query_as(
-                "SELECT workflow, width_bucket(d, $1), count(*), sum(d) FROM \
-                 (SELECT workflow, extract(epoch FROM finished_at - started_at)::float8 AS d \
-                  FROM runs WHERE finished_at IS NOT NULL) r GROUP BY 1, 2 ORDER BY 1, 2",
-            )
-            .bind(&DURATION_BUCKETS[..])
-            .fetch_all(pool)
-            .await?,
-            DURATION_BUCKETS.len(),
-        );
-        let phase_rows: Vec<(String, i32, i64, f64, i64)> = sqlx::query_as(
+        .fetch_all(pool);
+        let run_rows = sqlx::query_as(
+            "SELECT workflow, width_bucket(d, $1), count(*), sum(d) FROM \
+             (SELECT workflow, date_part('epoch', finished_at - started_at) AS d \
+              FROM runs WHERE finished_at IS NOT NULL) r GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(&DURATION_BUCKETS[..])
+        .fetch_all(pool);
+        let phase_rows = sqlx::query_as::<_, (String, i32, i64, f64, i64)>(
             "SELECT coalesce(phase_type, 'unknown'), \
-                    coalesce(width_bucket(extract(epoch FROM finished_at - started_at)::float8, $1), 0), \
+                    coalesce(width_bucket(date_part('epoch', finished_at - started_at), $1), 0), \
                     count(*) FILTER (WHERE finished_at IS NOT NULL AND started_at IS NOT NULL), \
-                    coalesce(sum(extract(epoch FROM finished_at - started_at)::float8), 0), \
+                    coalesce(sum(date_part('epoch', finished_at - started_at)), 0), \
                     coalesce(sum(attempt - 1) FILTER (WHERE attempt > 1), 0) \
              FROM phases WHERE attempt > 0 GROUP BY 1, 2 ORDER BY 1, 2",
         )
         .bind(&DURATION_BUCKETS[..])
-        .fetch_all(pool)
-        .await?;
+        .fetch_all(pool);
+        let breakers = sqlx::query_as(
+            "SELECT k.breaker, coalesce(a.transition, 'closed') FROM \
+             (SELECT DISTINCT breaker FROM breaker_events) k LEFT JOIN \
+             (SELECT DISTINCT ON (e.breaker) e.breaker, e.transition FROM breaker_events e \
+              JOIN runs r ON r.id = e.run_id AND r.state IN ('running', 'rolling_back') \
+              WHERE e.transition <> 'rejected' ORDER BY e.breaker, e.id DESC) a USING (breaker) \
+             ORDER BY 1",
+        )
+        .fetch_all(pool);
+        let breaker_transitions = sqlx::query_as(
+            "SELECT breaker, transition, count(*) FROM breaker_events GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(pool);
+        let locks_held = sqlx::query_scalar("SELECT count(*) FROM locks").fetch_one(pool);
+        let lock_refusals =
+            sqlx::query_as("SELECT workflow, count(*) FROM lock_refusals GROUP BY 1 ORDER BY 1")
+                .fetch_all(pool);
+        let user_logins = sqlx::query_as(
+            "SELECT v.source, v.target, coalesce((u->>'ok')::boolean, false), count(*) \
+             FROM federation_verifications v, jsonb_array_elements(v.users) u \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .fetch_all(pool);
+        let secret_ages = sqlx::query_as(
+            "SELECT name, date_part('epoch', $1 - max(created_at)) FROM secrets \
+             GROUP BY name ORDER BY name",
+        )
+        .bind(now)
+        .fetch_all(pool);
+        let (
+            runs,
+            run_rows,
+            phase_rows,
+            breakers,
+            breaker_transitions,
+            locks_held,
+            lock_refusals,
+            directions,
+            user_logins,
+            secret_ages,
+        ) = futures::try_join!(
+            runs,
+            run_rows,
+            phase_rows,
+            breakers,
+            breaker_transitions,
+            locks_held,
+            lock_refusals,
+            Self::directions(pool, now),
+            user_logins,
+            secret_ages,
+        )?;
         let mut retries: Vec<(String, i64)> = Vec::new();
         for (t, _, _, _, r) in &phase_rows {
             match retries.last_mut() {
@@ -143,46 +190,9 @@ impl Snapshot {
         .zip(retries)
         .map(|((t, b), (_, r))| (t, b, r))
         .collect();
-        let breakers = sqlx::query_as(
-            "SELECT k.breaker, coalesce(a.transition, 'closed') FROM \
-             (SELECT DISTINCT breaker FROM breaker_events) k LEFT JOIN \
-             (SELECT DISTINCT ON (e.breaker) e.breaker, e.transition FROM breaker_events e \
-              JOIN runs r ON r.id = e.run_id AND r.state IN ('running', 'rolling_back') \
-              WHERE e.transition <> 'rejected' ORDER BY e.breaker, e.id DESC) a USING (breaker) \
-             ORDER BY 1",
-        )
-        .fetch_all(pool)
-        .await?;
-        let breaker_transitions = sqlx::query_as(
-            "SELECT breaker, transition, count(*) FROM breaker_events GROUP BY 1, 2 ORDER BY 1, 2",
-        )
-        .fetch_all(pool)
-        .await?;
-        let locks_held = sqlx::query_scalar("SELECT count(*) FROM locks")
-            .fetch_one(pool)
-            .await?;
-        let lock_refusals =
-            sqlx::query_as("SELECT workflow, count(*) FROM lock_refusals GROUP BY 1 ORDER BY 1")
-                .fetch_all(pool)
-                .await?;
-        let directions = Self::directions(pool, now).await?;
-        let user_logins = sqlx::query_as(
-            "SELECT v.source, v.target, coalesce((u->>'ok')::boolean, false), count(*) \
-             FROM federation_verifications v, jsonb_array_elements(v.users) u \
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-        )
-        .fetch_all(pool)
-        .await?;
-        let secret_ages = sqlx::query_as(
-            "SELECT name, extract(epoch FROM $1 - max(created_at))::float8 FROM secrets \
-             GROUP BY name ORDER BY name",
-        )
-        .bind(now)
-        .fetch_all(pool)
-        .await?;
         Ok(Snapshot {
             runs,
-            run_durations,
+            run_durations: histograms(run_rows, DURATION_BUCKETS.len()),
             phase_durations,
             breakers,
             breaker_transitions,
