@@ -18,6 +18,18 @@ use uuid::Uuid;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text` (errors only unless RUST_LOG says more, beside the progress
+    /// view) or `json` (one object per line, info and above unless RUST_LOG says otherwise,
+    /// instead of the progress view). Each line carries the run id, workflow and trace id (a
+    /// child run's is its root run's id), and the phase and attempt where there is one.
+    #[arg(long, global = true, env = "DIVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

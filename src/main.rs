@@ -1,5 +1,13 @@
 //! The `dive` command line: parses arguments, runs the command, maps outcomes to exit codes.
 
+/// A line for the operator on stderr: plain text, or with `--log-format json` an info log line,
+/// so that stderr stays one JSON object per line.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::output::note(format!($($arg)*))
+    };
+}
+
 mod cli;
 mod commands;
 mod config;
@@ -49,6 +57,32 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
     exit::RUN_FAILED
 }
 
+/// Text logs (errors, and the CLI's own info lines such as `dive serve`'s, by default: the
+/// progress view speaks for runs), or JSON lines at info and above in place of the progress
+/// view. RUST_LOG overrides the levels either way.
+fn init_logging(format: cli::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let json = format == cli::LogFormat::Json;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(if json { "info" } else { "error,dive=info" }));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if json {
+        output::set_json_logs();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::env::var_os("NO_COLOR").is_none())
+            .init();
+    }
+}
+
 fn main() -> ExitCode {
     // Like other command-line tools, end quietly when stdout is a closed pipe (`| head`).
     // SAFETY: resetting a signal disposition at start-up, before any thread exists.
@@ -66,14 +100,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .init();
+    init_logging(cli.log_format);
     dive_phases::register();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,7 +116,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            if output::json_logs() {
+                tracing::error!(error = format!("{err:#}"), "command failed");
+            } else {
+                eprintln!("error: {err:#}");
+            }
             ExitCode::from(exit_code_for(&err))
         }
     }

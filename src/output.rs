@@ -4,6 +4,27 @@ use chrono::{DateTime, Utc};
 use dive_engine::store::{LockRecord, RunRecord, RunSummary};
 use dive_engine::{Plan, Workflow};
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Logs are JSON lines (`--log-format json`): stderr carries nothing else.
+pub fn set_json_logs() {
+    JSON_LOGS.store(true, Ordering::Relaxed);
+}
+
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
+}
+
+/// What [`note!`] prints.
+pub fn note(line: String) {
+    if json_logs() {
+        tracing::info!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
 
 fn when(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()

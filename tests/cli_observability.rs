@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Reset, TestEnv, free_port, wait_until};
+use common::{Reset, TestEnv, free_port, live_in_group, wait_until};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -84,6 +84,56 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The addresses the processes of group `pgid` listen on (TCP), from /proc.
+fn listening(pgid: i32) -> Vec<String> {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in live_in_group(pgid) {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                let link = link.to_string_lossy().to_string();
+                if let Some(inode) = link
+                    .strip_prefix("socket:[")
+                    .and_then(|l| l.strip_suffix(']'))
+                {
+                    inodes.insert(inode.to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st ... inode (field 9); 0A is LISTEN.
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
+                out.push(f[1].to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Whether a /proc/net/tcp{,6} local address (hex, as the kernel writes it) is on loopback.
+fn is_loopback(hex: &str) -> bool {
+    let ip = hex.split(':').next().unwrap_or_default();
+    match ip.len() {
+        8 => ip.ends_with("7F"), // 127.x.x.x, little-endian
+        // ::1, or ::ffff:127.x.x.x (IPv4-mapped)
+        _ => {
+            ip == "00000000000000000000000001000000"
+                || (ip.starts_with("0000000000000000FFFF0000") && ip.ends_with("7F"))
+        }
     }
 }
 
@@ -232,6 +282,25 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
     out.assert_code(2);
     assert!(out.stderr.contains("which spoke?"), "{}", out.stderr);
 
+    // Every service dive started listens on loopback only (Keycloak with its local cache opens
+    // no cluster ports).
+    for code in ["usa", "fra", "gbr"] {
+        for service in ["keycloak", "postgres"] {
+            let pidfile = env
+                .home
+                .path()
+                .join(format!("instances/{code}/services/{service}.json"));
+            let pid: Value =
+                serde_json::from_str(&std::fs::read_to_string(&pidfile).unwrap()).unwrap();
+            let addrs = listening(pid["pid"].as_i64().unwrap() as i32);
+            assert!(!addrs.is_empty(), "{code} {service} listens nowhere?");
+            assert!(
+                addrs.iter().all(|a| is_loopback(a)),
+                "{code} {service} listens beyond loopback: {addrs:?}"
+            );
+        }
+    }
+
     let addr = format!("127.0.0.1:{}", free_port());
     let heartbeat = format!("{HEARTBEAT_S}s");
     let serve = env.spawn(&["serve", "--listen", &addr, "--heartbeat", &heartbeat]);
@@ -330,6 +399,24 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
         prom.value(r#"dive_lock_refusals_total{workflow="federation-verify"}"#)
             .is_some_and(|n| n >= 1.0)
     });
+
+    // Keycloak admin requests carry a request id, logged with the request.
+    let out = env
+        .command(&["--log-format", "json", "federation", "drift", "FRA"])
+        .env("RUST_LOG", "info,dive_keycloak=debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let requests: Vec<Value> = json_lines(&stderr)
+        .into_iter()
+        .filter(|l| l["message"] == "keycloak admin request")
+        .collect();
+    assert!(!requests.is_empty(), "{stderr}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["request_id"].as_str().is_some_and(|id| id.len() == 36))
+    );
 
     // FRA's Keycloak stopped behind dive's back: failing within two heartbeats.
     let pidfile = env.home.path().join("instances/fra/services/keycloak.json");
@@ -484,5 +571,123 @@ fn db_validate_finds_a_run_corrupted_by_hand() {
         problems.contains(
             &"secret `zzz/keycloak/admin-password` belongs to ZZZ, which is not registered"
         )
+    );
+}
+
+/// `dive_phase_duration_seconds_count{type="noop"}` in a classic-format scrape of `base`.
+fn noop_phases(base: &str) -> u64 {
+    let (_, _, text) = get(&format!("{base}/metrics"), None).expect("a scrape");
+    text.lines()
+        .find_map(|l| l.strip_prefix("dive_phase_duration_seconds_count{type=\"noop\"} "))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[test]
+fn metrics_count_settled_history_once() {
+    let env = TestEnv::new();
+    let wf = env.workflow(
+        "two.yaml",
+        "name: two\nlock: two\nphases:\n  - { id: a, type: noop }\n  - { id: b, type: noop, after: [a] }\n",
+    );
+    for _ in 0..3 {
+        env.dive(&["run", "workflow", &wf]).assert_code(0);
+    }
+    // Those three ended long enough ago to be settled: read once, then kept.
+    env.psql(
+        "UPDATE runs SET started_at = started_at - interval '5 minutes', \
+                         finished_at = finished_at - interval '5 minutes'",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let serve = env.spawn(&["serve", "--listen", &addr, "--heartbeat", "off"]);
+    let base = format!("http://{addr}");
+    wait_until("dive serve answers", Duration::from_secs(60), || {
+        get(&format!("{base}/healthz"), None).is_some_and(|(s, _, _)| s == 200)
+    });
+    assert_eq!(noop_phases(&base), 6);
+    assert_eq!(
+        noop_phases(&base),
+        6,
+        "settled phases are not counted twice"
+    );
+    env.dive(&["run", "workflow", &wf]).assert_code(0);
+    assert_eq!(noop_phases(&base), 8, "a recent run is read live");
+    assert_eq!(noop_phases(&base), 8);
+    serve.signal(libc::SIGTERM);
+    serve.wait(Duration::from_secs(30)).assert_code(0);
+}
+
+/// The stderr of a `--log-format json` command as JSON objects (every line must be one).
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+/// The innermost span named `name` of a JSON log line.
+fn span<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
+    line["spans"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|s| s["name"] == name)
+}
+
+#[test]
+fn json_logs_carry_run_phase_and_the_trace_of_child_runs() {
+    let mut env = TestEnv::new();
+    let wf = env.workflow(
+        "parent.yaml",
+        "name: parent\nlock: parent\nphases:\n  - { id: first, type: noop }\n  \
+         - { id: child, type: workflow, workflow: demo, after: [first] }\n",
+    );
+    let out = env.dive(&["--log-format", "json", "run", "workflow", &wf, "--json"]);
+    out.assert_code(0);
+    let parent = out.run_id();
+    let lines = json_lines(&out.stderr);
+    let started = |phase: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == "phase started" && l["phase"] == phase)
+            .unwrap_or_else(|| panic!("no `phase started` line for {phase}: {}", out.stderr))
+    };
+    let first = started("first");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["level"], "INFO");
+    let run = span(first, "run").unwrap();
+    assert_eq!(run["run_id"], parent.as_str());
+    assert_eq!(run["workflow"], "parent");
+    assert_eq!(
+        run["trace_id"],
+        parent.as_str(),
+        "a root run's trace is itself"
+    );
+    // The child's lines: its own run id, the parent's trace id (its phases by their own ids).
+    let prepare = started("prepare");
+    let child = span(prepare, "run").unwrap();
+    assert_eq!(child["workflow"], "demo");
+    assert_ne!(child["run_id"], parent.as_str());
+    assert_eq!(child["trace_id"], parent.as_str());
+    let finished: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "run finished")
+        .collect();
+    assert_eq!(finished.len(), 2, "the child's and the parent's");
+
+    // DIVE_LOG_FORMAT does the same; the text format carries the same ids (with RUST_LOG).
+    env.set("DIVE_LOG_FORMAT", "json");
+    let out = env.dive(&["run", "workflow", &wf]);
+    out.assert_code(0);
+    assert!(!json_lines(&out.stderr).is_empty());
+    env.set("DIVE_LOG_FORMAT", "text").set("RUST_LOG", "info");
+    let out = env.dive(&["run", "workflow", &wf, "--json"]);
+    out.assert_code(0);
+    let id = out.run_id();
+    assert!(
+        out.stderr.contains(&format!("run_id={id}"))
+            && out.stderr.contains(&format!("trace_id={id}")),
+        "{}",
+        out.stderr
     );
 }

@@ -84,6 +84,74 @@ impl Event {
             _ => None,
         }
     }
+
+    /// One log line for this event. Phase notes and errors are the texts the progress view
+    /// shows, which never carry secret values.
+    fn log(&self) {
+        use tracing::{info, warn};
+        match self {
+            Event::RunStarted {
+                phases, resumed, ..
+            } => info!(phases = phases.len(), resumed, "run started"),
+            Event::PhaseReused { phase } => info!(phase, "phase succeeded earlier, output reused"),
+            Event::PhaseStarted { phase, attempt } => info!(phase, attempt, "phase started"),
+            Event::PhaseNote { phase, message } => info!(phase, "{message}"),
+            Event::PhaseSucceeded {
+                phase,
+                attempt,
+                elapsed,
+            } => info!(
+                phase,
+                attempt,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "phase succeeded"
+            ),
+            Event::PhaseFailed {
+                phase,
+                attempt,
+                error,
+                retry_in,
+            } => warn!(
+                phase,
+                attempt,
+                error,
+                retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+                "phase failed"
+            ),
+            Event::PhaseSkipped { phase } => info!(phase, "phase skipped"),
+            Event::Compensating { phase } => info!(phase, "compensating"),
+            Event::Compensated { phase, elapsed } => {
+                info!(
+                    phase,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "compensated"
+                )
+            }
+            Event::CompensationFailed { phase, error } => {
+                warn!(phase, error, "compensation failed")
+            }
+            Event::Breaker { key, transition } => info!(breaker = key, transition, "breaker"),
+            Event::DatabaseUnavailable {
+                attempt,
+                error,
+                retry_in,
+            } => warn!(
+                attempt,
+                error,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "state database unavailable; checkpoint write waits"
+            ),
+            Event::DatabaseRestored => info!("state database reachable again"),
+            Event::Cancelling => warn!("cancelling the run"),
+            Event::RunFinished { state, error } => {
+                info!(
+                    state = state.as_str(),
+                    error = error.as_deref(),
+                    "run finished"
+                )
+            }
+        }
+    }
 }
 
 /// Where events go; a dropped receiver is fine. A scoped sink prefixes phase names (the
@@ -117,7 +185,10 @@ impl EventSink {
         }
     }
 
+    /// Logs `event` (in the span of the run or phase that emits it, so the log line carries
+    /// the run id, workflow, trace id, phase and attempt) and passes it to the progress view.
     pub fn emit(&self, mut event: Event) {
+        event.log();
         let Some(tx) = &self.tx else {
             return;
         };

@@ -229,7 +229,6 @@ impl RunConn {
         delays: &mut impl Iterator<Item = Duration>,
     ) -> Result<(), EngineError> {
         let retry_in = delays.next().unwrap_or(Duration::from_secs(5));
-        tracing::warn!(attempt, error = %error, ?retry_in, "state database unavailable; checkpoint write waits");
         self.events.emit(Event::DatabaseUnavailable {
             attempt,
             error: error.to_string(),

@@ -167,7 +167,8 @@ impl Engine {
         .await?;
         conn.create_run(plan, opts.no_rollback, opts.parent.as_ref())
             .await?;
-        let mut runner = Runner::new(self, plan, conn, opts);
+        let trace = self.store.root_run(run_id).await?;
+        let mut runner = Runner::new(self, plan, conn, opts, trace);
         runner.announce(false);
         runner.sched.begin();
         let outcome = runner.execute().await;
@@ -245,7 +246,8 @@ impl Engine {
             no_rollback: opts.no_rollback || record.no_rollback,
             ..opts.clone()
         };
-        let mut runner = Runner::new(self, &record.plan, conn, &opts);
+        let trace = self.store.root_run(run_id).await?;
+        let mut runner = Runner::new(self, &record.plan, conn, &opts, trace);
         runner.sched.restore(
             record.state,
             record
@@ -282,6 +284,8 @@ type TaskResult = (usize, Result<Value, PhaseError>, Duration);
 /// compensations, runs retry timers, watches for cancellation and records breaker transitions.
 /// Every decision is the scheduler's.
 struct Runner<'a> {
+    /// The run's tracing span: run id, workflow, trace id.
+    span: tracing::Span,
     plan: &'a Plan,
     sched: Scheduler<'a>,
     conn: RunConn,
@@ -302,7 +306,13 @@ struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    fn new(engine: &Engine, plan: &'a Plan, conn: RunConn, opts: &'a RunOptions) -> Self {
+    fn new(
+        engine: &Engine,
+        plan: &'a Plan,
+        conn: RunConn,
+        opts: &'a RunOptions,
+        trace: Uuid,
+    ) -> Self {
         let (tx, breaker_rx) = mpsc::unbounded_channel();
         let compensable: Compensable<'a> = Box::new(move |i, outputs| {
             plan.phases[i]
@@ -310,7 +320,16 @@ impl<'a> Runner<'a> {
                 .map(|p| p.has_compensation())
                 .unwrap_or(true)
         });
+        // Every log line of the run (its phases' too) carries these; a child run's trace id
+        // is its root run's id.
+        let span = tracing::info_span!(
+            "run",
+            run_id = %conn.run_id,
+            workflow = %plan.workflow,
+            trace_id = %trace
+        );
         Runner {
+            span,
             plan,
             sched: Scheduler::new(
                 conn.run_id,
@@ -341,7 +360,7 @@ impl<'a> Runner<'a> {
     }
 
     fn announce(&self, resumed: bool) {
-        tracing::info!(run.id = %self.run_id(), workflow = %self.plan.workflow, resumed, "run started");
+        let _in_run = self.span.enter();
         self.opts.events.emit(Event::RunStarted {
             run_id: self.run_id(),
             workflow: self.plan.workflow.clone(),
@@ -353,7 +372,8 @@ impl<'a> Runner<'a> {
     /// Runs until the scheduler says the run is over; on an error (the state database gone for
     /// good, a lost lock) stops every task, leaving the run resumable.
     async fn execute(&mut self) -> Result<RunOutcome, EngineError> {
-        let result = self.drive().await;
+        let span = self.span.clone();
+        let result = self.drive().instrument(span).await;
         if result.is_err() {
             self.tasks.abort_all();
             self.compensations.abort_all();
@@ -491,7 +511,7 @@ impl<'a> Runner<'a> {
                     });
                 }
                 Action::AbortAll => {
-                    tracing::warn!(run.id = %self.run_id(), "cancelling run");
+                    tracing::warn!("cancelling the run's phases");
                     self.phase_cancel.cancel();
                     self.tasks.abort_all();
                     self.timers.abort_all();
@@ -535,7 +555,7 @@ impl<'a> Runner<'a> {
         let timeout = planned.timeout;
         let breakers = self.breakers.clone();
         let span =
-            tracing::info_span!("phase", run.id = %ctx.run_id, phase.id = %ctx.phase_id, attempt);
+            tracing::info_span!("phase", phase = %ctx.phase_id, attempt, r#type = %planned.kind);
         let handle = self.tasks.spawn(
             async move {
                 let started = Instant::now();
@@ -569,8 +589,7 @@ impl<'a> Runner<'a> {
             .unwrap_or(Value::Null);
         let attempt = self.sched.attempt(i);
         let ctx = self.context(&planned.id, attempt, CancellationToken::new());
-        let span =
-            tracing::info_span!("compensation", run.id = %ctx.run_id, phase.id = %ctx.phase_id);
+        let span = tracing::info_span!("compensation", phase = %ctx.phase_id, attempt);
         self.compensations.spawn(
             async move {
                 let started = Instant::now();

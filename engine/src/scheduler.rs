@@ -444,7 +444,6 @@ impl<'p> Scheduler<'p> {
                 self.advance(i, PhaseState::Failed)?;
                 self.push_row(i, None, Some(error.to_string()), now);
                 let retry_in = self.retry_delay(i, &error);
-                tracing::warn!(run.id = %self.run_id, phase.id = %id, attempt, %error, ?retry_in, "phase attempt failed");
                 self.out.push(Action::Notify(Event::PhaseFailed {
                     phase: id.clone(),
                     attempt,
@@ -602,7 +601,7 @@ impl<'p> Scheduler<'p> {
             && let Some(delay) = delays.as_mut().and_then(|d| d.next())
         {
             let delay = delay.max(e.retry_after().unwrap_or_default());
-            tracing::warn!(run.id = %self.run_id, phase.id = %self.dag.ids[i], error = %e, ?delay, "compensation failed; trying again");
+            tracing::warn!(phase = %self.dag.ids[i], error = %e, ?delay, "compensation failed; trying again");
             self.out.push(Action::RetryAfter { phase: i, delay });
             return Ok(());
         }
@@ -642,7 +641,6 @@ impl<'p> Scheduler<'p> {
     fn end(&mut self, state: RunState, error: Option<String>) -> Result<(), EngineError> {
         self.flush_rows();
         self.set_run(state, error.clone(), true)?;
-        tracing::info!(run.id = %self.run_id, %state, "run finished");
         self.out.push(Action::Notify(Event::RunFinished {
             state,
             error: error.clone(),

@@ -559,6 +559,20 @@ impl Store {
         Ok(times)
     }
 
+    /// The run at the root of `id`'s ancestry (itself, for a run no other run started): its id
+    /// is the trace id of every run in the tree.
+    pub async fn root_run(&self, id: Uuid) -> Result<Uuid, EngineError> {
+        Ok(sqlx::query_scalar(
+            "WITH RECURSIVE up AS (SELECT id, parent_run_id FROM runs WHERE id = $1 \
+             UNION ALL SELECT r.id, r.parent_run_id FROM runs r JOIN up ON r.id = up.parent_run_id) \
+             SELECT id FROM up WHERE parent_run_id IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(id))
+    }
+
     /// Breakers open (or half-open) in runs going on: `(breaker, state, since, run)`.
     pub async fn open_breakers(
         &self,

@@ -30,15 +30,15 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
                 };
                 found.extend(resources.into_iter().map(|r| (kind, r)));
             }
-            Err(e) => eprintln!("{kind}: skipped ({e:#})"),
+            Err(e) => note!("{kind}: skipped ({e:#})"),
         }
     }
     found.sort_by_key(|(_, r)| r.kind.removal_rank());
     if found.is_empty() {
-        eprintln!("nothing to remove");
+        note!("nothing to remove");
     }
     for (kind, r) in &found {
-        eprintln!("  {:<8} {:<9} {}", kind, r.kind, r.name);
+        note!("  {:<8} {:<9} {}", kind, r.kind, r.name);
     }
     if !found.is_empty() && !force {
         if !std::io::stdin().is_terminal() {
@@ -48,7 +48,7 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
             .into());
         }
         if !confirm(&format!("remove these {} resources?", found.len()))? {
-            eprintln!("nothing removed");
+            note!("nothing removed");
             return Ok(exit::OK);
         }
     }
@@ -59,7 +59,7 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
     if code.is_none() {
         let store = database::open().await?;
         for key in store.clean_locks().await? {
-            eprintln!("removed stale lock holder `{key}`");
+            note!("removed stale lock holder `{key}`");
         }
     }
     Ok(rc)
@@ -79,7 +79,7 @@ async fn remove(instance: &str) -> Result<u8> {
         let Some(out) = &phase.output else { continue };
         for r in out["removed"].as_array().into_iter().flatten() {
             if let Some(r) = r.as_str() {
-                eprintln!("removed {r}");
+                note!("removed {r}");
             }
         }
     }

@@ -13,7 +13,7 @@ pub async fn db(cmd: DbCommand) -> Result<u8> {
         DbCommand::Migrate => {
             let store = database::open().await?;
             let applied = store.migration_status().await?;
-            eprintln!(
+            note!(
                 "state database up to date ({} migrations) at {}",
                 applied.len(),
                 database::redact(store.url())
@@ -56,17 +56,17 @@ pub async fn db(cmd: DbCommand) -> Result<u8> {
         DbCommand::Validate { json } => return validate(json).await,
         DbCommand::Stop => {
             if crate::config::get().database_url.is_some() {
-                eprintln!("DIVE_DATABASE_URL is set: dive does not manage that server");
+                note!("DIVE_DATABASE_URL is set: dive does not manage that server");
             } else {
                 let cluster = database::embedded_cluster();
                 if cluster.is_running() {
                     cluster.stop(StopMode::Fast)?;
-                    eprintln!(
+                    note!(
                         "stopped the embedded cluster in {}",
                         cluster.root().display()
                     );
                 } else {
-                    eprintln!("the embedded cluster is not running");
+                    note!("the embedded cluster is not running");
                 }
             }
         }
@@ -114,7 +114,7 @@ async fn validate(json: bool) -> Result<u8> {
         for p in &problems {
             println!("{p}");
         }
-        eprintln!("{} problem(s) found", problems.len());
+        note!("{} problem(s) found", problems.len());
     }
     Ok(if problems.is_empty() {
         exit::OK

@@ -25,9 +25,10 @@ pub async fn drift(code: &str, json: bool) -> Result<u8> {
         .await
         .context("checking the master key")?;
     if !json {
-        eprintln!(
+        note!(
             "checking {} ↔ {}: runtime, configuration, one login each way…",
-            hub.code, spoke.code
+            hub.code,
+            spoke.code
         );
     }
     let report = drift::detect(&secrets, &side(hub).await, &side(spoke).await).await;

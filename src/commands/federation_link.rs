@@ -92,7 +92,7 @@ pub async fn unlink(code: &str, yes: bool, mut exec: ExecArgs) -> Result<u8> {
             hub.code, spoke.code
         ))?
     {
-        eprintln!("nothing removed");
+        note!("nothing removed");
         return Ok(crate::exit::OK);
     }
     run_named("federation-unlink", &params(&hub, &spoke), false, &exec).await

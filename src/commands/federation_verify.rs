@@ -250,7 +250,7 @@ pub async fn status(json: bool) -> Result<u8> {
         return Ok(exit::OK);
     }
     if out.is_empty() {
-        eprintln!("no federation links (dive federation link CODE)");
+        note!("no federation links (dive federation link CODE)");
         return Ok(exit::OK);
     }
     for link in &out {

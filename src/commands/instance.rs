@@ -398,7 +398,7 @@ async fn down(role: Role, code: &str, existing: Option<InstanceRecord>, json: bo
         return Ok(exit::RUN_FAILED);
     };
     for name in strings(&output(&run, "stop")["stopped"]) {
-        eprintln!("stopped {name}");
+        note!("stopped {name}");
     }
     print_status(&status_view(role, code, Some(&rec)).await, json)?;
     Ok(exit::OK)
@@ -442,7 +442,7 @@ async fn reset(
         Some(rec) => summary += &format!(" and its registration (port block {})", rec.port_block),
         None => summary += "; it is not registered",
     }
-    eprintln!("{summary}");
+    note!("{summary}");
     if role == Role::Hub && existing.is_some() {
         let spokes: Vec<String> = registry
             .list()
@@ -453,14 +453,14 @@ async fn reset(
             .map(|r| r.code)
             .collect();
         if !spokes.is_empty() {
-            eprintln!(
+            note!(
                 "warning: spokes {} stay registered and lose their hub until it is deployed again",
                 spokes.join(", ")
             );
         }
     }
     if !yes && !confirm(&format!("remove {code}?"))? {
-        eprintln!("nothing removed");
+        note!("nothing removed");
         return Ok(exit::OK);
     }
     // Services and data, leftovers, secrets, then the registration (see instance-reset.yaml).
@@ -484,7 +484,7 @@ async fn reset(
     if json {
         print_json(&view)?;
     } else {
-        eprintln!(
+        note!(
             "{code} reset: {} services, {} other resources, {} secrets removed{}",
             view.services.len(),
             view.resources.len(),

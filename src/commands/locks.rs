@@ -19,10 +19,10 @@ pub async fn locks(cmd: LocksCommand) -> Result<u8> {
         LocksCommand::Clean => {
             let removed = store.clean_locks().await?;
             if removed.is_empty() {
-                eprintln!("no stale locks");
+                note!("no stale locks");
             }
             for key in removed {
-                eprintln!("removed stale lock holder `{key}`");
+                note!("removed stale lock holder `{key}`");
             }
         }
     }

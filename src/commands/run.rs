@@ -108,7 +108,7 @@ pub fn report_unfinished(workflow: &str, outcome: &RunOutcome) -> bool {
     if outcome.state == RunState::Succeeded {
         return true;
     }
-    eprintln!(
+    note!(
         "error: {workflow} run {} {}: {}",
         outcome.run_id,
         outcome.state,
@@ -118,7 +118,7 @@ pub fn report_unfinished(workflow: &str, outcome: &RunOutcome) -> bool {
             .unwrap_or("stopped before all phases succeeded")
     );
     if outcome.state.is_resumable() {
-        eprintln!("resume it with: dive resume {}", outcome.run_id);
+        note!("resume it with: dive resume {}", outcome.run_id);
     }
     false
 }
@@ -131,7 +131,7 @@ async fn finish(engine: &Engine, exec: &ExecArgs, outcome: RunOutcome) -> Result
         return Ok(exit::OK);
     }
     if outcome.state.is_resumable() {
-        eprintln!("resume it with: dive resume {}", outcome.run_id);
+        note!("resume it with: dive resume {}", outcome.run_id);
     }
     Ok(exit::RUN_FAILED)
 }
@@ -151,10 +151,10 @@ async fn watch_signals(cancel: CancellationToken) {
             _ = int.recv() => {}
         }
         if round > 0 {
-            eprintln!("second interrupt: exiting now; the run stays resumable");
+            note!("second interrupt: exiting now; the run stays resumable");
             std::process::exit(130);
         }
-        eprintln!("interrupt: stopping the run (press Ctrl-C again to exit at once)");
+        note!("interrupt: stopping the run (press Ctrl-C again to exit at once)");
         cancel.cancel();
     }
 }

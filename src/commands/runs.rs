@@ -27,9 +27,9 @@ pub async fn runs(cmd: RunsCommand) -> Result<u8> {
         }
         RunsCommand::Cancel { run_id } => match store.cancel(run_id).await? {
             CancelOutcome::Requested => {
-                eprintln!("cancellation requested; the run's process stops it within a second")
+                note!("cancellation requested; the run's process stops it within a second")
             }
-            CancelOutcome::MarkedCancelled => eprintln!(
+            CancelOutcome::MarkedCancelled => note!(
                 "run {run_id} had no live process; marked cancelled (resumable with `dive resume {run_id}`)"
             ),
         },

@@ -48,7 +48,7 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
                     .collect();
                 print_json(&docs)?;
             } else if list.is_empty() {
-                eprintln!("no secrets stored");
+                note!("no secrets stored");
             } else {
                 print!("{}", table(&list));
             }
@@ -63,7 +63,7 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
                 let info = secrets.info(&name).await.map_err(classify)?;
                 let info = info.ok_or_else(missing)?;
                 print!("{}", details(&info));
-                eprintln!(
+                note!(
                     "the value is not shown: add --reveal to print it on stdout (and --version N for an older version)"
                 );
                 return Ok(exit::OK);
@@ -101,12 +101,12 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
                     &serde_json::json!({ "code": code, "created": created, "existing": kept }),
                 )?;
             } else if created.is_empty() {
-                eprintln!("{code}: all {} secrets exist; nothing created", kept.len());
+                note!("{code}: all {} secrets exist; nothing created", kept.len());
             } else {
                 for name in &created {
                     println!("created {name}");
                 }
-                eprintln!(
+                note!(
                     "{code}: created {}, {} existed already",
                     created.len(),
                     kept.len()

@@ -1,7 +1,8 @@
 //! `dive serve`: a long-running exporter. `/metrics` shows the state database in the OpenMetrics
 //! format (runs made by any dive process count: everything is read at scrape time), `/healthz`
 //! says whether the state database answers, and a heartbeat verifies every linked pair as an
-//! ordinary recorded `federation-verify` run. Stops cleanly on SIGTERM or Ctrl-C.
+//! ordinary recorded `federation-verify` run. Stops cleanly on SIGTERM or Ctrl-C. What it
+//! says goes to the log (info level, shown by default; JSON lines with `--log-format json`).
 
 use crate::commands::federation_verify::verify_pair;
 use crate::{InvalidInput, config, database, exit, services};
@@ -13,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dive_engine::{EngineError, Store};
 use dive_instances::health::service_health;
-use dive_metrics::{Format, ServiceUp};
+use dive_metrics::{Exporter, Format, ServiceUp};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -25,6 +26,7 @@ const HEALTH_EVERY: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 struct Shared {
     store: Store,
+    exporter: Arc<Exporter>,
     services: Arc<RwLock<Vec<ServiceUp>>>,
 }
 
@@ -44,6 +46,7 @@ pub async fn serve(listen: &str, heartbeat: &str) -> Result<u8> {
     };
     let store = database::open().await?;
     let shared = Shared {
+        exporter: Arc::new(Exporter::new(store.pool().clone())),
         store: store.clone(),
         services: Arc::default(),
     };
@@ -58,7 +61,7 @@ pub async fn serve(listen: &str, heartbeat: &str) -> Result<u8> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
-    eprintln!(
+    tracing::info!(
         "dive serve: metrics on http://{addr}/metrics, health on http://{addr}/healthz, heartbeat {}",
         heartbeat.map_or("off".into(), |h| humantime::format_duration(h).to_string())
     );
@@ -71,7 +74,7 @@ pub async fn serve(listen: &str, heartbeat: &str) -> Result<u8> {
         // A verification under way finishes (or is interrupted by the same signal) first.
         let _ = beats.await;
     }
-    eprintln!("dive serve: stopped");
+    tracing::info!("dive serve: stopped");
     Ok(exit::OK)
 }
 
@@ -79,7 +82,7 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let services = s.services.read().expect("health lock").clone();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::from_accept(accept);
-    match dive_metrics::scrape(s.store.pool(), &services, format).await {
+    match s.exporter.scrape(&services, format).await {
         Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
@@ -136,7 +139,7 @@ async fn beat(store: Store, every: Duration, stop: CancellationToken) {
         let links = match dive_verify::links(store.pool()).await {
             Ok(links) => links,
             Err(e) => {
-                eprintln!("heartbeat: {e}");
+                tracing::warn!("heartbeat: {e}");
                 continue;
             }
         };
@@ -158,18 +161,18 @@ async fn beat(store: Store, every: Duration, stop: CancellationToken) {
                             )
                         })
                         .collect();
-                    eprintln!(
+                    tracing::info!(
                         "heartbeat: {hub} ↔ {spoke}: {} (run {})",
                         dirs.join(", "),
                         v.run_id
                     );
                 }
                 Err(e) => match e.downcast_ref::<EngineError>() {
-                    Some(EngineError::LockHeld { key, holder }) => eprintln!(
+                    Some(EngineError::LockHeld { key, holder }) => tracing::info!(
                         "heartbeat: {hub} ↔ {spoke}: skipped, lock `{key}` is held by run {}",
                         holder.map_or("(unknown)".into(), |h| h.to_string())
                     ),
-                    _ => eprintln!("heartbeat: {hub} ↔ {spoke}: {e:#}"),
+                    _ => tracing::warn!("heartbeat: {hub} ↔ {spoke}: {e:#}"),
                 },
             }
         }
@@ -188,6 +191,6 @@ async fn stop_on_signal(stop: CancellationToken) {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("dive serve: stopping");
+    tracing::info!("dive serve: stopping");
     stop.cancel();
 }

@@ -52,7 +52,7 @@ pub fn workflow(cmd: WorkflowCommand) -> Result<u8> {
         }
         WorkflowCommand::Validate { path } => {
             let wf = workflows::load_file(&path)?;
-            eprintln!(
+            note!(
                 "{}: valid workflow `{}` with {} phases",
                 path.display(),
                 wf.name,

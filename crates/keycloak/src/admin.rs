@@ -453,10 +453,14 @@ impl KeycloakAdmin {
         let mut renew = false;
         loop {
             let token = self.token(renew).await?;
+            // Sent as X-Request-ID and logged, so a request in Keycloak's access log and the
+            // dive run (and phase) that made it can be matched.
+            let request_id = uuid::Uuid::now_v7().to_string();
             let mut req = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.base))
-                .bearer_auth(token.as_str());
+                .bearer_auth(token.as_str())
+                .header("X-Request-ID", &request_id);
             if let Some(b) = &body {
                 req = req.json(b);
             }
@@ -464,6 +468,14 @@ impl KeycloakAdmin {
                 .send()
                 .await
                 .map_err(|e| transport_error(&self.target, &method, path, &e))?;
+            tracing::debug!(
+                keycloak = %self.target,
+                request_id,
+                method = %method,
+                path,
+                status = resp.status().as_u16(),
+                "keycloak admin request"
+            );
             if resp.status() == StatusCode::UNAUTHORIZED && !renew {
                 tracing::debug!(keycloak = %self.target, "admin token refused; logging in again");
                 renew = true;

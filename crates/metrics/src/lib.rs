@@ -6,8 +6,10 @@
 //! (`_seconds`), counters ending in `_total`.
 
 mod encode;
+mod settled;
 mod snapshot;
 
+pub use settled::Settled;
 pub use snapshot::{ServiceUp, Snapshot};
 
 /// Why a scrape failed.
@@ -44,18 +46,38 @@ impl Format {
     }
 }
 
-/// One scrape: the state database read now, with `services` (the caller's last health checks).
-pub async fn scrape(
-    pool: &sqlx::PgPool,
-    services: &[ServiceUp],
-    format: Format,
-) -> Result<String, MetricsError> {
-    let snapshot = Snapshot::read(pool, chrono::Utc::now(), services).await?;
-    let text = snapshot.encode()?;
-    Ok(match format {
-        Format::OpenMetrics => text,
-        Format::Text => classic_text(&text),
-    })
+/// Scrapes one state database. Keeps what no longer changes ([`Settled`]) between scrapes, so
+/// keep one exporter for the life of the process.
+pub struct Exporter {
+    pool: sqlx::PgPool,
+    settled: tokio::sync::Mutex<Settled>,
+}
+
+impl Exporter {
+    pub fn new(pool: sqlx::PgPool) -> Exporter {
+        Exporter {
+            pool,
+            settled: Default::default(),
+        }
+    }
+
+    /// One scrape: the state database read now, with `services` (the caller's last health
+    /// checks). Scrapes take turns (each brings the settled totals forward).
+    pub async fn scrape(
+        &self,
+        services: &[ServiceUp],
+        format: Format,
+    ) -> Result<String, MetricsError> {
+        let mut settled = self.settled.lock().await;
+        let snapshot =
+            Snapshot::read(&self.pool, chrono::Utc::now(), services, &mut settled).await?;
+        drop(settled);
+        let text = snapshot.encode()?;
+        Ok(match format {
+            Format::OpenMetrics => text,
+            Format::Text => classic_text(&text),
+        })
+    }
 }
 
 /// OpenMetrics text in the classic Prometheus format: a counter family's name carries its

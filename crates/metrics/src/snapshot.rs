@@ -1,5 +1,6 @@
 //! What one scrape reads from the state database, as plain rows.
 
+use crate::settled::Settled;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -97,6 +98,7 @@ impl Snapshot {
         pool: &PgPool,
         now: DateTime<Utc>,
         services: &[ServiceUp],
+        settled: &mut Settled,
     ) -> Result<Snapshot, sqlx::Error> {
         // Side by side, each on a connection of the pool: a scrape costs its slowest query.
         let runs = sqlx::query_as(
@@ -110,16 +112,7 @@ impl Snapshot {
         )
         .bind(&DURATION_BUCKETS[..])
         .fetch_all(pool);
-        let phase_rows = sqlx::query_as::<_, (String, i32, i64, f64, i64)>(
-            "SELECT coalesce(phase_type, 'unknown'), \
-                    coalesce(width_bucket(date_part('epoch', finished_at - started_at), $1), 0), \
-                    count(*) FILTER (WHERE finished_at IS NOT NULL AND started_at IS NOT NULL), \
-                    coalesce(sum(date_part('epoch', finished_at - started_at)), 0), \
-                    coalesce(sum(attempt - 1) FILTER (WHERE attempt > 1), 0) \
-             FROM phases WHERE attempt > 0 GROUP BY 1, 2 ORDER BY 1, 2",
-        )
-        .bind(&DURATION_BUCKETS[..])
-        .fetch_all(pool);
+        let phase_totals = settled.phases(pool, now, &DURATION_BUCKETS);
         let breakers = sqlx::query_as(
             "SELECT k.breaker, coalesce(a.transition, 'closed') FROM \
              (SELECT DISTINCT breaker FROM breaker_events) k LEFT JOIN \
@@ -152,7 +145,7 @@ impl Snapshot {
         let (
             runs,
             run_rows,
-            phase_rows,
+            phase_totals,
             breakers,
             breaker_transitions,
             locks_held,
@@ -163,7 +156,7 @@ impl Snapshot {
         ) = futures::try_join!(
             runs,
             run_rows,
-            phase_rows,
+            phase_totals,
             breakers,
             breaker_transitions,
             locks_held,
@@ -173,23 +166,21 @@ impl Snapshot {
             secret_ages,
         )?;
         let mut retries: Vec<(String, i64)> = Vec::new();
-        for (t, _, _, _, r) in &phase_rows {
+        for ((t, _), (_, _, r)) in &phase_totals {
             match retries.last_mut() {
                 Some((last, n)) if last == t => *n += r,
                 _ => retries.push((t.clone(), *r)),
             }
         }
-        let phase_durations = histograms(
-            phase_rows
-                .into_iter()
-                .map(|(t, b, c, s, _)| (t, b, c, s))
-                .collect(),
-            DURATION_BUCKETS.len(),
-        )
-        .into_iter()
-        .zip(retries)
-        .map(|((t, b), (_, r))| (t, b, r))
-        .collect();
+        let rows = phase_totals
+            .into_iter()
+            .map(|((t, b), (count, sum, _))| (t, b, count, sum))
+            .collect();
+        let phase_durations = histograms(rows, DURATION_BUCKETS.len())
+            .into_iter()
+            .zip(retries)
+            .map(|((t, b), (_, r))| (t, b, r))
+            .collect();
         Ok(Snapshot {
             runs,
             run_durations: histograms(run_rows, DURATION_BUCKETS.len()),

@@ -8,7 +8,7 @@ use crate::health::{http_ok, tcp_ok, wait_ready};
 use crate::{
     Builtin, Ensured, Health, Resource, ResourceKind, Runtime, RuntimeConfig, RuntimeEntry,
     RuntimeError, RuntimeKind, ServiceSpec, ServiceState, ServiceStatus, check_name,
-    keycloak_dist::BUILD_OPTIONS,
+    keycloak_dist::{BUILD_OPTIONS, START_OPTIONS},
     templates::{POSTGRES_IMAGE, pg_isready},
 };
 use async_trait::async_trait;
@@ -393,7 +393,12 @@ impl Runtime for DockerRuntime {
                     spec.image = self.keycloak_image.clone();
                 }
                 let mut command = vec!["start".to_string()];
-                command.extend(BUILD_OPTIONS.iter().map(|o| o.to_string()));
+                command.extend(
+                    BUILD_OPTIONS
+                        .iter()
+                        .chain(&START_OPTIONS)
+                        .map(|o| o.to_string()),
+                );
                 spec.command = command;
                 spec.networks.push(FEDERATION_NETWORK.into());
             }

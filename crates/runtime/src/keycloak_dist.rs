@@ -19,6 +19,11 @@ pub const BUILD_OPTIONS: [&str; 3] = [
     "--features=client-secret-rotation",
 ];
 
+/// Options of every `kc.sh start`, on both runtimes: the local (single-node) cache. Each
+/// instance is one Keycloak, so it needs no cluster: with the default clustered cache every
+/// Keycloak listened on all interfaces (cluster ports 7800 and 57800 upwards, five of them
+/// shared by the whole machine, so a sixth local Keycloak failed to start).
+pub const START_OPTIONS: [&str; 1] = ["--cache=local"];
 /// Which Keycloak distribution, and where downloads are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeycloakDist {

@@ -5,7 +5,7 @@
 //! `data/<volume>/`. Stop is SIGTERM to the process group, SIGKILL after a grace period.
 
 use crate::health::{http_ok, tcp_ok, wait_ready};
-use crate::keycloak_dist::KeycloakDist;
+use crate::keycloak_dist::{KeycloakDist, START_OPTIONS};
 use crate::templates::pg_isready;
 use crate::{
     Builtin, Ensured, Health, InitSpec, Resource, ResourceKind, Runtime, RuntimeConfig,
@@ -443,6 +443,8 @@ impl Runtime for LocalRuntime {
                     "--http-port={port:http}".into(),
                     "--http-management-port={port:management}".into(),
                 ];
+                spec.command
+                    .extend(START_OPTIONS.iter().map(|o| o.to_string()));
             }
         }
         Ok(())
