@@ -232,6 +232,10 @@ pub enum RunsCommand {
     /// One run: phases, attempts, compensations and breaker transitions.
     Show {
         run_id: Uuid,
+        /// The run's timeline instead: phase starts, attempts, retries with their causes,
+        /// breaker transitions, compensations, in the order they happened.
+        #[arg(long)]
+        events: bool,
         #[arg(long)]
         json: bool,
     },

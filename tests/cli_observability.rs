@@ -691,3 +691,42 @@ fn json_logs_carry_run_phase_and_the_trace_of_child_runs() {
         out.stderr
     );
 }
+
+#[test]
+fn runs_show_events_tells_the_story_of_a_retried_phase() {
+    let env = TestEnv::new();
+    let marker = env.path("failed-once");
+    let wf = env.workflow(
+        "flaky.yaml",
+        &format!(
+            "name: flaky\nlock: flaky\nphases:\n  - {{ id: first, type: noop }}\n  \
+             - id: flaky\n    type: exec\n    after: [first]\n    \
+             retry: {{ max_attempts: 2, initial_delay: 300ms }}\n    \
+             command: [\"sh\", \"-c\", \"[ -e {m} ] || {{ touch {m}; echo boom >&2; exit 1; }}\"]\n",
+            m = marker.display()
+        ),
+    );
+    let id = env.dive(&["run", "workflow", &wf, "--json"]).run_id();
+    let out = env.dive(&["runs", "show", &id, "--events"]);
+    out.assert_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no `{what}` in:\n{}", out.stdout))
+    };
+    assert_eq!(at("run of `flaky` started"), 0);
+    assert!(at("first: attempt 1 started") < at("first: attempt 1 succeeded"));
+    assert!(at("first: attempt 1 succeeded") <= at("flaky: attempt 1 started"));
+    assert!(at("flaky: attempt 1 failed:") < at("flaky: attempt 2 started, "));
+    assert!(lines[at("flaky: attempt 2 started, ")].contains("after attempt 1 failed ("));
+    assert!(at("flaky: attempt 2 succeeded") < at("run succeeded"));
+    assert_eq!(at("run succeeded"), lines.len() - 1);
+    let doc = env
+        .dive(&["runs", "show", &id, "--events", "--json"])
+        .json();
+    let events = doc["events"].as_array().unwrap();
+    assert_eq!(events.len(), lines.len());
+    assert_eq!(events[1]["phase"], "first");
+}
