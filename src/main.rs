@@ -57,14 +57,19 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
     exit::RUN_FAILED
 }
 
-/// Text logs (errors, and the CLI's own info lines such as `dive serve`'s, by default: the
-/// progress view speaks for runs), or JSON lines at info and above in place of the progress
+/// Text logs (errors, the CLI's own info lines such as `dive serve`'s, and the steps of the
+/// one-time Keycloak build, by default: the progress view speaks for runs), or JSON lines at info and above in place of the progress
 /// view. RUST_LOG overrides the levels either way.
 fn init_logging(format: cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let json = format == cli::LogFormat::Json;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(if json { "info" } else { "error,dive=info" }));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(if json {
+            "info"
+        } else {
+            "error,dive=info,dive_runtime::keycloak_dist=info"
+        })
+    });
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

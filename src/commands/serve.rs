@@ -50,6 +50,11 @@ pub async fn serve(listen: &str, heartbeat: &str) -> Result<u8> {
         store: store.clone(),
         services: Arc::default(),
     };
+    // The first scrape of an exporter reads the whole history (what has settled is kept from
+    // then on): do it now rather than make Prometheus's first scrape wait for it.
+    if let Err(e) = shared.exporter.scrape(&[], Format::Text).await {
+        tracing::warn!("dive serve: {e}");
+    }
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
     let health = tokio::spawn(check_health(shared.clone(), stop.clone()));

@@ -24,6 +24,7 @@ pub const BUILD_OPTIONS: [&str; 3] = [
 /// Keycloak listened on all interfaces (cluster ports 7800 and 57800 upwards, five of them
 /// shared by the whole machine, so a sixth local Keycloak failed to start).
 pub const START_OPTIONS: [&str; 1] = ["--cache=local"];
+
 /// Which Keycloak distribution, and where downloads are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeycloakDist {
@@ -119,9 +120,12 @@ async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistE
         return Ok(built);
     }
     let _ = std::fs::remove_dir_all(&built);
+    // The first deploy on a machine waits here for half a minute or more: say what it waits
+    // for, and how long each step took (the CLI shows these lines by default).
     let zip = root.join(format!("keycloak-quarkus-dist-{version}.zip"));
     if !zip.exists() {
-        tracing::info!(%version, "fetching the Keycloak distribution with Maven (once)");
+        tracing::info!(%version, "Keycloak distribution: fetching it with Maven (once per machine)");
+        let started = std::time::Instant::now();
         run(
             tokio::process::Command::new("mvn")
                 .arg("-q")
@@ -133,7 +137,14 @@ async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistE
             "mvn dependency:copy org.keycloak:keycloak-quarkus-dist",
         )
         .await?;
+        let mb = std::fs::metadata(&zip).map_or(0, |m| m.len()) / 1_000_000;
+        tracing::info!(
+            "Keycloak distribution: fetched {mb} MB in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
     }
+    tracing::info!("Keycloak distribution: unpacking it");
+    let started = std::time::Instant::now();
     let scratch = root.join(format!(".unpack-{version}"));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| fatal("unpack dir", e))?;
@@ -146,7 +157,12 @@ async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistE
             format!("{} has no bin/kc.sh", zip.display()),
         ));
     }
-    tracing::info!(%version, "building Keycloak for PostgreSQL (once)");
+    tracing::info!(
+        "Keycloak distribution: unpacked in {:.1}s; building it (kc.sh build {})",
+        started.elapsed().as_secs_f64(),
+        BUILD_OPTIONS.join(" ")
+    );
+    let started = std::time::Instant::now();
     run(
         tokio::process::Command::new(&kc)
             .arg("build")
@@ -160,6 +176,10 @@ async fn built_distribution(root: &Path, version: &str) -> Result<PathBuf, DistE
     std::fs::rename(&unpacked, &built).map_err(|e| fatal("rename", e))?;
     let _ = std::fs::remove_dir_all(&scratch);
     drop(lock);
+    tracing::info!(
+        "Keycloak distribution: built in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(built)
 }
 
