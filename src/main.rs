@@ -67,7 +67,8 @@ fn init_logging(format: cli::LogFormat) {
         EnvFilter::new(if json {
             "info"
         } else {
-            "error,dive=info,dive_runtime::keycloak_dist=info"
+            // Targets match by string prefix: `dive::` is this binary's modules only.
+            "error,dive::commands=info,dive_runtime::keycloak_dist=info"
         })
     });
     let builder = tracing_subscriber::fmt()
@@ -82,8 +83,9 @@ fn init_logging(format: cli::LogFormat) {
             .with_span_list(true)
             .init();
     } else {
+        use std::io::IsTerminal;
         builder
-            .with_ansi(std::env::var_os("NO_COLOR").is_none())
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .init();
     }
 }
