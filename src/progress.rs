@@ -11,12 +11,11 @@ use tokio::task::JoinHandle;
 
 /// Starts the view; drop the sink and await the handle to flush it.
 pub fn start() -> (EventSink, JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
     if crate::output::json_logs() {
         // The events are logged (as JSON lines); nothing else goes to stderr.
-        drop(rx);
-        return (EventSink::new(tx), tokio::spawn(async {}));
+        return (EventSink::none(), tokio::spawn(async {}));
     }
+    let (tx, rx) = mpsc::unbounded_channel();
     let live = std::io::stderr().is_terminal() && std::env::var_os("DIVE_PLAIN").is_none();
     (EventSink::new(tx), tokio::spawn(render(rx, live)))
 }

@@ -258,6 +258,14 @@ pub(crate) struct StatusView {
     services: Vec<ServiceHealth>,
 }
 
+/// Each service of `rec` with its state and health, as its runtime reports them.
+pub(crate) async fn services_of(rec: &InstanceRecord) -> Vec<ServiceHealth> {
+    let rt = services::runtime(rec.runtime)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    service_health(rt.as_deref().map_err(String::as_str), rec).await
+}
+
 pub(crate) async fn status_view(
     role: Role,
     code: &str,
@@ -277,10 +285,7 @@ pub(crate) async fn status_view(
             services: Vec::new(),
         };
     };
-    let rt = services::runtime(rec.runtime)
-        .await
-        .map_err(|e| format!("{e:#}"));
-    let services = service_health(rt.as_deref().map_err(String::as_str), rec).await;
+    let services = services_of(rec).await;
     let running = services.iter().filter(|s| s.state == "running").count();
     let state = if services.iter().any(|s| s.state == "unknown") {
         "unknown"

@@ -5,7 +5,8 @@
 //! says goes to the log (info level, shown by default; JSON lines with `--log-format json`).
 
 use crate::commands::federation_verify::verify_pair;
-use crate::{InvalidInput, config, database, exit, services};
+use crate::commands::instance::services_of;
+use crate::{InvalidInput, config, database, exit};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::State;
@@ -13,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dive_engine::{EngineError, Store};
-use dive_instances::health::service_health;
 use dive_metrics::{Exporter, Format, ServiceUp};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -104,17 +104,14 @@ async fn healthz(State(s): State<Shared>) -> Response {
     }
 }
 
-/// Every [`HEALTH_EVERY`]: each registered instance's services, as `hub status` reports them.
+/// Every [`HEALTH_EVERY`]: each registered instance's services, as `dive status` reports them.
 async fn check_health(s: Shared, stop: CancellationToken) {
     let registry = config::get().instances(&s.store);
     loop {
         let mut up = Vec::new();
         if let Ok(instances) = registry.list().await {
             for rec in instances {
-                let rt = services::runtime(rec.runtime)
-                    .await
-                    .map_err(|e| format!("{e:#}"));
-                for h in service_health(rt.as_deref().map_err(String::as_str), &rec).await {
+                for h in services_of(&rec).await {
                     up.push(ServiceUp {
                         code: rec.code.clone(),
                         up: h.is_ok(),

@@ -67,7 +67,7 @@ pub async fn status(json: bool) -> Result<u8> {
         .list_runs(1000)
         .await?
         .into_iter()
-        .filter(|r| r.state.as_str() == "running" || r.state.as_str() == "rolling_back")
+        .filter(|r| r.state.is_active())
         .collect();
     let status = Status {
         instances,

@@ -62,6 +62,17 @@ fn histogram(
     enc.encode_histogram::<prometheus_client::encoding::NoLabelSet>(b.sum, count, &buckets, None)
 }
 
+impl Snapshot {
+    /// Runs of the workflows `workflow` accepts that are in one of `states`.
+    fn runs_in(&self, workflow: impl Fn(&str) -> bool, states: &[&str]) -> u64 {
+        self.runs
+            .iter()
+            .filter(|(w, s, _)| workflow(w) && states.contains(&s.as_str()))
+            .map(|(_, _, n)| *n as u64)
+            .sum()
+    }
+}
+
 fn dir(d: &Direction) -> Labels<'_> {
     vec![("source", d.source.as_str()), ("target", d.target.as_str())]
 }
@@ -117,12 +128,7 @@ impl Collector for Snapshot {
             "Runs going on (running or rolling back), by workflow.",
             Gauge,
             started.iter().map(|(w, _)| {
-                let n: i64 = self
-                    .runs
-                    .iter()
-                    .filter(|(rw, s, _)| rw == w && (s == "running" || s == "rolling_back"))
-                    .map(|(_, _, n)| n)
-                    .sum();
+                let n = self.runs_in(|rw| rw == *w, &["running", "rolling_back"]);
                 (vec![("workflow", *w)], Sample::Gauge(n as f64))
             }),
         )?;
@@ -132,13 +138,8 @@ impl Collector for Snapshot {
             "Runs rolled back (or whose rollback failed), by workflow.",
             Counter,
             started.iter().map(|(w, _)| {
-                let n: i64 = self
-                    .runs
-                    .iter()
-                    .filter(|(rw, s, _)| rw == w && (s == "rolled_back" || s == "rollback_failed"))
-                    .map(|(_, _, n)| n)
-                    .sum();
-                (vec![("workflow", *w)], Sample::Counter(n as u64))
+                let n = self.runs_in(|rw| rw == *w, &["rolled_back", "rollback_failed"]);
+                (vec![("workflow", *w)], Sample::Counter(n))
             }),
         )?;
         family(
@@ -311,13 +312,8 @@ impl Collector for Snapshot {
             "Secret rotation runs that ended, by outcome.",
             Counter,
             FINISHED.iter().map(|outcome| {
-                let n: i64 = self
-                    .runs
-                    .iter()
-                    .filter(|(w, s, _)| ROTATIONS.contains(&w.as_str()) && s == outcome)
-                    .map(|(_, _, n)| n)
-                    .sum();
-                (vec![("outcome", *outcome)], Sample::Counter(n as u64))
+                let n = self.runs_in(|w| ROTATIONS.contains(&w), &[*outcome]);
+                (vec![("outcome", *outcome)], Sample::Counter(n))
             }),
         )?;
         family(
