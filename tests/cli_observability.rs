@@ -2,7 +2,7 @@
 //! linked and verified on the local runtime (and a second spoke, GBR, deployed): PromQL returns the expected series and values, the
 //! heartbeat records `federation-verify` runs (and skips a pair whose lock is held, saying so),
 //! stopping FRA's Keycloak turns its direction failing within two heartbeats, every Grafana
-//! panel's expression returns data, the alert rules load and pass their unit tests, a real
+//! panel's expression returns data, the dashboards match Grafana's dashboard model, the alert rules load and pass their unit tests, a real
 //! scrape passes `promtool check metrics`, `dive status` shows the stopped Keycloak, and SIGTERM
 //! stops the exporter cleanly. `dive db validate` finds a run corrupted by hand.
 
@@ -218,7 +218,51 @@ fn alert_rules_load_and_pass_their_unit_tests() {
     );
 }
 
-/// The dashboard is the Grafana dashboard model (schema version 38, Grafana 10): a title, a uid,
+/// Every dashboard JSON file under `observability/grafana`.
+fn dashboards() -> Vec<PathBuf> {
+    let dashboards: Vec<PathBuf> = std::fs::read_dir(observability().join("grafana"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(!dashboards.is_empty());
+    dashboards
+}
+
+/// Runs `observability/grafana/check` (Grafana's foundation SDK, decoding strictly) on `files`.
+fn grafana_check(files: &[PathBuf]) -> std::process::Output {
+    Command::new("go")
+        .arg("run")
+        .arg(".")
+        .args(files)
+        .current_dir(observability().join("grafana/check"))
+        .output()
+        .expect("starting go (the Go toolchain builds the dashboard checker)")
+}
+
+/// The dashboards decode strictly into the dashboard model of Grafana's own foundation SDK
+/// (schema version 42: unknown fields, wrong types and missing required fields are errors) and
+/// meet its constraints; the checker refuses a dashboard with a field Grafana does not know.
+#[test]
+fn grafana_dashboards_match_grafanas_dashboard_model() {
+    assert_ok(&grafana_check(&dashboards()), "grafana check");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.json");
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&dashboards()[0]).unwrap()).unwrap();
+    doc["panels"][1]["options"]["frameIndexx"] = 0.into();
+    std::fs::write(&broken, doc.to_string()).unwrap();
+    let out = grafana_check(&[broken]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broken.json") && stderr.contains("unexpected field 'frameIndexx'"),
+        "{stderr}"
+    );
+}
+
+/// The dashboard is the Grafana dashboard model (schema version 42, Grafana 12): a title, a uid,
 /// panels with unique ids, a type, a title and a grid position, and each query a refId and a
 /// PromQL expression. Returns every expression.
 fn dashboard_expressions(path: &Path) -> Vec<String> {
@@ -231,7 +275,7 @@ fn dashboard_expressions(path: &Path) -> Vec<String> {
             path.display()
         );
     }
-    assert_eq!(doc["schemaVersion"], 38);
+    assert_eq!(doc["schemaVersion"], 42);
     let mut ids = std::collections::HashSet::new();
     let mut exprs = Vec::new();
     for p in doc["panels"].as_array().expect("panels") {
@@ -491,12 +535,7 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
     assert!(usa_fra["last_success"].is_string(), "{status}");
 
     // Every Grafana panel's expression returns data from this Prometheus.
-    let dashboards: Vec<PathBuf> = std::fs::read_dir(observability().join("grafana"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(!dashboards.is_empty());
-    for path in dashboards {
+    for path in dashboards() {
         for expr in dashboard_expressions(&path) {
             assert!(
                 !prom.query(&expr).is_empty(),
