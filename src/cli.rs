@@ -101,6 +101,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The chaos suite: real faults injected into real runs of every pipeline, in a world of
+    /// its own (its own state database behind a fault proxy, DIVE_HOME and ports), with the
+    /// invariants checked after each. Prints a table; exit 1 if any scenario FAILED.
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
     /// Deploy and operate the hub (code USA unless --code says otherwise).
     #[command(subcommand)]
     Hub(InstanceCommand<HubCode>),
@@ -301,6 +306,43 @@ pub enum LocksCommand {
     },
     /// Forget holders of locks nobody holds any more.
     Clean,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChaosCommand {
+    /// Run scenarios (every one, unless --scenario, --family or --ci select), one after the
+    /// other, and print the table: scenario, family, outcome (converged, rolled back, FAILED),
+    /// time from healing the fault to the run's end, invariants; then where and when each fault
+    /// was injected. Needs root (iptables, the services' signals) and toxiproxy.
+    Run {
+        /// Only this scenario (repeatable; `dive chaos list` names them).
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+        /// Only this fault family (repeatable): network, partition, database, process, secrets.
+        #[arg(long = "family", value_name = "F")]
+        families: Vec<String>,
+        /// Only the CI selection (at least one scenario of every family).
+        #[arg(long)]
+        ci: bool,
+        /// Seeds where and when faults are injected: the same seed, the same schedule.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// DIVE_PORT_BASE of the chaos world's instances (below 32768; apart from your own).
+        #[arg(long, default_value_t = 26000)]
+        port_base: u16,
+        /// The toxiproxy server [default: DIVE_CACHE/tools/toxiproxy-server, as scripts/setup
+        /// builds it].
+        #[arg(long, env = "DIVE_TOXIPROXY")]
+        toxiproxy: Option<std::path::PathBuf>,
+        /// Print the report as one JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The catalogue: each scenario's name, family, pipeline, fault and promised outcome.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

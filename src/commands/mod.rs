@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 mod bench_metrics;
+mod chaos;
 pub(crate) mod cleanup;
 mod db;
 mod federation_drift;
@@ -30,6 +31,7 @@ pub async fn dispatch(command: Command) -> Result<u8> {
         Command::Db(cmd) => db::db(cmd).await,
         Command::Locks(cmd) => locks::locks(cmd).await,
         Command::Bench(cmd) => bench::bench(cmd).await,
+        Command::Chaos(cmd) => chaos::chaos(cmd).await,
         Command::Federation(cmd) => match cmd {
             FederationCommand::Link { code, exec } => federation_link::link(&code, exec).await,
             FederationCommand::Unlink { code, yes, exec } => {

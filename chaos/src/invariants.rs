@@ -1,0 +1,212 @@
+//! What must hold after every scenario, once its fault is healed.
+
+use crate::scenarios::SPOKE;
+use crate::world::World;
+use crate::{Check, Outcome};
+use std::collections::BTreeSet;
+
+fn check(invariant: &'static str, result: Result<(), String>) -> Check {
+    Check {
+        invariant,
+        ok: result.is_ok(),
+        detail: result.err().unwrap_or_default(),
+    }
+}
+
+/// Every invariant, for the scenario that started at `since` (the state database's clock) and
+/// whose pipeline run ended with `outcome`.
+pub fn check_all(
+    world: &World,
+    since: &str,
+    outcome: Outcome,
+    breakers_opened: &[String],
+) -> Vec<Check> {
+    let mut checks = vec![
+        check("runs settled", runs_settled(world, since)),
+        check("no phase ran twice", nothing_twice(world, since)),
+        check("db validate", db_validate(world)),
+        check("nothing orphaned", nothing_orphaned(world)),
+    ];
+    if !breakers_opened.is_empty() {
+        checks.push(check(
+            "breakers recorded",
+            breakers_recorded(world, since, breakers_opened),
+        ));
+    }
+    if outcome != Outcome::Failed && linked(world) {
+        checks.push(check("federation healthy", federation_healthy(world)));
+    }
+    checks.push(check("no secret in output", no_secret_printed(world)));
+    checks
+}
+
+/// Every run of the scenario ended succeeded or rolled back (none left running or failed).
+fn runs_settled(world: &World, since: &str) -> Result<(), String> {
+    let bad = world.rows(&format!(
+        "SELECT id, workflow, state FROM runs WHERE started_at >= '{since}' \
+         AND state NOT IN ('succeeded', 'rolled_back')"
+    ))?;
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("runs not settled: {}", serde_json::Value::Array(bad)))
+    }
+}
+
+/// No phase has two succeeded attempts, and no parent started two live children for one key.
+fn nothing_twice(world: &World, since: &str) -> Result<(), String> {
+    let twice = world.rows(&format!(
+        "SELECT a.run_id, a.phase_id, count(*) AS succeeded FROM phase_attempts a \
+         JOIN runs r ON r.id = a.run_id WHERE r.started_at >= '{since}' AND a.state = 'succeeded' \
+         GROUP BY 1, 2 HAVING count(*) > 1"
+    ))?;
+    let children = world.rows(&format!(
+        "SELECT parent_run_id, parent_key, count(*) AS children FROM runs \
+         WHERE started_at >= '{since}' AND parent_run_id IS NOT NULL AND state <> 'rolled_back' \
+         GROUP BY 1, 2 HAVING count(*) > 1"
+    ))?;
+    if twice.is_empty() && children.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ran twice: {} {}",
+            serde_json::Value::Array(twice),
+            serde_json::Value::Array(children)
+        ))
+    }
+}
+
+/// `dive db validate`: legal states, no lock held by a dead process, no dangling reference.
+fn db_validate(world: &World) -> Result<(), String> {
+    let out = world.dive(&["db", "validate", "--json"])?;
+    let doc = out.json()?;
+    if doc["ok"] == true && out.code == Some(0) {
+        Ok(())
+    } else {
+        Err(format!("dive db validate: {}", doc["problems"]))
+    }
+}
+
+/// Everything on disk and every live process belongs to a registered instance, and every
+/// secret's owner is registered.
+fn nothing_orphaned(world: &World) -> Result<(), String> {
+    let registered: BTreeSet<String> = world
+        .rows("SELECT lower(code) AS code FROM instances")?
+        .iter()
+        .filter_map(|r| r["code"].as_str().map(str::to_string))
+        .collect();
+    let mut problems = Vec::new();
+    let dir = world.home().join("instances");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !registered.contains(&name) {
+                problems.push(format!("directory {} of no instance", entry.path().display()));
+            }
+        }
+    }
+    for pid in processes_under(&dir) {
+        let owner = pid.1.clone();
+        if !registered.iter().any(|c| owner.contains(&format!("/instances/{c}/"))) {
+            problems.push(format!("process {} of no instance: {owner}", pid.0));
+        }
+    }
+    for row in world.rows("SELECT DISTINCT name FROM secrets")? {
+        let name = row["name"].as_str().unwrap_or_default();
+        let owners: Vec<&str> = match name.split('/').collect::<Vec<_>>().as_slice() {
+            ["federation", a, b, ..] => vec![a, b],
+            [code, ..] => vec![code],
+            _ => vec![],
+        };
+        if owners.iter().any(|o| !registered.contains(*o)) {
+            problems.push(format!("secret {name} of no instance"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// `(pid, command line)` of every live process whose command line names a path under `dir`.
+fn processes_under(dir: &std::path::Path) -> Vec<(i32, String)> {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Each breaker in `keys` opened during the scenario.
+fn breakers_recorded(world: &World, since: &str, keys: &[String]) -> Result<(), String> {
+    let opened: BTreeSet<String> = world
+        .rows(&format!(
+            "SELECT DISTINCT b.breaker FROM breaker_events b JOIN runs r ON r.id = b.run_id \
+             WHERE r.started_at >= '{since}' AND b.transition = 'open'"
+        ))?
+        .iter()
+        .filter_map(|r| r["breaker"].as_str().map(str::to_string))
+        .collect();
+    let missing: Vec<&String> = keys.iter().filter(|k| !opened.contains(*k)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("breakers that did not open: {missing:?} (opened: {opened:?})"))
+    }
+}
+
+fn linked(world: &World) -> bool {
+    world
+        .sql(&format!("SELECT count(*) FROM federation_links WHERE spoke = '{SPOKE}'"))
+        .is_ok_and(|n| n == "1")
+}
+
+/// `dive federation drift` finds nothing and its live logins pass both ways.
+fn federation_healthy(world: &World) -> Result<(), String> {
+    let out = world.dive(&["federation", "drift", SPOKE, "--json"])?;
+    let doc = out.json()?;
+    let live_ok = doc["live"]
+        .as_array()
+        .is_some_and(|l| l.len() == 2 && l.iter().all(|d| d["ok"] == true));
+    if doc["drifted"] == false && live_ok {
+        Ok(())
+    } else {
+        Err(format!("dive federation drift {SPOKE}: {doc}"))
+    }
+}
+
+/// No current secret value appears in anything dive printed nor in the state tables it wrote.
+fn no_secret_printed(world: &World) -> Result<(), String> {
+    let names: Vec<String> = world
+        .rows("SELECT DISTINCT name FROM secrets")?
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .collect();
+    let mut haystack = world.printed().join("\n");
+    haystack.push_str(&world.sql(
+        "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM \
+         (SELECT output::text, error FROM phases UNION ALL SELECT NULL, error FROM runs \
+          UNION ALL SELECT NULL, error FROM phase_attempt_history) t",
+    )?);
+    let mut leaked = Vec::new();
+    for name in names {
+        let value = world.reveal(&name)?;
+        if value.len() >= 8 && haystack.contains(&value) {
+            leaked.push(name);
+        }
+    }
+    if leaked.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("secret values printed or stored in clear: {leaked:?}"))
+    }
+}

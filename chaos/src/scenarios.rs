@@ -1,0 +1,752 @@
+//! The catalogue: each scenario runs one pipeline with the real `dive` binary, injects one
+//! fault at a point its seed picks, heals it, and drives the run to the end the product promises.
+
+use crate::faults::{self, Partition};
+use crate::world::{Output, Running, World, wait_for};
+use crate::{Check, Family, Outcome, ScenarioReport, invariants, ms, since};
+use dive_pgcluster::StopMode;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// The hub and the spoke of the linked pair most scenarios act on.
+pub const HUB: &str = "USA";
+pub const SPOKE: &str = "FRA";
+
+/// A deploy, link or rotation must end within this, faults included.
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a scenario waits for the point where it injects its fault.
+const TRIGGER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The state of the world a scenario starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fixture {
+    /// No instance at all.
+    Empty,
+    /// The hub only (and FRA, if an earlier scenario left it).
+    Hub,
+    /// The hub and FRA, linked.
+    Linked,
+}
+
+/// One entry of the catalogue.
+pub struct Scenario {
+    pub name: &'static str,
+    pub family: Family,
+    /// The workflow whose run is under fault.
+    pub pipeline: &'static str,
+    pub fault: &'static str,
+    pub needs: Fixture,
+    /// The outcomes the product promises for this fault.
+    pub expect: &'static [Outcome],
+    /// Part of the CI selection.
+    pub ci: bool,
+    /// Runs the scenario; returns the id of the pipeline's run.
+    run: fn(&mut Ctx) -> Result<String, String>,
+}
+
+/// What a scenario works with: the world, its seeded schedule, and what it records.
+pub struct Ctx<'w> {
+    pub world: &'w World,
+    rng: StdRng,
+    /// The state database's clock when the scenario started: its runs start later.
+    since: String,
+    t0: Instant,
+    injected: Vec<String>,
+    healed: Option<Instant>,
+    recovered: Option<Duration>,
+    /// Breaker keys the fault must have opened.
+    pub breakers_opened: Vec<String>,
+    /// Extra invariant results of the scenario itself.
+    pub checks: Vec<Check>,
+}
+
+impl Ctx<'_> {
+    /// A number from `range` (inclusive), the same for the same seed.
+    fn pick(&mut self, low: u64, high: u64) -> u64 {
+        self.rng.random_range(low..=high)
+    }
+
+    fn note(&mut self, what: String) {
+        self.injected
+            .push(format!("{what} (t={:.1}s)", self.t0.elapsed().as_secs_f64()));
+    }
+
+    /// Waits until a phase `phase` of a run of `workflow` started in this scenario is in
+    /// `state`, then `extra_ms` more; returns that run's id.
+    fn at_phase(&mut self, workflow: &str, phase: &str, state: &str, extra_ms: u64) -> Result<String, String> {
+        let since = self.since.clone();
+        let world = self.world;
+        let run = wait_for(
+            &format!("phase `{phase}` of `{workflow}` is {state}"),
+            TRIGGER_TIMEOUT,
+            || {
+                world
+                    .sql(&format!(
+                        "SELECT p.run_id FROM phases p JOIN runs r ON r.id = p.run_id \
+                         WHERE r.workflow = '{workflow}' AND r.started_at >= '{since}' \
+                         AND p.phase_id = '{phase}' AND p.state = '{state}' LIMIT 1"
+                    ))
+                    .ok()
+                    .filter(|id| !id.is_empty())
+            },
+        )?;
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        self.note(format!("at `{phase}` {state} +{extra_ms}ms"));
+        Ok(run)
+    }
+
+    /// The root run of `workflow` started in this scenario.
+    fn root_run(&self, workflow: &str) -> Result<String, String> {
+        let id = self.world.sql(&format!(
+            "SELECT id FROM runs WHERE workflow = '{workflow}' AND started_at >= '{}' \
+             AND parent_run_id IS NULL ORDER BY started_at LIMIT 1",
+            self.since
+        ))?;
+        if id.is_empty() {
+            Err(format!("no run of `{workflow}` was recorded"))
+        } else {
+            Ok(id)
+        }
+    }
+
+    fn healed(&mut self) {
+        self.healed = Some(Instant::now());
+        self.note("healed".into());
+    }
+
+    /// Holds a fault for a seeded time in [low, high] seconds, then heals it.
+    fn hold(&mut self, heal: faults::Heal<'_>, low: u64, high: u64) -> Result<(), String> {
+        let secs = self.rng.random_range(low..=high);
+        std::thread::sleep(Duration::from_secs(secs));
+        heal.heal()?;
+        self.healed = Some(Instant::now());
+        self.injected.push(format!(
+            "held {secs}s, healed (t={:.1}s)",
+            self.t0.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// Waits for a pipeline command to end; its run's recovery time counts from the healing.
+    fn finish(&mut self, running: Running) -> Result<Output, String> {
+        let out = running.wait(PIPELINE_TIMEOUT)?;
+        if let Some(healed) = self.healed {
+            self.recovered = Some(healed.elapsed());
+        }
+        Ok(out)
+    }
+
+    /// `dive resume RUN` (the one resume the promise allows).
+    fn resume(&mut self, run: &str) -> Result<Output, String> {
+        self.note(format!("dive resume {run}"));
+        let out = self
+            .world
+            .dive_within(&["resume", run, "--json"], PIPELINE_TIMEOUT)?;
+        if let Some(healed) = self.healed {
+            self.recovered = Some(healed.elapsed());
+        }
+        Ok(out)
+    }
+
+    /// An invariant of this scenario's own.
+    fn check(&mut self, invariant: &'static str, result: Result<(), String>) {
+        self.checks.push(Check {
+            invariant,
+            ok: result.is_ok(),
+            detail: result.err().unwrap_or_default(),
+        });
+    }
+}
+
+/// Every scenario, in the order they run (by the fixture they need).
+pub fn catalogue() -> &'static [Scenario] {
+    &CATALOGUE
+}
+
+static CATALOGUE: [Scenario; 18] = [
+    Scenario {
+        name: "hub-deploy.dive-kill9-mid-keycloak",
+        family: Family::Process,
+        pipeline: "hub-deploy",
+        fault: "kill -9 of dive while Keycloak starts, then one dive resume",
+        needs: Fixture::Empty,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["hub", "deploy", "--json"])?;
+            let delay = ctx.pick(0, 8000);
+            let run = ctx.at_phase("hub-deploy", "keycloak", "running", delay)?;
+            dive.signal(libc::SIGKILL)?;
+            ctx.note("kill -9 dive".into());
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.resume(&run)?;
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "spoke-deploy.state-db-stop-fast",
+        family: Family::Database,
+        pipeline: "spoke-deploy",
+        fault: "state database stopped (fast) for 10-20 s after PostgreSQL started",
+        needs: Fixture::Hub,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["spoke", "deploy", "DEU", "--json"])?;
+            let delay = ctx.pick(0, 3000);
+            ctx.at_phase("spoke-deploy", "postgres", "succeeded", delay)?;
+            let heal = faults::state_db_stop(ctx.world, StopMode::Fast)?;
+            ctx.note("state database stopped (fast)".into());
+            ctx.hold(heal, 10, 20)?;
+            ctx.finish(dive)?;
+            ctx.root_run("spoke-deploy")
+        },
+    },
+    Scenario {
+        name: "spoke-deploy.state-db-stop-immediate",
+        family: Family::Database,
+        pipeline: "spoke-deploy",
+        fault: "state database stopped (immediate: crash recovery) for 5-15 s while Keycloak starts",
+        needs: Fixture::Hub,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["spoke", "deploy", "ITA", "--json"])?;
+            let delay = ctx.pick(0, 5000);
+            ctx.at_phase("spoke-deploy", "keycloak", "running", delay)?;
+            let heal = faults::state_db_stop(ctx.world, StopMode::Immediate)?;
+            ctx.note("state database stopped (immediate)".into());
+            ctx.hold(heal, 5, 15)?;
+            ctx.finish(dive)?;
+            ctx.root_run("spoke-deploy")
+        },
+    },
+    Scenario {
+        name: "spoke-deploy.keycloak-sigstop",
+        family: Family::Process,
+        pipeline: "spoke-deploy",
+        fault: "the spoke's Keycloak frozen (SIGSTOP) for 35-45 s, past the admin API's 30 s timeout, then SIGCONT",
+        needs: Fixture::Hub,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["spoke", "deploy", "ESP", "--json"])?;
+            let delay = ctx.pick(0, 500);
+            ctx.at_phase("spoke-deploy", "keycloak", "succeeded", delay)?;
+            let heal = faults::service_freeze(ctx.world, "ESP", "keycloak")?;
+            ctx.note("SIGSTOP ESP keycloak".into());
+            ctx.hold(heal, 35, 45)?;
+            ctx.finish(dive)?;
+            ctx.root_run("spoke-deploy")
+        },
+    },
+    Scenario {
+        name: "spoke-deploy.state-db-reset-peer",
+        family: Family::Network,
+        pipeline: "spoke-deploy",
+        fault: "every connection to the state database reset (toxiproxy reset_peer) for 5-10 s",
+        needs: Fixture::Hub,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["spoke", "deploy", "NLD", "--json"])?;
+            let delay = ctx.pick(0, 3000);
+            ctx.at_phase("spoke-deploy", "keycloak", "running", delay)?;
+            let heal = faults::state_db_toxic(ctx.world, "reset_peer", json!({ "timeout": 0 }))?;
+            ctx.note("reset_peer on the state database".into());
+            ctx.hold(heal, 5, 10)?;
+            ctx.finish(dive)?;
+            ctx.root_run("spoke-deploy")
+        },
+    },
+    Scenario {
+        name: "spoke-deploy.wrong-master-key-at-resume",
+        family: Family::Secrets,
+        pipeline: "spoke-deploy",
+        fault: "kill -9 of dive at a phase boundary, resume with a wrong master key (refused, nothing changed), then with the right one",
+        needs: Fixture::Hub,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["spoke", "deploy", "POL", "--json"])?;
+            let run = ctx.at_phase("spoke-deploy", "keycloak-database", "succeeded", 0)?;
+            dive.signal(libc::SIGKILL)?;
+            ctx.note("kill -9 dive".into());
+            ctx.finish(dive)?;
+            let before = run_state(ctx.world, &run)?;
+            // A key of the right length that is not the key the secrets were sealed with.
+            ctx.world.set_var("DIVE_MASTER_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+            let refused = ctx.world.dive_within(&["resume", &run], PIPELINE_TIMEOUT);
+            ctx.world.clear_vars();
+            let refused = refused?;
+            ctx.note("resume with a wrong master key".into());
+            let after = run_state(ctx.world, &run)?;
+            ctx.check(
+                "wrong key refused",
+                if refused.code == Some(0) {
+                    Err("a resume with a wrong master key succeeded".into())
+                } else if !refused.stderr.to_lowercase().contains("master key") {
+                    Err(format!("the refusal does not name the master key: {}", refused.stderr))
+                } else if before != after {
+                    Err(format!("the refused resume changed the run: {before} → {after}"))
+                } else {
+                    Ok(())
+                },
+            );
+            ctx.healed();
+            ctx.resume(&run)?;
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "spoke-deploy.master-key-missing-at-resume",
+        family: Family::Secrets,
+        pipeline: "spoke-deploy",
+        fault: "kill -9 of dive mid-deploy, the master key file gone at resume (refused, no new key made), then restored",
+        needs: Fixture::Hub,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["spoke", "deploy", "CAN", "--json"])?;
+            let delay = ctx.pick(0, 4000);
+            let run = ctx.at_phase("spoke-deploy", "keycloak", "running", delay)?;
+            dive.signal(libc::SIGKILL)?;
+            ctx.finish(dive)?;
+            let heal = faults::master_key_hidden(ctx.world)?;
+            ctx.note("kill -9 dive, master.key moved away".into());
+            let refused = ctx.world.dive_within(&["resume", &run], PIPELINE_TIMEOUT)?;
+            let made = ctx.world.home().join("master.key").exists();
+            ctx.check(
+                "missing key refused",
+                if refused.code == Some(0) {
+                    Err("a resume without the master key succeeded".into())
+                } else if made {
+                    Err("dive made a new master key while secrets sealed with the old one exist".into())
+                } else {
+                    Ok(())
+                },
+            );
+            if made {
+                let _ = std::fs::remove_file(ctx.world.home().join("master.key"));
+            }
+            heal.heal()?;
+            ctx.healed();
+            ctx.resume(&run)?;
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "federation-link.state-db-stop-20s",
+        family: Family::Database,
+        pipeline: "federation-link",
+        fault: "state database stopped (fast) for 20 s in the middle of a link; the run pauses and finishes by itself",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let delay = ctx.pick(0, 1000);
+            ctx.at_phase("federation-link", "client-hub-to-spoke", "running", delay)?;
+            let heal = faults::state_db_stop(ctx.world, StopMode::Fast)?;
+            ctx.note("state database stopped (fast)".into());
+            ctx.hold(heal, 20, 20)?;
+            ctx.finish(dive)?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-link.dive-sigstop",
+        family: Family::Process,
+        pipeline: "federation-link",
+        fault: "dive frozen (SIGSTOP) for 10-20 s in the middle of a link, then SIGCONT",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let delay = ctx.pick(0, 1500);
+            ctx.at_phase("federation-link", "client-hub-to-spoke", "running", delay)?;
+            dive.signal(libc::SIGSTOP)?;
+            ctx.note("SIGSTOP dive".into());
+            let secs = ctx.pick(10, 20);
+            std::thread::sleep(Duration::from_secs(secs));
+            dive.signal(libc::SIGCONT)?;
+            ctx.note(format!("SIGCONT after {secs}s"));
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-link.state-db-latency",
+        family: Family::Network,
+        pipeline: "federation-link",
+        fault: "100-250 ms of latency each way on the state database for a whole link (below every timeout)",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let latency = ctx.pick(100, 250);
+            let heal = faults::state_db_toxic(ctx.world, "latency", json!({ "latency": latency, "jitter": 50 }))?;
+            ctx.note(format!("latency {latency}ms ±50 on the state database"));
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let out = ctx.finish(dive);
+            heal.heal()?;
+            out?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-link.state-db-blackhole",
+        family: Family::Network,
+        pipeline: "federation-link",
+        fault: "the state database's link silently stops delivering (toxiproxy timeout) for 15-25 s",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let delay = ctx.pick(0, 1000);
+            ctx.at_phase("federation-link", "client-hub-to-spoke", "running", delay)?;
+            let heal = faults::state_db_toxic(ctx.world, "timeout", json!({ "timeout": 0 }))?;
+            ctx.note("timeout (blackhole) on the state database".into());
+            ctx.hold(heal, 15, 25)?;
+            ctx.finish(dive)?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-link.secret-deleted",
+        family: Family::Secrets,
+        pipeline: "federation-link",
+        fault: "the hub→spoke client secret deleted from the store: drift reports it, link repairs it",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let name = format!(
+                "federation/{}/{}/client-secret",
+                HUB.to_lowercase(),
+                SPOKE.to_lowercase()
+            );
+            let deleted = faults::secret_delete(ctx.world, &name)?;
+            ctx.note(format!("deleted {deleted} version(s) of {name}"));
+            let drift = ctx.world.dive(&["federation", "drift", SPOKE, "--json"])?;
+            ctx.check(
+                "drift names the deleted secret",
+                match drift.json() {
+                    Ok(doc) if doc["drifted"] == true => Ok(()),
+                    Ok(doc) => Err(format!("drift found nothing: {doc}")),
+                    Err(e) => Err(e),
+                },
+            );
+            ctx.healed();
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            ctx.finish(dive)?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-verify.spoke-partition-reject",
+        family: Family::Partition,
+        pipeline: "federation-verify",
+        fault: "the spoke's Keycloak port REJECTed (iptables tcp-reset) during verify: it fails naming FRA and opens its breaker; healed, verify passes",
+        needs: Fixture::Linked,
+        expect: &[Outcome::RolledBack],
+        ci: true,
+        run: |ctx| {
+            let port = keycloak_port(ctx.world, SPOKE)?;
+            let heal = faults::partition_port(port, Partition::Reject)?;
+            ctx.note(format!("REJECT 127.0.0.1:{port} (FRA keycloak)"));
+            let out = ctx.world.dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT)?;
+            heal.heal()?;
+            ctx.healed();
+            ctx.check(
+                "verify fails naming the spoke",
+                if out.code == Some(0) {
+                    Err("verify passed through a partition".into())
+                } else if !(out.stdout.contains(SPOKE) || out.stderr.contains(SPOKE)) {
+                    Err(format!("the failure does not name {SPOKE}: {}{}", out.stdout, out.stderr))
+                } else {
+                    Ok(())
+                },
+            );
+            ctx.breakers_opened.push(format!("keycloak:{SPOKE}"));
+            ctx.root_run("federation-verify")
+        },
+    },
+    Scenario {
+        name: "federation-verify.hub-partition-drop",
+        family: Family::Partition,
+        pipeline: "federation-verify",
+        fault: "the hub's Keycloak port DROPped (iptables) for 3-8 s from the start of a verify",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged, Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            let port = keycloak_port(ctx.world, HUB)?;
+            let heal = faults::partition_port(port, Partition::Drop)?;
+            ctx.note(format!("DROP 127.0.0.1:{port} (USA keycloak)"));
+            let dive = ctx.world.spawn(&["federation", "verify", SPOKE, "--json"])?;
+            ctx.hold(heal, 3, 8)?;
+            ctx.finish(dive)?;
+            ctx.root_run("federation-verify")
+        },
+    },
+    Scenario {
+        name: "federation-verify.state-db-terminate",
+        family: Family::Database,
+        pipeline: "federation-verify",
+        fault: "every state database backend of dive terminated, three times a second apart, during verify",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["federation", "verify", SPOKE, "--json"])?;
+            let delay = ctx.pick(0, 500);
+            ctx.at_phase("federation-verify", "reach-hub", "succeeded", delay)?;
+            for _ in 0..3 {
+                let n = faults::state_db_terminate(ctx.world)?;
+                ctx.note(format!("terminated {n} backends"));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.root_run("federation-verify")
+        },
+    },
+    Scenario {
+        name: "secret-rotation.dive-kill9-mid-rollout",
+        family: Family::Process,
+        pipeline: "secret-rotation",
+        fault: "kill -9 of dive while the new federation secret is rolled out, then one dive resume",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
+            let delay = ctx.pick(0, 300);
+            let run = ctx.at_phase("secret-rotation", "client", "running", delay)?;
+            dive.signal(libc::SIGKILL)?;
+            ctx.note("kill -9 dive".into());
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.resume(&run)?;
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "secret-rotation.state-db-cut",
+        family: Family::Network,
+        pipeline: "secret-rotation",
+        fault: "the state database's proxy disabled (a partition) for 10-20 s during a rotation",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
+            let delay = ctx.pick(0, 300);
+            ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
+            let heal = faults::state_db_cut(ctx.world)?;
+            ctx.note("state database proxy disabled".into());
+            ctx.hold(heal, 10, 20)?;
+            ctx.finish(dive)?;
+            ctx.root_run("secret-rotation")
+        },
+    },
+    Scenario {
+        name: "secret-rotation.state-db-read-only",
+        family: Family::Database,
+        pipeline: "secret-rotation",
+        fault: "the state database read-only (sessions reconnect read-only) for 5-10 s during a rotation",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
+            let delay = ctx.pick(0, 300);
+            ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
+            let heal = faults::state_db_read_only(ctx.world)?;
+            ctx.note("state database read-only".into());
+            ctx.hold(heal, 5, 10)?;
+            ctx.finish(dive)?;
+            ctx.root_run("secret-rotation")
+        },
+    },
+];
+
+fn run_state(world: &World, run: &str) -> Result<String, String> {
+    world.sql(&format!("SELECT state FROM runs WHERE id = '{run}'"))
+}
+
+/// The Keycloak port of instance `code`, from the instance registry.
+fn keycloak_port(world: &World, code: &str) -> Result<u16, String> {
+    let status = world.dive_json(&["status"])?;
+    status["instances"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["code"] == code))
+        .and_then(|i| i["keycloak_url"].as_str())
+        .and_then(|url| url.rsplit(':').next())
+        .and_then(|port| port.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| format!("no Keycloak URL for {code} in `dive status --json`: {status}"))
+}
+
+/// Unlinks the pair (not under fault) so that a link has real work to do.
+fn unlink(world: &World) -> Result<(), String> {
+    world
+        .dive_within(&["federation", "unlink", SPOKE, "--json"], PIPELINE_TIMEOUT)?
+        .expect_code(0)
+        .map(|_| ())
+}
+
+/// Instances registered now, `(code, role)`, spokes first.
+fn registered(world: &World) -> Result<Vec<(String, String)>, String> {
+    let rows = world
+        .rows("SELECT code, role FROM instances ORDER BY role DESC, code")
+        .or_else(|e| if e.contains("does not exist") { Ok(Vec::new()) } else { Err(e) })?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r["code"].as_str().unwrap_or_default().to_string(),
+                r["role"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+fn reset(world: &World, code: &str, role: &str) -> Result<(), String> {
+    let args = if role == "hub" {
+        vec!["hub", "reset", "--code", code, "--yes"]
+    } else {
+        vec!["spoke", "reset", code, "--yes"]
+    };
+    world
+        .dive_within(&args, PIPELINE_TIMEOUT)?
+        .expect_code(0)
+        .map(|_| ())
+}
+
+/// Resets every instance (spokes first): the end of a chaos run.
+pub fn reset_all(world: &World) {
+    if let Ok(instances) = registered(world) {
+        for (code, role) in instances {
+            if let Err(e) = reset(world, &code, &role) {
+                eprintln!("chaos: resetting {code}: {e}");
+            }
+        }
+    }
+}
+
+/// Brings the world to `fixture` (spokes other than FRA, left by deploy scenarios, are reset).
+fn prepare(world: &World, fixture: Fixture) -> Result<(), String> {
+    for (code, role) in registered(world)? {
+        if fixture == Fixture::Empty || (role == "spoke" && code != SPOKE) {
+            reset(world, &code, &role)?;
+        }
+    }
+    match fixture {
+        Fixture::Empty => Ok(()),
+        Fixture::Hub => world
+            .dive_within(&["hub", "deploy", "--json"], PIPELINE_TIMEOUT)?
+            .expect_code(0)
+            .map(|_| ()),
+        Fixture::Linked => world
+            .dive_within(&["run", "workflow", "quickstart", "--json"], PIPELINE_TIMEOUT)?
+            .expect_code(0)
+            .map(|_| ()),
+    }
+}
+
+/// Runs one scenario: fixture, scenario, outcome, invariants.
+pub fn run_one(world: &World, scenario: &'static Scenario, seed: u64) -> ScenarioReport {
+    let t0 = Instant::now();
+    let mut report = ScenarioReport {
+        scenario: scenario.name,
+        family: scenario.family,
+        pipeline: scenario.pipeline,
+        fault: scenario.fault,
+        injected: Vec::new(),
+        outcome: Outcome::Failed,
+        recovery_ms: None,
+        elapsed_ms: 0,
+        invariants: Vec::new(),
+        error: None,
+    };
+    if let Err(e) = prepare(world, scenario.needs) {
+        report.error = Some(format!("preparing the world: {e}"));
+        report.elapsed_ms = since(t0);
+        return report;
+    }
+    let since_db = match world.sql("SELECT now()") {
+        Ok(t) => t,
+        Err(e) => {
+            report.error = Some(format!("reading the state database's clock: {e}"));
+            return report;
+        }
+    };
+    // The same seed gives each scenario the same schedule, whichever others run.
+    let scenario_seed = seed ^ scenario.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    let mut ctx = Ctx {
+        world,
+        rng: StdRng::seed_from_u64(scenario_seed),
+        since: since_db.clone(),
+        t0,
+        injected: Vec::new(),
+        healed: None,
+        recovered: None,
+        breakers_opened: Vec::new(),
+        checks: Vec::new(),
+    };
+    let result = (scenario.run)(&mut ctx);
+    let Ctx {
+        injected,
+        recovered,
+        breakers_opened,
+        checks,
+        ..
+    } = ctx;
+    report.injected = injected;
+    report.recovery_ms = recovered.map(ms);
+    match result {
+        Ok(run) => {
+            let state = run_state(world, &run).unwrap_or_else(|e| e);
+            report.outcome = match state.as_str() {
+                "succeeded" => Outcome::Converged,
+                "rolled_back" => Outcome::RolledBack,
+                _ => Outcome::Failed,
+            };
+            if report.outcome == Outcome::Failed {
+                report.error = Some(format!("run {run} ended {state}"));
+            } else if !scenario.expect.contains(&report.outcome) {
+                report.error = Some(format!(
+                    "run {run} ended {state}; expected {:?}",
+                    scenario.expect
+                ));
+                report.outcome = Outcome::Failed;
+            }
+            report.invariants = checks;
+            report.invariants.extend(invariants::check_all(
+                world,
+                &since_db,
+                report.outcome,
+                &breakers_opened,
+            ));
+        }
+        Err(e) => {
+            report.error = Some(e);
+            report.invariants = checks;
+        }
+    }
+    report.elapsed_ms = since(t0);
+    report
+}
