@@ -328,7 +328,7 @@ pub enum ChaosCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// DIVE_PORT_BASE of the chaos world's instances (below 32768; apart from your own).
-        #[arg(long, default_value_t = 26000)]
+        #[arg(long, default_value_t = 31000)]
         port_base: u16,
         /// The toxiproxy server [default: DIVE_CACHE/tools/toxiproxy-server, as scripts/setup
         /// builds it].

@@ -43,7 +43,11 @@ impl Drop for Heal<'_> {
 // --- the network, through toxiproxy ---------------------------------------------------------
 
 /// A toxic on the link between dive and the state database.
-pub fn state_db_toxic<'w>(world: &'w World, toxic: &str, attributes: Value) -> Result<Heal<'w>, String> {
+pub fn state_db_toxic<'w>(
+    world: &'w World,
+    toxic: &str,
+    attributes: Value,
+) -> Result<Heal<'w>, String> {
     world.proxy.add(STATE_DB_PROXY, toxic, attributes)?;
     Ok(Heal::new(move || world.proxy.reset()))
 }
@@ -112,7 +116,9 @@ pub fn partition_port(port: u16, how: Partition) -> Result<Heal<'static>, String
 /// The state database stopped; healed by starting it again.
 pub fn state_db_stop(world: &World, mode: StopMode) -> Result<Heal<'_>, String> {
     world.state.stop(mode).map_err(|e| e.to_string())?;
-    Ok(Heal::new(move || world.state.start().map_err(|e| e.to_string())))
+    Ok(Heal::new(move || {
+        world.state.start().map_err(|e| e.to_string())
+    }))
 }
 
 /// Every backend serving dive's database terminated (the checks of this suite use their own).
@@ -129,10 +135,17 @@ pub fn state_db_terminate(world: &World) -> Result<usize, String> {
 /// terminated so that it reconnects into the read-only default. Healed the same way back.
 pub fn state_db_read_only(world: &World) -> Result<Heal<'_>, String> {
     let set = |on: bool| -> Result<(), String> {
-        world.sql(&format!(
-            "ALTER DATABASE {} SET default_transaction_read_only = {on}",
-            world.db
-        ))?;
+        // From another database: a session of dive's own would itself be read-only by now.
+        world
+            .state
+            .psql(
+                "postgres",
+                &format!(
+                    "ALTER DATABASE {} SET default_transaction_read_only = {on}",
+                    world.db
+                ),
+            )
+            .map_err(|e| e.to_string())?;
         state_db_terminate(world).map(|_| ())
     };
     set(true)?;

@@ -49,7 +49,10 @@ fn runs_settled(world: &World, since: &str) -> Result<(), String> {
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(format!("runs not settled: {}", serde_json::Value::Array(bad)))
+        Err(format!(
+            "runs not settled: {}",
+            serde_json::Value::Array(bad)
+        ))
     }
 }
 
@@ -101,13 +104,19 @@ fn nothing_orphaned(world: &World) -> Result<(), String> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !registered.contains(&name) {
-                problems.push(format!("directory {} of no instance", entry.path().display()));
+                problems.push(format!(
+                    "directory {} of no instance",
+                    entry.path().display()
+                ));
             }
         }
     }
     for pid in processes_under(&dir) {
         let owner = pid.1.clone();
-        if !registered.iter().any(|c| owner.contains(&format!("/instances/{c}/"))) {
+        if !registered
+            .iter()
+            .any(|c| owner.contains(&format!("/instances/{c}/")))
+        {
             problems.push(format!("process {} of no instance: {owner}", pid.0));
         }
     }
@@ -160,13 +169,17 @@ fn breakers_recorded(world: &World, since: &str, keys: &[String]) -> Result<(), 
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("breakers that did not open: {missing:?} (opened: {opened:?})"))
+        Err(format!(
+            "breakers that did not open: {missing:?} (opened: {opened:?})"
+        ))
     }
 }
 
 fn linked(world: &World) -> bool {
     world
-        .sql(&format!("SELECT count(*) FROM federation_links WHERE spoke = '{SPOKE}'"))
+        .sql(&format!(
+            "SELECT count(*) FROM federation_links WHERE spoke = '{SPOKE}'"
+        ))
         .is_ok_and(|n| n == "1")
 }
 
@@ -207,6 +220,8 @@ fn no_secret_printed(world: &World) -> Result<(), String> {
     if leaked.is_empty() {
         Ok(())
     } else {
-        Err(format!("secret values printed or stored in clear: {leaked:?}"))
+        Err(format!(
+            "secret values printed or stored in clear: {leaked:?}"
+        ))
     }
 }

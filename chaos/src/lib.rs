@@ -28,7 +28,9 @@ pub enum ChaosError {
     Setup(String),
     #[error("unknown scenario `{0}` (`dive chaos list` shows the catalogue)")]
     UnknownScenario(String),
-    #[error("unknown fault family `{0}`: expected network, partition, database, process or secrets")]
+    #[error(
+        "unknown fault family `{0}`: expected network, partition, database, process or secrets"
+    )]
     UnknownFamily(String),
 }
 

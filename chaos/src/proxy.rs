@@ -51,7 +51,12 @@ impl Toxiproxy {
             http,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while proxy.http.get(format!("{}/version", proxy.api)).send().is_err() {
+        while proxy
+            .http
+            .get(format!("{}/version", proxy.api))
+            .send()
+            .is_err()
+        {
             if Instant::now() > deadline {
                 return Err(ChaosError::Setup("toxiproxy's API did not answer".into()));
             }

@@ -69,13 +69,21 @@ impl Ctx<'_> {
     }
 
     fn note(&mut self, what: String) {
-        self.injected
-            .push(format!("{what} (t={:.1}s)", self.t0.elapsed().as_secs_f64()));
+        self.injected.push(format!(
+            "{what} (t={:.1}s)",
+            self.t0.elapsed().as_secs_f64()
+        ));
     }
 
     /// Waits until a phase `phase` of a run of `workflow` started in this scenario is in
     /// `state`, then `extra_ms` more; returns that run's id.
-    fn at_phase(&mut self, workflow: &str, phase: &str, state: &str, extra_ms: u64) -> Result<String, String> {
+    fn at_phase(
+        &mut self,
+        workflow: &str,
+        phase: &str,
+        state: &str,
+        extra_ms: u64,
+    ) -> Result<String, String> {
         let since = self.since.clone();
         let world = self.world;
         let run = wait_for(
@@ -278,7 +286,10 @@ static CATALOGUE: [Scenario; 18] = [
             ctx.finish(dive)?;
             let before = run_state(ctx.world, &run)?;
             // A key of the right length that is not the key the secrets were sealed with.
-            ctx.world.set_var("DIVE_MASTER_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+            ctx.world.set_var(
+                "DIVE_MASTER_KEY",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            );
             let refused = ctx.world.dive_within(&["resume", &run], PIPELINE_TIMEOUT);
             ctx.world.clear_vars();
             let refused = refused?;
@@ -289,9 +300,14 @@ static CATALOGUE: [Scenario; 18] = [
                 if refused.code == Some(0) {
                     Err("a resume with a wrong master key succeeded".into())
                 } else if !refused.stderr.to_lowercase().contains("master key") {
-                    Err(format!("the refusal does not name the master key: {}", refused.stderr))
+                    Err(format!(
+                        "the refusal does not name the master key: {}",
+                        refused.stderr
+                    ))
                 } else if before != after {
-                    Err(format!("the refused resume changed the run: {before} → {after}"))
+                    Err(format!(
+                        "the refused resume changed the run: {before} → {after}"
+                    ))
                 } else {
                     Ok(())
                 },
@@ -324,7 +340,10 @@ static CATALOGUE: [Scenario; 18] = [
                 if refused.code == Some(0) {
                     Err("a resume without the master key succeeded".into())
                 } else if made {
-                    Err("dive made a new master key while secrets sealed with the old one exist".into())
+                    Err(
+                        "dive made a new master key while secrets sealed with the old one exist"
+                            .into(),
+                    )
                 } else {
                     Ok(())
                 },
@@ -393,7 +412,11 @@ static CATALOGUE: [Scenario; 18] = [
         run: |ctx| {
             unlink(ctx.world)?;
             let latency = ctx.pick(100, 250);
-            let heal = faults::state_db_toxic(ctx.world, "latency", json!({ "latency": latency, "jitter": 50 }))?;
+            let heal = faults::state_db_toxic(
+                ctx.world,
+                "latency",
+                json!({ "latency": latency, "jitter": 50 }),
+            )?;
             ctx.note(format!("latency {latency}ms ±50 on the state database"));
             let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
             let out = ctx.finish(dive);
@@ -465,7 +488,9 @@ static CATALOGUE: [Scenario; 18] = [
             let port = keycloak_port(ctx.world, SPOKE)?;
             let heal = faults::partition_port(port, Partition::Reject)?;
             ctx.note(format!("REJECT 127.0.0.1:{port} (FRA keycloak)"));
-            let out = ctx.world.dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT)?;
+            let out = ctx
+                .world
+                .dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT)?;
             heal.heal()?;
             ctx.healed();
             ctx.check(
@@ -473,7 +498,10 @@ static CATALOGUE: [Scenario; 18] = [
                 if out.code == Some(0) {
                     Err("verify passed through a partition".into())
                 } else if !(out.stdout.contains(SPOKE) || out.stderr.contains(SPOKE)) {
-                    Err(format!("the failure does not name {SPOKE}: {}{}", out.stdout, out.stderr))
+                    Err(format!(
+                        "the failure does not name {SPOKE}: {}{}",
+                        out.stdout, out.stderr
+                    ))
                 } else {
                     Ok(())
                 },
@@ -494,7 +522,9 @@ static CATALOGUE: [Scenario; 18] = [
             let port = keycloak_port(ctx.world, HUB)?;
             let heal = faults::partition_port(port, Partition::Drop)?;
             ctx.note(format!("DROP 127.0.0.1:{port} (USA keycloak)"));
-            let dive = ctx.world.spawn(&["federation", "verify", SPOKE, "--json"])?;
+            let dive = ctx
+                .world
+                .spawn(&["federation", "verify", SPOKE, "--json"])?;
             ctx.hold(heal, 3, 8)?;
             ctx.finish(dive)?;
             ctx.root_run("federation-verify")
@@ -509,7 +539,9 @@ static CATALOGUE: [Scenario; 18] = [
         expect: &[Outcome::Converged],
         ci: true,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["federation", "verify", SPOKE, "--json"])?;
+            let dive = ctx
+                .world
+                .spawn(&["federation", "verify", SPOKE, "--json"])?;
             let delay = ctx.pick(0, 500);
             ctx.at_phase("federation-verify", "reach-hub", "succeeded", delay)?;
             for _ in 0..3 {
@@ -531,7 +563,9 @@ static CATALOGUE: [Scenario; 18] = [
         expect: &[Outcome::Converged],
         ci: true,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
+            let dive =
+                ctx.world
+                    .spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
             let delay = ctx.pick(0, 300);
             let run = ctx.at_phase("secret-rotation", "client", "running", delay)?;
             dive.signal(libc::SIGKILL)?;
@@ -551,7 +585,9 @@ static CATALOGUE: [Scenario; 18] = [
         expect: &[Outcome::Converged],
         ci: true,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
+            let dive =
+                ctx.world
+                    .spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
             let delay = ctx.pick(0, 300);
             ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
             let heal = faults::state_db_cut(ctx.world)?;
@@ -570,7 +606,9 @@ static CATALOGUE: [Scenario; 18] = [
         expect: &[Outcome::Converged],
         ci: false,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
+            let dive =
+                ctx.world
+                    .spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
             let delay = ctx.pick(0, 300);
             ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
             let heal = faults::state_db_read_only(ctx.world)?;
@@ -601,7 +639,10 @@ fn keycloak_port(world: &World, code: &str) -> Result<u16, String> {
 /// Unlinks the pair (not under fault) so that a link has real work to do.
 fn unlink(world: &World) -> Result<(), String> {
     world
-        .dive_within(&["federation", "unlink", SPOKE, "--json"], PIPELINE_TIMEOUT)?
+        .dive_within(
+            &["federation", "unlink", SPOKE, "--yes", "--json"],
+            PIPELINE_TIMEOUT,
+        )?
         .expect_code(0)
         .map(|_| ())
 }
@@ -610,7 +651,13 @@ fn unlink(world: &World) -> Result<(), String> {
 fn registered(world: &World) -> Result<Vec<(String, String)>, String> {
     let rows = world
         .rows("SELECT code, role FROM instances ORDER BY role DESC, code")
-        .or_else(|e| if e.contains("does not exist") { Ok(Vec::new()) } else { Err(e) })?;
+        .or_else(|e| {
+            if e.contains("does not exist") {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            }
+        })?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -659,7 +706,10 @@ fn prepare(world: &World, fixture: Fixture) -> Result<(), String> {
             .expect_code(0)
             .map(|_| ()),
         Fixture::Linked => world
-            .dive_within(&["run", "workflow", "quickstart", "--json"], PIPELINE_TIMEOUT)?
+            .dive_within(
+                &["run", "workflow", "quickstart", "--json"],
+                PIPELINE_TIMEOUT,
+            )?
             .expect_code(0)
             .map(|_| ()),
     }
@@ -693,9 +743,10 @@ pub fn run_one(world: &World, scenario: &'static Scenario, seed: u64) -> Scenari
         }
     };
     // The same seed gives each scenario the same schedule, whichever others run.
-    let scenario_seed = seed ^ scenario.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
+    let scenario_seed = seed
+        ^ scenario.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
     let mut ctx = Ctx {
         world,
         rng: StdRng::seed_from_u64(scenario_seed),

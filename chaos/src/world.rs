@@ -356,8 +356,8 @@ impl World {
             "instances/{}/services/{service}.json",
             code.to_lowercase()
         ));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let doc: Value =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         doc["pid"]

@@ -24,7 +24,12 @@ pub async fn chaos(cmd: ChaosCommand) -> Result<u8> {
             } else {
                 for s in scenarios::catalogue() {
                     let ci = if s.ci { "ci" } else { "  " };
-                    println!("{:<44} {:<9} {ci}  {}", s.name, s.family.to_string(), s.fault);
+                    println!(
+                        "{:<44} {:<9} {ci}  {}",
+                        s.name,
+                        s.family.to_string(),
+                        s.fault
+                    );
                 }
             }
             Ok(exit::OK)

@@ -48,6 +48,15 @@ pub enum SecretError {
     )]
     WrongKey { origin: KeySource },
 
+    /// There was no master key file, but the store holds secrets sealed with a key: the key
+    /// file made in its place was removed again, so that restoring the original is all it takes.
+    #[error(
+        "the master key file {} is missing, but the state database holds secrets sealed with a \
+         master key: restore that file (or set DIVE_MASTER_KEY); nothing was read or changed",
+        path.display()
+    )]
+    MissingKey { path: PathBuf },
+
     /// The master key is right but this row does not decrypt: it was altered, or its ciphertext
     /// was copied from another name or version.
     #[error(

@@ -22,6 +22,9 @@ pub enum KeySource {
     Env,
     /// A key file (normally `DIVE_HOME/master.key`).
     File(PathBuf),
+    /// A key file this process has just created because there was none: wrong for a store
+    /// that already holds secrets, and then removed again ([`crate::SecretStore::verify_key`]).
+    Created(PathBuf),
     /// Handed over by the program itself (tests, generated keys).
     Given,
 }
@@ -31,6 +34,7 @@ impl fmt::Display for KeySource {
         match self {
             KeySource::Env => f.write_str(MASTER_KEY_ENV),
             KeySource::File(path) => write!(f, "file {}", path.display()),
+            KeySource::Created(path) => write!(f, "file {}, created just now", path.display()),
             KeySource::Given => f.write_str("the calling program"),
         }
     }
@@ -187,7 +191,7 @@ fn create_key_file(path: &Path) -> Result<MasterKey, SecretError> {
         Ok(()) => {
             tracing::info!(path = %path.display(), "created a new master key");
             Ok(MasterKey {
-                source: KeySource::File(path.to_path_buf()),
+                source: KeySource::Created(path.to_path_buf()),
                 ..key
             })
         }

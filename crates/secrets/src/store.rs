@@ -176,8 +176,16 @@ impl SecretStore {
     }
 
     async fn check_key(&self) -> Result<(), SecretError> {
-        let wrong = || SecretError::WrongKey {
-            origin: self.origin.clone(),
+        let wrong = || match &self.origin {
+            // The key file was missing and this process made a new one: take it back, so that
+            // the next command does not mistake it for the real key.
+            KeySource::Created(path) => {
+                let _ = std::fs::remove_file(path);
+                SecretError::MissingKey { path: path.clone() }
+            }
+            origin => SecretError::WrongKey {
+                origin: origin.clone(),
+            },
         };
         let verify =
             |nonce: &[u8], ciphertext: &[u8]| match self.decrypt(nonce, ciphertext, KEYCHECK_AAD) {

@@ -318,6 +318,37 @@ async fn values_never_show_in_debug_display_or_errors() {
     }
 }
 
+/// A missing key file is not silently replaced: the key made in its place is refused against a
+/// store that holds secrets, and the new file is removed again, so restoring the original works.
+#[tokio::test]
+async fn a_missing_key_file_is_not_replaced_when_secrets_exist() {
+    let (db, _) = fresh("missing_key").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let original = MasterKey::load_from(None, &path).unwrap();
+    assert!(matches!(original.source(), KeySource::Created(_)));
+    store(&db, original)
+        .put("usa/x", &Secret::new("v1"))
+        .await
+        .unwrap();
+    let saved = std::fs::read(&path).unwrap();
+
+    std::fs::remove_file(&path).unwrap();
+    let replacement = MasterKey::load_from(None, &path).unwrap();
+    let e = store(&db, replacement).verify_key().await.unwrap_err();
+    assert!(matches!(e, SecretError::MissingKey { .. }), "{e:?}");
+    assert!(e.to_string().contains("is missing"), "{e}");
+    assert!(!path.exists(), "the replacement key file was left behind");
+
+    std::fs::write(&path, &saved).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let restored = MasterKey::load_from(None, &path).unwrap();
+    assert!(matches!(restored.source(), KeySource::File(_)));
+    let secrets = store(&db, restored);
+    secrets.verify_key().await.unwrap();
+    assert!(secrets.get("usa/x").await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn a_wrong_master_key_is_refused_before_anything_changes() {
     let (db, _) = fresh("wrong_key").await;
@@ -431,7 +462,7 @@ fn malformed_keys_say_where_they_came_from_and_what_is_expected() {
     let home = dir.path().join("home/dive");
     let path = home.join("master.key");
     let k1 = MasterKey::load_from(None, &path).unwrap();
-    assert_eq!(k1.source(), &KeySource::File(path.clone()));
+    assert_eq!(k1.source(), &KeySource::Created(path.clone()));
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let k2 = MasterKey::load_from(Some(""), &path).unwrap();
