@@ -337,6 +337,10 @@ pub enum ChaosCommand {
         /// Print the report as one JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// Leave the world as the last scenario left it (state database running, instances
+        /// deployed) and print how to point dive at it, to look into a failure.
+        #[arg(long)]
+        keep: bool,
     },
     /// The catalogue: each scenario's name, family, pipeline, fault and promised outcome.
     List {

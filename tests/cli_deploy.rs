@@ -329,4 +329,12 @@ fn a_failure_after_the_realm_exists_rolls_back_to_a_clean_instance() {
     assert!(!inst.join("services/postgres.json").exists());
     assert!(!inst.join("data/pgdata").exists());
     assert_eq!(env.psql("SELECT count(*) FROM instances").trim(), "0");
+    // Nothing of the new instance stays: its directory and the secrets its deploy generated
+    // go with its registration, and `dive db validate` finds nothing dangling.
+    assert!(!inst.exists(), "{} left behind", inst.display());
+    assert_eq!(
+        env.psql("SELECT count(*) FROM secrets WHERE name LIKE 'aus/%'"),
+        "0"
+    );
+    env.dive(&["db", "validate"]).assert_code(0);
 }

@@ -1,6 +1,7 @@
 //! Fault injectors. Each returns a [`Heal`]: the fault lasts until it is healed, explicitly or
 //! when the guard is dropped — also when the scenario failed half-way.
 
+use crate::proxy::PROXY_GID;
 use crate::world::{STATE_DB_PROXY, World, signal_pid};
 use dive_pgcluster::StopMode;
 use serde_json::Value;
@@ -58,14 +59,15 @@ pub fn state_db_cut(world: &World) -> Result<Heal<'_>, String> {
     Ok(Heal::new(move || world.proxy.reset()))
 }
 
-// --- partitions, with iptables ----------------------------------------------------------------
+// --- partitions and routes, with iptables ------------------------------------------------------
 
-/// The iptables chain holding this suite's rules, jumped to from OUTPUT. Only loopback traffic
-/// to one port at a time is ever matched.
+/// The iptables chain (in the filter and the nat table) holding this suite's rules, jumped to
+/// from OUTPUT. Rules only ever match loopback traffic to one port.
 const CHAIN: &str = "DIVE_CHAOS";
 
-fn iptables(args: &[&str]) -> Result<(), String> {
+fn iptables(table: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new("iptables")
+        .args(["-w", "-t", table])
         .args(args)
         .output()
         .map_err(|e| format!("iptables (scripts/setup installs it): {e}"))?;
@@ -73,19 +75,60 @@ fn iptables(args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "iptables {}: {}",
+            "iptables -t {table} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
 }
 
-/// Removes the suite's chain and its jump (what an interrupted earlier run left, too).
-pub fn clear_partitions() -> Result<(), String> {
-    while iptables(&["-D", "OUTPUT", "-j", CHAIN]).is_ok() {}
-    let _ = iptables(&["-F", CHAIN]);
-    let _ = iptables(&["-X", CHAIN]);
+/// Removes the suite's chains and their jumps (what an interrupted earlier run left, too).
+pub fn clear_iptables() -> Result<(), String> {
+    for table in ["filter", "nat"] {
+        while iptables(table, &["-D", "OUTPUT", "-j", CHAIN]).is_ok() {}
+        let _ = iptables(table, &["-F", CHAIN]);
+        let _ = iptables(table, &["-X", CHAIN]);
+    }
     Ok(())
+}
+
+/// Adds `rule` to the suite's chain in `table`; the returned guard deletes it again.
+fn add_rule(table: &'static str, rule: Vec<String>) -> Result<Heal<'static>, String> {
+    if iptables(table, &["-L", CHAIN, "-n"]).is_err() {
+        iptables(table, &["-N", CHAIN])?;
+        iptables(table, &["-I", "OUTPUT", "-j", CHAIN])?;
+    }
+    let apply = move |op: &'static str| {
+        let mut a = vec![op, CHAIN];
+        a.extend(rule.iter().map(String::as_str));
+        iptables(table, &a)
+    };
+    apply("-A")?;
+    Ok(Heal::new(move || apply("-D")))
+}
+
+/// Closes every established loopback connection to `port` (the client's side), with `ss -K`.
+fn kill_connections(port: u16) -> Result<(), String> {
+    let out = Command::new("ss")
+        .args([
+            "-K",
+            "-t",
+            "dst",
+            "127.0.0.1",
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .map_err(|e| format!("ss: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ss -K: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// How a partition answers: silently dropped packets (connections hang until their timeouts),
@@ -98,17 +141,89 @@ pub enum Partition {
 
 /// Loopback traffic to `port` partitioned away, established connections included.
 pub fn partition_port(port: u16, how: Partition) -> Result<Heal<'static>, String> {
-    clear_partitions()?;
-    iptables(&["-N", CHAIN])?;
-    iptables(&["-I", "OUTPUT", "-j", CHAIN])?;
-    let port = port.to_string();
-    let mut rule = vec!["-A", CHAIN, "-o", "lo", "-p", "tcp", "--dport", &port];
+    let mut rule: Vec<String> = ["-o", "lo", "-p", "tcp", "--dport", &port.to_string()]
+        .map(String::from)
+        .to_vec();
     match how {
-        Partition::Drop => rule.extend(["-j", "DROP"]),
-        Partition::Reject => rule.extend(["-j", "REJECT", "--reject-with", "tcp-reset"]),
+        Partition::Drop => rule.extend(["-j", "DROP"].map(String::from)),
+        Partition::Reject => {
+            rule.extend(["-j", "REJECT", "--reject-with", "tcp-reset"].map(String::from))
+        }
     }
-    iptables(&rule)?;
-    Ok(Heal::new(clear_partitions))
+    add_rule("filter", rule)
+}
+
+/// Every loopback connection to a service's `port` — but the proxy's own — sent through a
+/// toxiproxy proxy (a DNAT rule; established connections are closed so that their clients
+/// reconnect through it). Faults are added to the route; dropping it removes the rule, so new
+/// connections go direct again, while those opened through the proxy (clean by then) go on
+/// through it: taking the route away is not a fault of its own.
+pub struct Route<'w> {
+    world: &'w World,
+    name: String,
+    rule: Option<Heal<'static>>,
+}
+
+pub fn route<'w>(world: &'w World, service: &str, port: u16) -> Result<Route<'w>, String> {
+    static ROUTES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = ROUTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A proxy of its own: one left by an earlier route still carries that route's connections.
+    let name = format!("{service}-{n}");
+    let listen = world.proxy.create(&name, port).map_err(|e| e.to_string())?;
+    let rule = add_rule(
+        "nat",
+        [
+            "-p",
+            "tcp",
+            "-d",
+            "127.0.0.1",
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "owner",
+            "!",
+            "--gid-owner",
+            &PROXY_GID.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("127.0.0.1:{listen}"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )?;
+    kill_connections(port)?;
+    Ok(Route {
+        world,
+        name,
+        rule: Some(rule),
+    })
+}
+
+impl<'w> Route<'w> {
+    /// A toxic on this route, both ways.
+    pub fn toxic(&self, toxic: &str, attributes: Value) -> Result<Heal<'w>, String> {
+        self.world.proxy.add(&self.name, toxic, attributes)?;
+        let world = self.world;
+        Ok(Heal::new(move || world.proxy.reset()))
+    }
+
+    /// This route cut: the proxy disabled.
+    pub fn cut(&self) -> Result<Heal<'w>, String> {
+        self.world.proxy.set_enabled(&self.name, false)?;
+        let world = self.world;
+        Ok(Heal::new(move || world.proxy.reset()))
+    }
+}
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        if let Some(rule) = self.rule.take()
+            && let Err(e) = rule.heal()
+        {
+            eprintln!("chaos: removing the route through {}: {e}", self.name);
+        }
+    }
 }
 
 // --- the state database -----------------------------------------------------------------------
@@ -129,6 +244,88 @@ pub fn state_db_terminate(world: &World) -> Result<usize, String> {
         world.db
     ))?;
     Ok(out.trim().parse().unwrap_or(0))
+}
+
+/// Every connection slot of the state database's server taken (idle sessions on database
+/// `postgres`, as a superuser so that the reserved slots go too) and dive's sessions
+/// terminated: dive cannot reconnect until the slots are given back.
+pub fn state_db_slots_taken(world: &World) -> Result<(Heal<'_>, usize), String> {
+    let port = world.state.port().map_err(|e| e.to_string())?;
+    let mut held = Vec::new();
+    while held.len() < 2000 {
+        match open_session(port) {
+            Ok(stream) => held.push(stream),
+            Err(_) if !held.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let taken = held.len();
+    // Terminating dive's sessions (from one of ours: there is no slot left for another) frees
+    // slots that ours then take.
+    simple_query(
+        &mut held[0],
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            world.db
+        ),
+    )?;
+    while let Ok(stream) = open_session(port) {
+        held.push(stream);
+    }
+    Ok((
+        Heal::new(move || {
+            drop(held);
+            Ok(())
+        }),
+        taken,
+    ))
+}
+
+/// A PostgreSQL session as user postgres on database postgres (trust authentication on
+/// loopback), held open as long as the stream lives.
+fn open_session(port: u16) -> Result<std::net::TcpStream, String> {
+    use std::io::Write;
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let params = b"user\0postgres\0database\0postgres\0\0";
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+    startup.extend_from_slice(&196608u32.to_be_bytes()); // protocol 3.0
+    startup.extend_from_slice(params);
+    stream.write_all(&startup).map_err(|e| e.to_string())?;
+    // The server says ReadyForQuery once the session is set up, or refuses it (too many
+    // clients) with an error.
+    until_ready(&mut stream, "a session")?;
+    Ok(stream)
+}
+
+/// Runs `sql` on a session of [`open_session`] (simple query protocol) and waits for its end.
+fn simple_query(stream: &mut std::net::TcpStream, sql: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut message = vec![b'Q'];
+    message.extend_from_slice(&((4 + sql.len() + 1) as u32).to_be_bytes());
+    message.extend_from_slice(sql.as_bytes());
+    message.push(0);
+    stream.write_all(&message).map_err(|e| e.to_string())?;
+    until_ready(stream, sql)
+}
+
+/// Reads backend messages until ReadyForQuery ('Z'); an error message ('E') fails `what`.
+fn until_ready(stream: &mut std::net::TcpStream, what: &str) -> Result<(), String> {
+    use std::io::Read;
+    // Each message: a type byte, then a length that counts itself.
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).map_err(|e| e.to_string())?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        stream.read_exact(&mut body).map_err(|e| e.to_string())?;
+        match header[0] {
+            b'Z' => return Ok(()),
+            b'E' => return Err(format!("{what} failed: {}", String::from_utf8_lossy(&body))),
+            _ => {}
+        }
+    }
 }
 
 /// dive's database read-only: new transactions cannot write, and every open session is

@@ -102,6 +102,8 @@ pub struct Options {
     pub families: Vec<Family>,
     /// Only the CI selection.
     pub ci: bool,
+    /// Leave the world as the last scenario left it (instances, state database) to look into.
+    pub keep: bool,
 }
 
 /// One invariant's result.
@@ -160,8 +162,8 @@ pub fn run(
     mut finished: impl FnMut(&ScenarioReport),
 ) -> Result<Vec<ScenarioReport>, ChaosError> {
     let selected = select(options)?;
-    faults::clear_partitions().map_err(ChaosError::Setup)?;
-    let world = world::World::create(options)?;
+    faults::clear_iptables().map_err(ChaosError::Setup)?;
+    let mut world = world::World::create(options)?;
     let mut reports = Vec::new();
     for scenario in selected {
         started(scenario.name);
@@ -169,7 +171,12 @@ pub fn run(
         finished(&report);
         reports.push(report);
     }
-    scenarios::reset_all(&world);
+    let _ = faults::clear_iptables();
+    if options.keep {
+        eprintln!("chaos: world kept: {}", world.keep());
+    } else {
+        scenarios::reset_all(&world);
+    }
     Ok(reports)
 }
 

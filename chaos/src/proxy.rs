@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The group the proxy runs as (`nogroup`): iptables tells its connections apart by it.
+pub const PROXY_GID: u32 = 65534;
+
 /// A toxiproxy server of this run's own. Killed on drop.
 pub struct Toxiproxy {
     child: Child,
@@ -29,7 +32,13 @@ impl Toxiproxy {
         let port = free_port()?;
         let log = std::fs::File::create(dir.join("toxiproxy.log"))
             .map_err(|e| ChaosError::Setup(format!("toxiproxy's log: {e}")))?;
-        let child = Command::new(binary)
+        // Group `nogroup` marks the proxy's own connections, so that the routes that send other
+        // traffic through it (faults::route) leave them alone.
+        let child = Command::new("setpriv")
+            .arg(format!("--regid={PROXY_GID}"))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(binary)
             .args(["-host", "127.0.0.1", "-port", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -84,9 +93,10 @@ impl Toxiproxy {
         }
     }
 
-    /// A proxy named `name` on a free loopback port in front of 127.0.0.1:`upstream`; returns
-    /// the port it listens on.
+    /// A proxy named `name` on a free loopback port in front of 127.0.0.1:`upstream` (one made
+    /// earlier under that name is replaced); returns the port it listens on.
     pub fn create(&self, name: &str, upstream: u16) -> Result<u16, ChaosError> {
+        let _ = self.call(reqwest::Method::DELETE, &format!("/proxies/{name}"), None);
         let listen = free_port()?;
         self.call(
             reqwest::Method::POST,

@@ -173,7 +173,7 @@ pub fn catalogue() -> &'static [Scenario] {
     &CATALOGUE
 }
 
-static CATALOGUE: [Scenario; 18] = [
+static CATALOGUE: [Scenario; 28] = [
     Scenario {
         name: "hub-deploy.dive-kill9-mid-keycloak",
         family: Family::Process,
@@ -358,6 +358,25 @@ static CATALOGUE: [Scenario; 18] = [
         },
     },
     Scenario {
+        name: "spoke-deploy.postgres-kill9",
+        family: Family::Process,
+        pipeline: "spoke-deploy",
+        fault: "kill -9 of the new spoke's PostgreSQL while its Keycloak starts",
+        needs: Fixture::Hub,
+        expect: &[Outcome::Converged, Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&["spoke", "deploy", "DEU", "--json"])?;
+            let delay = ctx.pick(0, 6000);
+            ctx.at_phase("spoke-deploy", "keycloak", "running", delay)?;
+            faults::service_kill(ctx.world, "DEU", "postgres")?;
+            ctx.note("kill -9 DEU postgres".into());
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.root_run("spoke-deploy")
+        },
+    },
+    Scenario {
         name: "federation-link.state-db-stop-20s",
         family: Family::Database,
         pipeline: "federation-link",
@@ -485,7 +504,7 @@ static CATALOGUE: [Scenario; 18] = [
         expect: &[Outcome::RolledBack],
         ci: true,
         run: |ctx| {
-            let port = keycloak_port(ctx.world, SPOKE)?;
+            let port = port_of(ctx.world, SPOKE, "keycloak")?;
             let heal = faults::partition_port(port, Partition::Reject)?;
             ctx.note(format!("REJECT 127.0.0.1:{port} (FRA keycloak)"));
             let out = ctx
@@ -519,7 +538,7 @@ static CATALOGUE: [Scenario; 18] = [
         expect: &[Outcome::Converged, Outcome::RolledBack],
         ci: false,
         run: |ctx| {
-            let port = keycloak_port(ctx.world, HUB)?;
+            let port = port_of(ctx.world, HUB, "keycloak")?;
             let heal = faults::partition_port(port, Partition::Drop)?;
             ctx.note(format!("DROP 127.0.0.1:{port} (USA keycloak)"));
             let dive = ctx
@@ -618,22 +637,256 @@ static CATALOGUE: [Scenario; 18] = [
             ctx.root_run("secret-rotation")
         },
     },
+    Scenario {
+        name: "federation-link.dive-kill9-at-boundary",
+        family: Family::Process,
+        pipeline: "federation-link",
+        fault: "kill -9 of dive the moment the hub→spoke identity provider is checkpointed, then one dive resume",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let run = ctx.at_phase("federation-link", "idp-hub-to-spoke", "succeeded", 0)?;
+            dive.signal(libc::SIGKILL)?;
+            ctx.note("kill -9 dive".into());
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.resume(&run)?;
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "federation-link.spoke-admin-slicer",
+        family: Family::Network,
+        pipeline: "federation-link",
+        fault: "every connection to the spoke's Keycloak (admin API, back-channel) sliced into 16-64 byte pieces 1 ms apart during a link",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let port = port_of(ctx.world, SPOKE, "keycloak")?;
+            let route = faults::route(ctx.world, "fra-keycloak", port)?;
+            let size = ctx.pick(16, 64);
+            let heal = route.toxic(
+                "slicer",
+                json!({ "average_size": size, "size_variation": size / 2, "delay": 1000 }),
+            )?;
+            ctx.note(format!("slicer {size}±{} bytes on FRA keycloak", size / 2));
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let out = ctx.finish(dive);
+            heal.heal()?;
+            out?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-link.spoke-admin-bandwidth",
+        family: Family::Network,
+        pipeline: "federation-link",
+        fault: "the spoke's Keycloak reachable at 16-64 KB/s only during a link",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: true,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let port = port_of(ctx.world, SPOKE, "keycloak")?;
+            let route = faults::route(ctx.world, "fra-keycloak", port)?;
+            let rate = ctx.pick(16, 64);
+            let heal = route.toxic("bandwidth", json!({ "rate": rate }))?;
+            ctx.note(format!("bandwidth {rate} KB/s on FRA keycloak"));
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let out = ctx.finish(dive);
+            heal.heal()?;
+            out?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-link.spoke-admin-cut",
+        family: Family::Network,
+        pipeline: "federation-link",
+        fault: "the spoke's Keycloak cut off (proxy disabled) for 3-8 s in the middle of a link",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged, Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let port = port_of(ctx.world, SPOKE, "keycloak")?;
+            let route = faults::route(ctx.world, "fra-keycloak", port)?;
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let delay = ctx.pick(0, 1000);
+            ctx.at_phase("federation-link", "client-hub-to-spoke", "running", delay)?;
+            let heal = route.cut()?;
+            ctx.note("FRA keycloak's route disabled".into());
+            ctx.hold(heal, 3, 8)?;
+            ctx.finish(dive)?;
+            ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-verify.spoke-db-latency-above-timeouts",
+        family: Family::Network,
+        pipeline: "federation-verify",
+        fault: "12-20 s of latency between the spoke's Keycloak and its PostgreSQL (above the login client's 10 s timeout) during verify: it fails; healed, the federation is whole",
+        needs: Fixture::Linked,
+        expect: &[Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            let port = port_of(ctx.world, SPOKE, "postgres")?;
+            let route = faults::route(ctx.world, "fra-postgres", port)?;
+            let latency = ctx.pick(12_000, 20_000);
+            let heal = route.toxic("latency", json!({ "latency": latency }))?;
+            ctx.note(format!(
+                "latency {latency}ms between FRA keycloak and its database"
+            ));
+            let out = ctx
+                .world
+                .dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT);
+            heal.heal()?;
+            ctx.healed();
+            drop(route);
+            ctx.check(
+                "verify fails naming the spoke",
+                match out {
+                    Ok(o) if o.code == Some(0) => {
+                        Err("verify passed through a 12 s database latency".into())
+                    }
+                    Ok(o) if !(o.stdout.contains(SPOKE) || o.stderr.contains(SPOKE)) => {
+                        Err(format!(
+                            "the failure does not name {SPOKE}: {}{}",
+                            o.stdout, o.stderr
+                        ))
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                },
+            );
+            ctx.root_run("federation-verify")
+        },
+    },
+    Scenario {
+        name: "federation-verify.spoke-limit-data",
+        family: Family::Network,
+        pipeline: "federation-verify",
+        fault: "every connection to the spoke's Keycloak closed after 1-4 KB (toxiproxy limit_data) during verify",
+        needs: Fixture::Linked,
+        expect: &[Outcome::RolledBack, Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            let port = port_of(ctx.world, SPOKE, "keycloak")?;
+            let route = faults::route(ctx.world, "fra-keycloak", port)?;
+            let bytes = ctx.pick(1024, 4096);
+            let heal = route.toxic("limit_data", json!({ "bytes": bytes }))?;
+            ctx.note(format!("limit_data {bytes} bytes on FRA keycloak"));
+            let out = ctx
+                .world
+                .dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT);
+            heal.heal()?;
+            ctx.healed();
+            out?;
+            ctx.root_run("federation-verify")
+        },
+    },
+    Scenario {
+        name: "federation-verify.spoke-keycloak-kill9",
+        family: Family::Process,
+        pipeline: "federation-verify",
+        fault: "kill -9 of the spoke's Keycloak: verify fails naming FRA; healed by `dive spoke deploy FRA`",
+        needs: Fixture::Linked,
+        expect: &[Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            faults::service_kill(ctx.world, SPOKE, "keycloak")?;
+            ctx.note("kill -9 FRA keycloak".into());
+            let out = ctx
+                .world
+                .dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT)?;
+            ctx.check(
+                "verify fails naming the spoke",
+                if out.code == Some(0) {
+                    Err("verify passed with the spoke's Keycloak dead".into())
+                } else if !(out.stdout.contains(SPOKE) || out.stderr.contains(SPOKE)) {
+                    Err(format!(
+                        "the failure does not name {SPOKE}: {}{}",
+                        out.stdout, out.stderr
+                    ))
+                } else {
+                    Ok(())
+                },
+            );
+            let run = ctx.root_run("federation-verify")?;
+            ctx.world
+                .dive_within(&["spoke", "deploy", SPOKE, "--json"], PIPELINE_TIMEOUT)?
+                .expect_code(0)?;
+            ctx.healed();
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "federation-verify.state-db-slots-taken",
+        family: Family::Database,
+        pipeline: "federation-verify",
+        fault: "every connection slot of the state database's server taken and dive's sessions terminated, for 5-10 s during verify",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            let dive = ctx
+                .world
+                .spawn(&["federation", "verify", SPOKE, "--json"])?;
+            let delay = ctx.pick(0, 300);
+            ctx.at_phase("federation-verify", "reach-hub", "succeeded", delay)?;
+            let (heal, taken) = faults::state_db_slots_taken(ctx.world)?;
+            ctx.note(format!(
+                "{taken} connection slots taken, dive's sessions terminated"
+            ));
+            ctx.hold(heal, 5, 10)?;
+            ctx.finish(dive)?;
+            ctx.root_run("federation-verify")
+        },
+    },
+    Scenario {
+        name: "secret-rotation.spoke-db-reset-peer",
+        family: Family::Network,
+        pipeline: "secret-rotation",
+        fault: "every connection between the spoke's Keycloak and its PostgreSQL reset for 3-8 s while the new federation secret is rolled out",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged, Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            let port = port_of(ctx.world, SPOKE, "postgres")?;
+            let route = faults::route(ctx.world, "fra-postgres", port)?;
+            let dive =
+                ctx.world
+                    .spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
+            let delay = ctx.pick(0, 300);
+            ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
+            let heal = route.toxic("reset_peer", json!({ "timeout": 0 }))?;
+            ctx.note("reset_peer between FRA keycloak and its database".into());
+            ctx.hold(heal, 3, 8)?;
+            ctx.finish(dive)?;
+            ctx.root_run("secret-rotation")
+        },
+    },
 ];
 
 fn run_state(world: &World, run: &str) -> Result<String, String> {
     world.sql(&format!("SELECT state FROM runs WHERE id = '{run}'"))
 }
 
-/// The Keycloak port of instance `code`, from the instance registry.
-fn keycloak_port(world: &World, code: &str) -> Result<u16, String> {
+/// The port of service `service` (`keycloak`, `postgres`) of instance `code`, as
+/// `dive status --json` shows it.
+fn port_of(world: &World, code: &str, service: &str) -> Result<u16, String> {
     let status = world.dive_json(&["status"])?;
     status["instances"]
         .as_array()
         .and_then(|all| all.iter().find(|i| i["code"] == code))
-        .and_then(|i| i["keycloak_url"].as_str())
-        .and_then(|url| url.rsplit(':').next())
-        .and_then(|port| port.trim_end_matches('/').parse().ok())
-        .ok_or_else(|| format!("no Keycloak URL for {code} in `dive status --json`: {status}"))
+        .and_then(|i| i["ports"][service].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| format!("no {service} port for {code} in `dive status --json`: {status}"))
 }
 
 /// Unlinks the pair (not under fault) so that a link has real work to do.
@@ -692,8 +945,37 @@ pub fn reset_all(world: &World) {
     }
 }
 
-/// Brings the world to `fixture` (spokes other than FRA, left by deploy scenarios, are reset).
+/// Codes that have a directory under DIVE_HOME/instances or secrets, but no registration: what
+/// a failed rollback left (the scenario that left it has reported it).
+fn leftovers(world: &World) -> Result<Vec<String>, String> {
+    let registered: Vec<String> = registered(world)?.into_iter().map(|(c, _)| c).collect();
+    let mut codes: Vec<String> = std::fs::read_dir(world.home().join("instances"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_uppercase())
+                .collect()
+        })
+        .unwrap_or_default();
+    let secrets = world
+        .rows("SELECT DISTINCT upper(split_part(name, '/', 1)) AS code FROM secrets WHERE name NOT LIKE 'federation/%'")
+        .unwrap_or_default();
+    codes.extend(
+        secrets
+            .iter()
+            .filter_map(|r| r["code"].as_str().map(str::to_string)),
+    );
+    codes.sort();
+    codes.dedup();
+    codes.retain(|c| !registered.contains(c));
+    Ok(codes)
+}
+
+/// Brings the world to `fixture`: what an earlier scenario left behind is cleaned away, spokes
+/// other than FRA (deployed by deploy scenarios) are reset.
 fn prepare(world: &World, fixture: Fixture) -> Result<(), String> {
+    for code in leftovers(world)? {
+        reset(world, &code, "spoke")?;
+    }
     for (code, role) in registered(world)? {
         if fixture == Fixture::Empty || (role == "spoke" && code != SPOKE) {
             reset(world, &code, &role)?;

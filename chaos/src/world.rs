@@ -190,6 +190,7 @@ pub struct World {
     /// Extra environment for every dive command (a scenario may set a wrong master key).
     vars: Mutex<Vec<(String, String)>>,
     log: Arc<Mutex<Vec<String>>>,
+    kept: bool,
 }
 
 impl World {
@@ -228,6 +229,7 @@ impl World {
             work,
             vars: Mutex::new(Vec::new()),
             log: Arc::new(Mutex::new(Vec::new())),
+            kept: false,
         })
     }
 
@@ -367,8 +369,26 @@ impl World {
     }
 }
 
+impl World {
+    /// Leaves everything as it is when the world is dropped — state database running, DIVE_HOME
+    /// and instances kept — so that a failed scenario can be looked into; returns how to reach it.
+    pub fn keep(&mut self) -> String {
+        self.kept = true;
+        self.home.disable_cleanup(true);
+        self.work.disable_cleanup(true);
+        format!(
+            "DIVE_HOME={} DIVE_DATABASE_URL={} DIVE_PORT_BASE={}",
+            self.home.path().display(),
+            self.state.url(&self.db).unwrap_or_default(),
+            self.port_base
+        )
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
-        let _ = self.state.stop(StopMode::Immediate);
+        if !self.kept {
+            let _ = self.state.stop(StopMode::Immediate);
+        }
     }
 }

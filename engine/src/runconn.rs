@@ -58,22 +58,6 @@ pub(crate) struct RunConn {
     cancel: CancellationToken,
 }
 
-/// Whether an error means the connection (or server) is gone, so a retry on a new one can help.
-fn is_connection_error(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
-    }
-}
-
 impl RunConn {
     /// Connects and takes every key in `lock_keys` (in sorted order), failing at once — with
     /// the keys it took released again, and the refusal recorded for the metrics — if another
@@ -157,7 +141,7 @@ impl RunConn {
                     }
                     return Ok(cancel);
                 }
-                Err(e) if is_connection_error(&e) => {
+                Err(e) if dive_error::is_db_unavailable(&e) => {
                     self.conn = None;
                     attempt += 1;
                     self.wait(attempt, &e, &mut delays).await?;
@@ -212,7 +196,7 @@ impl RunConn {
                         run: self.run_id,
                     });
                 }
-                Err(EngineError::Store(e)) if is_connection_error(&e) => {
+                Err(EngineError::Store(e)) if dive_error::is_db_unavailable(&e) => {
                     attempt += 1;
                     self.wait(attempt, &e, &mut delays).await?;
                 }

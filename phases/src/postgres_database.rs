@@ -5,6 +5,9 @@
 //! the server refuses the store's latest version and accepts the one before it (a rotation
 //! committed the new one first), the admin role gets the latest (`admin_password_set`). Compensation: drops only what this phase
 //! created (its output says which), so a rollback never removes a database that was there before.
+//! When the server is down (its service stopped or gone: it crashed), there is nothing to drop
+//! from: the database lives in the service's data, which the service's own compensation removes
+//! when this run created it; the rollback goes on instead of failing on a dead server.
 
 use crate::context::Services;
 use crate::late::Late;
@@ -27,9 +30,16 @@ pub struct PostgresDatabase {
     pub database: String,
     pub owner: String,
     pub owner_password_secret: String,
+    /// The instance's service that runs this server (for its state when it cannot be reached).
+    #[serde(default = "default_service")]
+    pub service: String,
 }
 
 fn default_admin() -> String {
+    "postgres".into()
+}
+
+fn default_service() -> String {
     "postgres".into()
 }
 
@@ -86,6 +96,16 @@ impl PostgresDatabase {
             }
             other => Ok((other.map_err(|e| classify(e, &what))?, false)),
         }
+    }
+
+    /// Whether the runtime runs the server's service (a server that is not running cannot be
+    /// reached however long a retry waits).
+    async fn server_running(&self, ctx: &PhaseContext) -> Result<bool, PhaseError> {
+        let rt = Services::of(ctx)?.runtime();
+        let status = rt
+            .status(&self.instance.to_ascii_lowercase(), &self.service)
+            .await?;
+        Ok(status.state == dive_runtime::ServiceState::Running)
     }
 
     async fn connect_with(&self, port: u16, password: &str) -> Result<PgConnection, sqlx::Error> {
@@ -185,7 +205,17 @@ impl Phase for PostgresDatabase {
         if !created("created_database") && !created("created_role") {
             return Ok(());
         }
-        let (mut conn, _) = self.connect(ctx).await?;
+        let mut conn = match self.connect(ctx).await {
+            Ok((conn, _)) => conn,
+            Err(e) if e.is_retryable() && !self.server_running(ctx).await? => {
+                ctx.note(format!(
+                    "PostgreSQL of {} is not running: nothing to drop ({e})",
+                    self.instance
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if created("created_database") {
             Self::run_formatted(
                 &mut conn,

@@ -42,6 +42,7 @@ pub async fn chaos(cmd: ChaosCommand) -> Result<u8> {
             port_base,
             toxiproxy,
             json,
+            keep,
         } => {
             let families = families
                 .iter()
@@ -58,6 +59,7 @@ pub async fn chaos(cmd: ChaosCommand) -> Result<u8> {
                 scenarios,
                 families,
                 ci,
+                keep,
             };
             dive_chaos::select(&options).map_err(|e| InvalidInput(e.to_string()))?;
             let reports = tokio::task::spawn_blocking(move || {

@@ -36,16 +36,31 @@ pub fn chain(e: &(dyn Error + 'static)) -> String {
     text
 }
 
-/// Whether a PostgreSQL error is worth retrying: the connection broke or timed out (class 08,
-/// I/O, pool timeout), the transaction was rolled back (class 40: serialisation, deadlock), or
-/// the server is shutting down or starting (57P). A refused login or bad SQL is not.
+/// Whether a PostgreSQL error is worth retrying: the database is unavailable for now
+/// ([`is_db_unavailable`]) or the transaction was rolled back (class 40: serialisation,
+/// deadlock). A refused login or bad SQL is not.
 #[cfg(feature = "sqlx")]
 pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    is_db_unavailable(e)
+        || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("40")))
+}
+
+/// Whether the database cannot serve for now, and waiting (and reconnecting) helps: no
+/// connection, the server shutting down or restarting (SQLSTATE class 08, 57P), read-only
+/// (25006: a standby, or a database set read-only), out of resources — connection slots, disk,
+/// memory (class 53).
+#[cfg(feature = "sqlx")]
+pub fn is_db_unavailable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("40") || c.starts_with("57P")),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "25006"
+        }),
         _ => false,
     }
 }

@@ -15,9 +15,12 @@
 //! a registered code must keep its role and runtime.
 //!
 //! Idempotency: registering again with the same role and runtime returns the same record (and
-//! port block). Compensation: unregisters only a registration that this run created — also when
-//! the phase ran again after a crash and found its own registration — never one an earlier
-//! deploy made.
+//! port block). Compensation: only for a registration that this run created — also when the
+//! phase ran again after a crash and found its own registration — never one an earlier deploy
+//! made. Such an instance did not exist before the run, so nothing of it may stay: it runs last
+//! in the rollback and removes what the other compensations leave (the runtime's leftover
+//! resources of the instance, the secrets the deploy generated: `secret.ensure` keeps them on
+//! purpose), then the registration itself, so a crash half-way leaves it to be compensated again.
 
 use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
@@ -122,8 +125,27 @@ impl Phase for InstanceRegister {
     }
 
     async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
-        let reg = Services::of(ctx)?.instances();
-        reg.remove_if_created_by(&self.code()?, ctx.run_id).await?;
+        let services = Services::of(ctx)?;
+        let reg = services.instances();
+        let code = self.code()?;
+        let ours = reg
+            .get(&code)
+            .await?
+            .is_some_and(|rec| rec.created_by == Some(ctx.run_id));
+        if !ours {
+            return Ok(());
+        }
+        let lower = code.to_ascii_lowercase();
+        let rt = services.runtime();
+        for r in rt.owned_by(&lower).await? {
+            ctx.note(format!("removing {} {}", r.kind, r.name));
+            rt.remove_resource(&r).await?;
+        }
+        let deleted = services.secrets().delete_prefix(&lower).await?;
+        if !deleted.is_empty() {
+            ctx.note(format!("deleted {} secrets of {code}", deleted.len()));
+        }
+        reg.remove_if_created_by(&code, ctx.run_id).await?;
         Ok(())
     }
 
