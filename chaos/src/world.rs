@@ -174,6 +174,23 @@ pub fn wait_for<T>(
     }
 }
 
+/// `(pid, command line)` of every live process whose command line names a path under `dir`.
+pub fn processes_under(dir: &std::path::Path) -> Vec<(i32, String)> {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
 /// One chaos run's world. Dropping it stops the state database and the proxy and removes the
 /// temporary directories; instances must have been reset before (the runner does).
 pub struct World {
@@ -388,6 +405,10 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         if !self.kept {
+            // Whatever a failed reset left running under this world's DIVE_HOME goes too.
+            for (pid, _) in processes_under(self.home.path()) {
+                let _ = signal_pid(pid, libc::SIGKILL);
+            }
             let _ = self.state.stop(StopMode::Immediate);
         }
     }

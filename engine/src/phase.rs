@@ -164,7 +164,17 @@ pub trait Phase: Send + Sync + fmt::Debug {
         false
     }
 
-    /// Undoes `run`, given the output it produced.
+    /// Whether [`Phase::compensate`] also undoes what a *failed* attempt did part of. A phase
+    /// that changes several objects can fail half-way (one side of a pair updated, the other
+    /// not); a rollback would leave that first change behind. Such a phase's compensation works
+    /// from the live state — it is given `Value::Null` as the output of a failed phase — and
+    /// does nothing where nothing changed.
+    fn compensates_failure(&self) -> bool {
+        false
+    }
+
+    /// Undoes `run`, given the output it produced (`Value::Null` for a failed phase, see
+    /// [`Phase::compensates_failure`]).
     async fn compensate(&self, _ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
         Ok(())
     }

@@ -314,10 +314,10 @@ impl<'a> Runner<'a> {
         trace: Uuid,
     ) -> Self {
         let (tx, breaker_rx) = mpsc::unbounded_channel();
-        let compensable: Compensable<'a> = Box::new(move |i, outputs| {
+        let compensable: Compensable<'a> = Box::new(move |i, outputs, failed| {
             plan.phases[i]
                 .instantiate(outputs)
-                .map(|p| p.has_compensation())
+                .map(|p| p.has_compensation() && (!failed || p.compensates_failure()))
                 .unwrap_or(true)
         });
         // Every log line of the run (its phases' too) carries these; a child run's trace id

@@ -124,10 +124,12 @@ enum Mode {
     Done,
 }
 
-/// Decides, for a phase and the outputs so far, whether it has a compensation to run. An error
+/// Decides, for a phase and the outputs so far, whether it has a compensation to run — for a
+/// phase that failed (`true`), whether its compensation also undoes a failed attempt. An error
 /// building the phase counts as "has one", so the compensation is attempted and its failure
 /// recorded.
-pub type Compensable<'p> = Box<dyn Fn(usize, &HashMap<String, Value>) -> bool + Send + Sync + 'p>;
+pub type Compensable<'p> =
+    Box<dyn Fn(usize, &HashMap<String, Value>, bool) -> bool + Send + Sync + 'p>;
 
 /// The state of one run's schedule (`'p`: what its [`Compensable`] borrows, the plan).
 pub struct Scheduler<'p> {
@@ -504,8 +506,8 @@ impl<'p> Scheduler<'p> {
     }
 
     /// Marks phases that never started `skipped` and queues every phase that succeeded (or
-    /// whose compensation was interrupted or failed) for compensation, in reverse dependency
-    /// order.
+    /// whose compensation was interrupted or failed, or that failed and undoes a failed
+    /// attempt) for compensation, in reverse dependency order.
     fn start_rollback(&mut self, reason: String, now: DateTime<Utc>) -> Result<(), EngineError> {
         self.flush_rows();
         self.set_run(RunState::RollingBack, Some(reason.clone()), false)?;
@@ -550,10 +552,14 @@ impl<'p> Scheduler<'p> {
                     self.end(RunState::RollbackFailed, Some(error))
                 };
             };
-            let needs = matches!(
-                self.slots[i].state,
-                PhaseState::Succeeded | PhaseState::Compensating | PhaseState::CompensationFailed
-            ) && (self.compensable)(i, &self.outputs);
+            let needs = match self.slots[i].state {
+                PhaseState::Succeeded
+                | PhaseState::Compensating
+                | PhaseState::CompensationFailed => (self.compensable)(i, &self.outputs, false),
+                // Its attempt may have done part of its work.
+                PhaseState::Failed => (self.compensable)(i, &self.outputs, true),
+                _ => false,
+            };
             if !needs {
                 continue;
             }

@@ -109,7 +109,7 @@ impl PhaseState {
                 (Pending, Running | Skipped)
                     | (Running, Succeeded | Failed)
                     | (Failed | Skipped, Running)
-                    | (Succeeded, Compensating)
+                    | (Succeeded | Failed, Compensating)
                     | (Compensating, Compensated | CompensationFailed)
                     | (CompensationFailed, Compensating)
             )

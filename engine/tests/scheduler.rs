@@ -33,6 +33,8 @@ struct Spec {
     compensable: bool,
     /// Its compensation fails (fatally).
     comp_fails: bool,
+    /// Its compensation also undoes a failed attempt (`Phase::compensates_failure`).
+    compensates_failure: bool,
 }
 
 fn now() -> DateTime<Utc> {
@@ -75,13 +77,16 @@ fn plan(specs: &[Spec]) -> Plan {
 }
 
 fn scheduler(specs: &[Spec], concurrency: usize, no_rollback: bool) -> Scheduler<'static> {
-    let compensable: Vec<bool> = specs.iter().map(|s| s.compensable).collect();
+    let compensable: Vec<(bool, bool)> = specs
+        .iter()
+        .map(|s| (s.compensable, s.compensates_failure))
+        .collect();
     Scheduler::new(
         Uuid::nil(),
         &plan(specs),
         concurrency,
         no_rollback,
-        Box::new(move |i, _| compensable[i]),
+        Box::new(move |i, _, failed| compensable[i].0 && (!failed || compensable[i].1)),
     )
 }
 
@@ -325,6 +330,7 @@ fn arb_specs(kinds: impl Strategy<Value = Kind> + Clone) -> impl Strategy<Value 
                         kind,
                         compensable,
                         comp_fails,
+                        compensates_failure: false,
                     })
                     .collect()
             })
@@ -468,8 +474,25 @@ fn chain(kinds: &[Kind], compensable: bool) -> Vec<Spec> {
             kind,
             compensable,
             comp_fails: false,
+            compensates_failure: false,
         })
         .collect()
+}
+
+#[test]
+fn a_failed_phase_that_undoes_a_failed_attempt_is_compensated_first() {
+    let mut specs = chain(&[Kind::Ok, Kind::Ok, Kind::Fatal], true);
+    specs[2].compensates_failure = true;
+    let (db, log) = simulate(&specs, 1, false, &[0], &[], None);
+    assert_eq!(db.run.clone().unwrap().0, RunState::RolledBack);
+    assert_eq!(log.compensations, vec![2, 1, 0]);
+    assert_eq!(db.state(2), PhaseState::Compensated);
+
+    // A phase that does not say so is left failed: its output is all a compensation knows.
+    let specs = chain(&[Kind::Ok, Kind::Ok, Kind::Fatal], true);
+    let (db, log) = simulate(&specs, 1, false, &[0], &[], None);
+    assert_eq!(log.compensations, vec![1, 0]);
+    assert_eq!(db.state(2), PhaseState::Failed);
 }
 
 #[test]

@@ -20,6 +20,8 @@
 //!
 //! Compensation: per direction, the primary goes back to the previous value and marker (P's
 //! provider has it back already: rollback runs in reverse), then the rotated secret is dropped.
+//! It reads the live clients, so it also undoes a failed attempt that changed one direction and
+//! not the other (`compensates_failure`).
 
 use super::{default_only, rotated_directions};
 use crate::federation::{SECRET_VERSION_KEY, admin, breaker, client_id};
@@ -123,6 +125,10 @@ impl Phase for RotateFederationClient {
     }
 
     fn has_compensation(&self) -> bool {
+        true
+    }
+
+    fn compensates_failure(&self) -> bool {
         true
     }
 

@@ -17,7 +17,8 @@
 //! in one `PUT`.
 //!
 //! Compensation: per direction, the previous secret and marker go back (X's client still
-//! accepts both until its own compensation runs next).
+//! accepts both until its own compensation runs next). It reads the live providers, so it also
+//! undoes a failed attempt that changed some of them (`compensates_failure`).
 
 use super::{default_only, rotated_directions};
 use crate::federation::{SECRET_VERSION_KEY, admin, breaker, idp_alias, idp_path};
@@ -83,6 +84,10 @@ impl Phase for RotateFederationProvider {
     }
 
     fn has_compensation(&self) -> bool {
+        true
+    }
+
+    fn compensates_failure(&self) -> bool {
         true
     }
 

@@ -12,7 +12,8 @@
 //! it) and the previous one refused before the phase succeeds.
 //!
 //! Idempotency: a user whose new password already works is left alone.
-//! Compensation: each user whose previous password does not work gets it back.
+//! Compensation: each user whose previous password does not work gets it back — also after a
+//! failed attempt that changed some users only (`compensates_failure`).
 
 use super::{default_only, minted, origin, selected, set_password};
 use crate::context::Services;
@@ -89,6 +90,10 @@ impl Phase for RotateUsers {
     }
 
     fn has_compensation(&self) -> bool {
+        true
+    }
+
+    fn compensates_failure(&self) -> bool {
         true
     }
 
