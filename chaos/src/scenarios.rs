@@ -62,7 +62,7 @@ pub struct Ctx<'w> {
     pub checks: Vec<Check>,
 }
 
-impl Ctx<'_> {
+impl<'w> Ctx<'w> {
     /// A number from `range` (inclusive), the same for the same seed.
     fn pick(&mut self, low: u64, high: u64) -> u64 {
         self.rng.random_range(low..=high)
@@ -137,6 +137,28 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The common shape of a scenario: starts `args`, waits until `phase` of `workflow` is
+    /// `state` and a seeded delay of up to `max_delay_ms` more, injects the fault (`inject`
+    /// returns its guard and what it did), holds it a seeded time in `hold` seconds, heals it
+    /// and waits for the run to end. Returns the run's id.
+    fn fault_at(
+        &mut self,
+        args: &[&str],
+        (workflow, phase, state): (&str, &str, &str),
+        max_delay_ms: u64,
+        hold: (u64, u64),
+        inject: impl FnOnce(&'w World) -> Result<(faults::Heal<'w>, String), String>,
+    ) -> Result<String, String> {
+        let dive = self.world.spawn(args)?;
+        let delay = self.pick(0, max_delay_ms);
+        self.at_phase(workflow, phase, state, delay)?;
+        let (heal, what) = inject(self.world)?;
+        self.note(what);
+        self.hold(heal, hold.0, hold.1)?;
+        self.finish(dive)?;
+        self.root_run(workflow)
+    }
+
     /// Waits for a pipeline command to end; its run's recovery time counts from the healing.
     fn finish(&mut self, running: Running) -> Result<Output, String> {
         let out = running.wait(PIPELINE_TIMEOUT)?;
@@ -203,14 +225,18 @@ static CATALOGUE: [Scenario; 28] = [
         expect: &[Outcome::Converged],
         ci: true,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["spoke", "deploy", "DEU", "--json"])?;
-            let delay = ctx.pick(0, 3000);
-            ctx.at_phase("spoke-deploy", "postgres", "succeeded", delay)?;
-            let heal = faults::state_db_stop(ctx.world, StopMode::Fast)?;
-            ctx.note("state database stopped (fast)".into());
-            ctx.hold(heal, 10, 20)?;
-            ctx.finish(dive)?;
-            ctx.root_run("spoke-deploy")
+            ctx.fault_at(
+                &["spoke", "deploy", "DEU", "--json"],
+                ("spoke-deploy", "postgres", "succeeded"),
+                3000,
+                (10, 20),
+                |w| {
+                    Ok((
+                        faults::state_db_stop(w, StopMode::Fast)?,
+                        "state database stopped (fast)".into(),
+                    ))
+                },
+            )
         },
     },
     Scenario {
@@ -222,14 +248,18 @@ static CATALOGUE: [Scenario; 28] = [
         expect: &[Outcome::Converged],
         ci: false,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["spoke", "deploy", "ITA", "--json"])?;
-            let delay = ctx.pick(0, 5000);
-            ctx.at_phase("spoke-deploy", "keycloak", "running", delay)?;
-            let heal = faults::state_db_stop(ctx.world, StopMode::Immediate)?;
-            ctx.note("state database stopped (immediate)".into());
-            ctx.hold(heal, 5, 15)?;
-            ctx.finish(dive)?;
-            ctx.root_run("spoke-deploy")
+            ctx.fault_at(
+                &["spoke", "deploy", "ITA", "--json"],
+                ("spoke-deploy", "keycloak", "running"),
+                5000,
+                (5, 15),
+                |w| {
+                    Ok((
+                        faults::state_db_stop(w, StopMode::Immediate)?,
+                        "state database stopped (immediate)".into(),
+                    ))
+                },
+            )
         },
     },
     Scenario {
@@ -241,14 +271,18 @@ static CATALOGUE: [Scenario; 28] = [
         expect: &[Outcome::Converged],
         ci: true,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["spoke", "deploy", "ESP", "--json"])?;
-            let delay = ctx.pick(0, 500);
-            ctx.at_phase("spoke-deploy", "keycloak", "succeeded", delay)?;
-            let heal = faults::service_freeze(ctx.world, "ESP", "keycloak")?;
-            ctx.note("SIGSTOP ESP keycloak".into());
-            ctx.hold(heal, 35, 45)?;
-            ctx.finish(dive)?;
-            ctx.root_run("spoke-deploy")
+            ctx.fault_at(
+                &["spoke", "deploy", "ESP", "--json"],
+                ("spoke-deploy", "keycloak", "succeeded"),
+                500,
+                (35, 45),
+                |w| {
+                    Ok((
+                        faults::service_freeze(w, "ESP", "keycloak")?,
+                        "SIGSTOP ESP keycloak".into(),
+                    ))
+                },
+            )
         },
     },
     Scenario {
@@ -260,14 +294,16 @@ static CATALOGUE: [Scenario; 28] = [
         expect: &[Outcome::Converged],
         ci: true,
         run: |ctx| {
-            let dive = ctx.world.spawn(&["spoke", "deploy", "NLD", "--json"])?;
-            let delay = ctx.pick(0, 3000);
-            ctx.at_phase("spoke-deploy", "keycloak", "running", delay)?;
-            let heal = faults::state_db_toxic(ctx.world, "reset_peer", json!({ "timeout": 0 }))?;
-            ctx.note("reset_peer on the state database".into());
-            ctx.hold(heal, 5, 10)?;
-            ctx.finish(dive)?;
-            ctx.root_run("spoke-deploy")
+            ctx.fault_at(
+                &["spoke", "deploy", "NLD", "--json"],
+                ("spoke-deploy", "keycloak", "running"),
+                3000,
+                (5, 10),
+                |w| {
+                    let heal = faults::state_db_toxic(w, "reset_peer", json!({ "timeout": 0 }))?;
+                    Ok((heal, "reset_peer on the state database".into()))
+                },
+            )
         },
     },
     Scenario {
@@ -386,14 +422,18 @@ static CATALOGUE: [Scenario; 28] = [
         ci: true,
         run: |ctx| {
             unlink(ctx.world)?;
-            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
-            let delay = ctx.pick(0, 1000);
-            ctx.at_phase("federation-link", "client-hub-to-spoke", "running", delay)?;
-            let heal = faults::state_db_stop(ctx.world, StopMode::Fast)?;
-            ctx.note("state database stopped (fast)".into());
-            ctx.hold(heal, 20, 20)?;
-            ctx.finish(dive)?;
-            ctx.root_run("federation-link")
+            ctx.fault_at(
+                &["federation", "link", SPOKE, "--json"],
+                ("federation-link", "client-hub-to-spoke", "running"),
+                1000,
+                (20, 20),
+                |w| {
+                    Ok((
+                        faults::state_db_stop(w, StopMode::Fast)?,
+                        "state database stopped (fast)".into(),
+                    ))
+                },
+            )
         },
     },
     Scenario {
@@ -454,14 +494,16 @@ static CATALOGUE: [Scenario; 28] = [
         ci: false,
         run: |ctx| {
             unlink(ctx.world)?;
-            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
-            let delay = ctx.pick(0, 1000);
-            ctx.at_phase("federation-link", "client-hub-to-spoke", "running", delay)?;
-            let heal = faults::state_db_toxic(ctx.world, "timeout", json!({ "timeout": 0 }))?;
-            ctx.note("timeout (blackhole) on the state database".into());
-            ctx.hold(heal, 15, 25)?;
-            ctx.finish(dive)?;
-            ctx.root_run("federation-link")
+            ctx.fault_at(
+                &["federation", "link", SPOKE, "--json"],
+                ("federation-link", "client-hub-to-spoke", "running"),
+                1000,
+                (15, 25),
+                |w| {
+                    let heal = faults::state_db_toxic(w, "timeout", json!({ "timeout": 0 }))?;
+                    Ok((heal, "timeout (blackhole) on the state database".into()))
+                },
+            )
         },
     },
     Scenario {
@@ -604,16 +646,18 @@ static CATALOGUE: [Scenario; 28] = [
         expect: &[Outcome::Converged],
         ci: true,
         run: |ctx| {
-            let dive =
-                ctx.world
-                    .spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
-            let delay = ctx.pick(0, 300);
-            ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
-            let heal = faults::state_db_cut(ctx.world)?;
-            ctx.note("state database proxy disabled".into());
-            ctx.hold(heal, 10, 20)?;
-            ctx.finish(dive)?;
-            ctx.root_run("secret-rotation")
+            ctx.fault_at(
+                &["secrets", "rotate", SPOKE, "--only", "federation", "--json"],
+                ("secret-rotation", "mint", "succeeded"),
+                300,
+                (10, 20),
+                |w| {
+                    Ok((
+                        faults::state_db_cut(w)?,
+                        "state database proxy disabled".into(),
+                    ))
+                },
+            )
         },
     },
     Scenario {
@@ -625,16 +669,18 @@ static CATALOGUE: [Scenario; 28] = [
         expect: &[Outcome::Converged],
         ci: false,
         run: |ctx| {
-            let dive =
-                ctx.world
-                    .spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
-            let delay = ctx.pick(0, 300);
-            ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
-            let heal = faults::state_db_read_only(ctx.world)?;
-            ctx.note("state database read-only".into());
-            ctx.hold(heal, 5, 10)?;
-            ctx.finish(dive)?;
-            ctx.root_run("secret-rotation")
+            ctx.fault_at(
+                &["secrets", "rotate", SPOKE, "--only", "federation", "--json"],
+                ("secret-rotation", "mint", "succeeded"),
+                300,
+                (5, 10),
+                |w| {
+                    Ok((
+                        faults::state_db_read_only(w)?,
+                        "state database read-only".into(),
+                    ))
+                },
+            )
         },
     },
     Scenario {
@@ -716,14 +762,13 @@ static CATALOGUE: [Scenario; 28] = [
             unlink(ctx.world)?;
             let port = port_of(ctx.world, SPOKE, "keycloak")?;
             let route = faults::route(ctx.world, "fra-keycloak", port)?;
-            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
-            let delay = ctx.pick(0, 1000);
-            ctx.at_phase("federation-link", "client-hub-to-spoke", "running", delay)?;
-            let heal = route.cut()?;
-            ctx.note("FRA keycloak's route disabled".into());
-            ctx.hold(heal, 3, 8)?;
-            ctx.finish(dive)?;
-            ctx.root_run("federation-link")
+            ctx.fault_at(
+                &["federation", "link", SPOKE, "--json"],
+                ("federation-link", "client-hub-to-spoke", "running"),
+                1000,
+                (3, 8),
+                |_| Ok((route.cut()?, "FRA keycloak's route disabled".into())),
+            )
         },
     },
     Scenario {
@@ -834,18 +879,19 @@ static CATALOGUE: [Scenario; 28] = [
         expect: &[Outcome::Converged],
         ci: false,
         run: |ctx| {
-            let dive = ctx
-                .world
-                .spawn(&["federation", "verify", SPOKE, "--json"])?;
-            let delay = ctx.pick(0, 300);
-            ctx.at_phase("federation-verify", "reach-hub", "succeeded", delay)?;
-            let (heal, taken) = faults::state_db_slots_taken(ctx.world)?;
-            ctx.note(format!(
-                "{taken} connection slots taken, dive's sessions terminated"
-            ));
-            ctx.hold(heal, 5, 10)?;
-            ctx.finish(dive)?;
-            ctx.root_run("federation-verify")
+            ctx.fault_at(
+                &["federation", "verify", SPOKE, "--json"],
+                ("federation-verify", "reach-hub", "succeeded"),
+                300,
+                (5, 10),
+                |w| {
+                    let (heal, taken) = faults::state_db_slots_taken(w)?;
+                    Ok((
+                        heal,
+                        format!("{taken} connection slots taken, dive's sessions terminated"),
+                    ))
+                },
+            )
         },
     },
     Scenario {
@@ -859,16 +905,19 @@ static CATALOGUE: [Scenario; 28] = [
         run: |ctx| {
             let port = port_of(ctx.world, SPOKE, "postgres")?;
             let route = faults::route(ctx.world, "fra-postgres", port)?;
-            let dive =
-                ctx.world
-                    .spawn(&["secrets", "rotate", SPOKE, "--only", "federation", "--json"])?;
-            let delay = ctx.pick(0, 300);
-            ctx.at_phase("secret-rotation", "mint", "succeeded", delay)?;
-            let heal = route.toxic("reset_peer", json!({ "timeout": 0 }))?;
-            ctx.note("reset_peer between FRA keycloak and its database".into());
-            ctx.hold(heal, 3, 8)?;
-            ctx.finish(dive)?;
-            ctx.root_run("secret-rotation")
+            ctx.fault_at(
+                &["secrets", "rotate", SPOKE, "--only", "federation", "--json"],
+                ("secret-rotation", "mint", "succeeded"),
+                300,
+                (3, 8),
+                |_| {
+                    let heal = route.toxic("reset_peer", json!({ "timeout": 0 }))?;
+                    Ok((
+                        heal,
+                        "reset_peer between FRA keycloak and its database".into(),
+                    ))
+                },
+            )
         },
     },
 ];

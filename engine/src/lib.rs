@@ -23,7 +23,7 @@ pub use error::EngineError;
 pub use events::{Event, EventSink};
 pub use lock_expand::{LockExpander, NoExpansion};
 pub use phase::{Classify, Phase, PhaseContext, PhaseError};
-pub use plan::{Plan, PlannedPhase, RetryPolicy};
+pub use plan::{COMPENSATION_PATIENCE, Plan, PlannedPhase, RetryPolicy};
 pub use runner::{Engine, RunOptions, RunOutcome};
 pub use state::{PhaseState, RunState};
 pub use store::Store;

@@ -573,7 +573,7 @@ impl<'p> Scheduler<'p> {
                 phase: self.dag.ids[i].clone(),
             }));
             self.out.push(Action::Compensate { phase: i });
-            let policy_delays = Box::new(self.retry[i].delays());
+            let policy_delays = Box::new(self.retry[i].compensation_delays());
             if let Mode::RollingBack {
                 current, delays, ..
             } = &mut self.mode
