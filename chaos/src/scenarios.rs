@@ -400,7 +400,7 @@ static CATALOGUE: [Scenario; 28] = [
         fault: "kill -9 of the new spoke's PostgreSQL while its Keycloak starts",
         needs: Fixture::Hub,
         expect: &[Outcome::Converged, Outcome::RolledBack],
-        ci: false,
+        ci: true,
         run: |ctx| {
             let dive = ctx.world.spawn(&["spoke", "deploy", "DEU", "--json"])?;
             let delay = ctx.pick(0, 6000);
@@ -901,7 +901,7 @@ static CATALOGUE: [Scenario; 28] = [
         fault: "every connection between the spoke's Keycloak and its PostgreSQL reset for 3-8 s while the new federation secret is rolled out",
         needs: Fixture::Linked,
         expect: &[Outcome::Converged, Outcome::RolledBack],
-        ci: false,
+        ci: true,
         run: |ctx| {
             let port = port_of(ctx.world, SPOKE, "postgres")?;
             let route = faults::route(ctx.world, "fra-postgres", port)?;
