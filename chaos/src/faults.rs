@@ -328,6 +328,42 @@ fn until_ready(stream: &mut std::net::TcpStream, what: &str) -> Result<(), Strin
     }
 }
 
+/// The state database's file system full: one file takes every free block. Healed by removing
+/// it and starting the server again if it gave up meanwhile (a server that cannot write its
+/// WAL stops).
+pub fn state_db_disk_full(world: &World) -> Result<Heal<'_>, String> {
+    let filler = crate::world::state_fs(world).join("filler");
+    let dir = crate::world::state_fs(world);
+    // SAFETY: statvfs(2) fills the struct we pass; the path is a valid C string.
+    let free = unsafe {
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut st) != 0 {
+            return Err(format!(
+                "statvfs {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        st.f_bavail as u64 * st.f_frsize as u64
+    };
+    let file = std::fs::File::create(&filler).map_err(|e| format!("{}: {e}", filler.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate(2) on a file we just created and hold open.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, free as libc::off_t) } != 0 {
+        return Err(format!(
+            "fallocate {}: {}",
+            filler.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(Heal::new(move || {
+        std::fs::remove_file(&filler).map_err(|e| format!("{}: {e}", filler.display()))?;
+        world.state.ensure_running().map_err(|e| e.to_string())
+    }))
+}
+
 /// dive's database read-only: new transactions cannot write, and every open session is
 /// terminated so that it reconnects into the read-only default. Healed the same way back.
 pub fn state_db_read_only(world: &World) -> Result<Heal<'_>, String> {

@@ -128,8 +128,11 @@ impl<'w> Ctx<'w> {
     fn hold(&mut self, heal: faults::Heal<'_>, low: u64, high: u64) -> Result<(), String> {
         let secs = self.rng.random_range(low..=high);
         std::thread::sleep(Duration::from_secs(secs));
+        // Recovery counts from the start of healing: a restarted server may already serve
+        // before `heal` returns.
+        let healing = Instant::now();
         heal.heal()?;
-        self.healed = Some(Instant::now());
+        self.healed = Some(healing);
         self.injected.push(format!(
             "held {secs}s, healed (t={:.1}s)",
             self.t0.elapsed().as_secs_f64()
@@ -195,7 +198,7 @@ pub fn catalogue() -> &'static [Scenario] {
     &CATALOGUE
 }
 
-static CATALOGUE: [Scenario; 28] = [
+static CATALOGUE: [Scenario; 29] = [
     Scenario {
         name: "hub-deploy.dive-kill9-mid-keycloak",
         family: Family::Process,
@@ -458,6 +461,30 @@ static CATALOGUE: [Scenario; 28] = [
             ctx.healed();
             ctx.finish(dive)?;
             ctx.root_run("federation-link")
+        },
+    },
+    Scenario {
+        name: "federation-link.state-db-disk-full",
+        family: Family::Database,
+        pipeline: "federation-link",
+        fault: "the state database's disk full for 5-10 s in the middle of a link",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            ctx.fault_at(
+                &["federation", "link", SPOKE, "--json"],
+                ("federation-link", "client-hub-to-spoke", "running"),
+                1000,
+                (5, 10),
+                |w| {
+                    Ok((
+                        faults::state_db_disk_full(w)?,
+                        "state database's disk full".into(),
+                    ))
+                },
+            )
         },
     },
     Scenario {

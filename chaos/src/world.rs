@@ -191,6 +191,40 @@ pub fn processes_under(dir: &std::path::Path) -> Vec<(i32, String)> {
         .collect()
 }
 
+/// The size of the state database's file system (a tmpfs: memory is only used as filled).
+const STATE_FS_SIZE: &str = "1g";
+
+/// Mounts a tmpfs of `size` on `dir` (created).
+fn mount_tmpfs(dir: &Path, size: &str) -> Result<(), ChaosError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ChaosError::Setup(format!("{}: {e}", dir.display())))?;
+    let out = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+        ])
+        .arg(dir)
+        .output()
+        .map_err(|e| ChaosError::Setup(format!("mount: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ChaosError::Setup(format!(
+            "mounting a tmpfs on {} (the chaos suite needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The state database's file system (what a disk-full fault fills).
+pub fn state_fs(world: &World) -> PathBuf {
+    world.work.path().join("state-fs")
+}
+
 /// One chaos run's world. Dropping it stops the state database and the proxy and removes the
 /// temporary directories; instances must have been reset before (the runner does).
 pub struct World {
@@ -217,7 +251,10 @@ impl World {
             .prefix("dive-chaos-")
             .tempdir()
             .map_err(|e| ChaosError::Setup(format!("a temporary directory: {e}")))?;
-        let state = Cluster::new(work.path().join("state-pg"));
+        // The state database on a file system of its own, so that a scenario can fill it.
+        let state_fs = work.path().join("state-fs");
+        mount_tmpfs(&state_fs, STATE_FS_SIZE)?;
+        let state = Cluster::new(state_fs.join("pg"));
         state
             .ensure_running()
             .map_err(|e| ChaosError::Setup(format!("the state database: {e}")))?;
@@ -410,6 +447,7 @@ impl Drop for World {
                 let _ = signal_pid(pid, libc::SIGKILL);
             }
             let _ = self.state.stop(StopMode::Immediate);
+            let _ = Command::new("umount").arg(state_fs(self)).status();
         }
     }
 }
