@@ -37,20 +37,25 @@ impl Default for RetryPolicy {
 /// How long a compensation keeps trying a retryable failure. A rollback is worth waiting for —
 /// a partner that is away for a moment comes back, and giving up leaves a run half undone —
 /// so after the policy's own delays a compensation goes on trying at the policy's longest delay
-/// (at least a second) until it has waited this long.
+/// (at least a second) until it has waited this long. A policy of one attempt means no retry,
+/// for compensations too.
 pub const COMPENSATION_PATIENCE: Duration = Duration::from_secs(60);
 
 impl RetryPolicy {
     /// The delays between tries of a compensation: the policy's, then more up to
-    /// [`COMPENSATION_PATIENCE`].
+    /// [`COMPENSATION_PATIENCE`] — unless the policy allows no retry at all (`max_attempts: 1`).
     pub fn compensation_delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
         let policy: Vec<Duration> = self.delays().collect();
         let spent: Duration = policy.iter().sum();
         let tail = self.max_delay.max(Duration::from_secs(1));
-        let more = COMPENSATION_PATIENCE
-            .saturating_sub(spent)
-            .as_secs_f64()
-            .div_euclid(tail.as_secs_f64()) as usize;
+        let more = if self.max_attempts <= 1 {
+            0
+        } else {
+            COMPENSATION_PATIENCE
+                .saturating_sub(spent)
+                .as_secs_f64()
+                .div_euclid(tail.as_secs_f64()) as usize
+        };
         policy.into_iter().chain(std::iter::repeat_n(tail, more))
     }
 
