@@ -131,7 +131,11 @@ mod tests {
     fn a_phase_must_run_before_it_succeeds() {
         assert!(!PhaseState::Pending.can_become(PhaseState::Succeeded));
         assert!(PhaseState::Running.can_become(PhaseState::Succeeded));
-        assert!(!PhaseState::Failed.can_become(PhaseState::Compensating));
+        // A failed phase may be compensated (its attempt may have done part of its work); one
+        // that never ran may not.
+        assert!(PhaseState::Failed.can_become(PhaseState::Compensating));
+        assert!(!PhaseState::Skipped.can_become(PhaseState::Compensating));
+        assert!(!PhaseState::Pending.can_become(PhaseState::Compensating));
     }
 
     #[test]
