@@ -66,20 +66,15 @@ pub fn state_db_cut(world: &World) -> Result<Heal<'_>, String> {
 const CHAIN: &str = "DIVE_CHAOS";
 
 fn iptables(table: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("iptables")
-        .args(["-w", "-t", table])
-        .args(args)
-        .output()
-        .map_err(|e| format!("iptables (scripts/setup installs it): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "iptables -t {table} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    crate::world::run_tool(
+        Command::new("iptables")
+            .args(["-w", "-t", table])
+            .args(args),
+        &format!(
+            "iptables -t {table} {} (scripts/setup installs it)",
+            args.join(" ")
+        ),
+    )
 }
 
 /// Removes the suite's chains and their jumps (what an interrupted earlier run left, too).
@@ -109,26 +104,11 @@ fn add_rule(table: &'static str, rule: Vec<String>) -> Result<Heal<'static>, Str
 
 /// Closes every established loopback connection to `port` (the client's side), with `ss -K`.
 fn kill_connections(port: u16) -> Result<(), String> {
-    let out = Command::new("ss")
-        .args([
-            "-K",
-            "-t",
-            "dst",
-            "127.0.0.1",
-            "dport",
-            "=",
-            &format!(":{port}"),
-        ])
-        .output()
-        .map_err(|e| format!("ss: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ss -K: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    let port = format!(":{port}");
+    crate::world::run_tool(
+        Command::new("ss").args(["-K", "-t", "dst", "127.0.0.1", "dport", "=", &port]),
+        "ss -K",
+    )
 }
 
 /// How a partition answers: silently dropped packets (connections hang until their timeouts),

@@ -194,30 +194,39 @@ pub fn processes_under(dir: &std::path::Path) -> Vec<(i32, String)> {
 /// The size of the state database's file system (a tmpfs: memory is only used as filled).
 const STATE_FS_SIZE: &str = "1g";
 
+/// Runs a system tool to completion; its failure says `what` and the tool's own words.
+pub fn run_tool(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Mounts a tmpfs of `size` on `dir` (created).
 fn mount_tmpfs(dir: &Path, size: &str) -> Result<(), ChaosError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| ChaosError::Setup(format!("{}: {e}", dir.display())))?;
-    let out = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size},mode=0755"),
-            "tmpfs",
-        ])
-        .arg(dir)
-        .output()
-        .map_err(|e| ChaosError::Setup(format!("mount: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(ChaosError::Setup(format!(
-            "mounting a tmpfs on {} (the chaos suite needs root): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    run_tool(
+        Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir),
+        &format!(
+            "mounting a tmpfs on {} (the chaos suite needs root)",
+            dir.display()
+        ),
+    )
+    .map_err(ChaosError::Setup)
 }
 
 /// The state database's file system (what a disk-full fault fills).
