@@ -79,6 +79,10 @@ pub enum Command {
     /// List stored secrets and read one (values only with --reveal).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// The local certificate authority of this dive home: it issues every Keycloak's HTTPS
+    /// certificate, and it is the only CA dive's own clients trust.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Serve Prometheus metrics and keep a federation heartbeat, until SIGTERM or Ctrl-C.
     ///
     /// `/metrics` (OpenMetrics text) shows runs, phases, retries, rollbacks, breakers, locks,
@@ -412,6 +416,17 @@ pub enum BenchCommand {
         /// Probe workers logging in side by side.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM; created on first use) for a browser, curl
+    /// (`--cacert`) or another machine to trust. Its private key stays in the secret store.
+    Show {
+        /// `{pem, not_after}` instead of the bare PEM.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -21,6 +21,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// `DIVE_PORT_BASE`, default 20000.
     pub port_base: u16,
+    /// `DIVE_CERT_LIFETIME`: how long an instance certificate is valid (default 90 days; at
+    /// least a day, at most five years).
+    pub cert_lifetime: std::time::Duration,
     /// `DIVE_MASTER_KEY`, when set: the key as standard base64 (else `DIVE_HOME/master.key`).
     master_key: Option<String>,
 }
@@ -50,6 +53,23 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| "/tmp".into())
 }
 
+/// A certificate lifetime such as `90d` or `8760h`.
+fn parse_lifetime(v: &str) -> Result<std::time::Duration> {
+    let d = humantime::parse_duration(v).map_err(|e| {
+        InvalidInput(format!(
+            "DIVE_CERT_LIFETIME `{v}`: expected a duration such as 90d or 2160h ({e})"
+        ))
+    })?;
+    let (min, max) = (86_400, 5 * 365 * 86_400);
+    if !(min..=max).contains(&d.as_secs()) {
+        return Err(InvalidInput(format!(
+            "DIVE_CERT_LIFETIME `{v}`: must be between 1 day and 5 years"
+        ))
+        .into());
+    }
+    Ok(d)
+}
+
 impl Config {
     fn from_env() -> Result<Config> {
         let port_base = match var("DIVE_PORT_BASE") {
@@ -71,6 +91,12 @@ impl Config {
                     .unwrap_or_else(|| home_dir().join(".local/share/dive")),
                 keycloak,
                 keycloak_image: var("DIVE_KEYCLOAK_IMAGE"),
+                // Set once the secret store is open: the CA lives there.
+                trust: None,
+            },
+            cert_lifetime: match var("DIVE_CERT_LIFETIME") {
+                Some(v) => parse_lifetime(&v)?,
+                None => dive_tls::DEFAULT_LIFETIME,
             },
             database_url: var("DIVE_DATABASE_URL"),
             port_base,
@@ -81,6 +107,33 @@ impl Config {
     /// `DIVE_HOME`.
     pub fn home(&self) -> &Path {
         &self.runtimes.home
+    }
+
+    /// Creates `DIVE_HOME` if needed and keeps it private: it holds the master key, the embedded
+    /// cluster and the files each local service reads its secrets from. Mode 0700; when dive
+    /// runs as root and starts services as their own users (PostgreSQL as `postgres`), those
+    /// users may pass through it to their own directories (o+x) but never list or read it.
+    pub fn ensure_home(&self) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let home = self.home();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home)
+            .map_err(|e| anyhow::anyhow!("creating DIVE_HOME {}: {e}", home.display()))?;
+        let mode = std::fs::metadata(home)?.permissions().mode() & 0o777;
+        let private = mode & 0o700 | mode & 0o001;
+        if mode != private {
+            std::fs::set_permissions(home, std::fs::Permissions::from_mode(private)).map_err(
+                |e| {
+                    anyhow::anyhow!(
+                        "making DIVE_HOME {} private (chmod 700): {e}",
+                        home.display()
+                    )
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// The master key: `DIVE_MASTER_KEY`, else `DIVE_HOME/master.key` (created 0600 on first use).

@@ -38,6 +38,7 @@ pub fn database_url() -> Result<String> {
 
 /// Opens the state database and applies migrations (the engine's and [`MIGRATORS`]).
 pub async fn open() -> Result<Store> {
+    config::get().ensure_home()?;
     let url = database_url()?;
     match Store::open_with(&url, &MIGRATORS).await {
         Ok(store) => Ok(store),

@@ -27,6 +27,7 @@ pub async fn engine(store: &Store, kind: RuntimeKind) -> Result<Engine> {
             runtimes: cfg.runtimes.clone(),
             port_base: cfg.port_base,
             master_key: cfg.master_key().map_err(classify)?,
+            cert_lifetime: cfg.cert_lifetime,
         },
         store.pool(),
     )

@@ -42,11 +42,13 @@ fn users_log_in(env: &TestEnv, url: &str, code: &str) {
         coi.push("FVEY".into());
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let trust = env.trust();
     for (i, clearance) in clearances.iter().enumerate() {
         let user = format!("testuser-{lower}-{}", i + 1);
         let password = secret(env, &format!("{lower}/users/{user}"));
         let claims = rt
             .block_on(dive_keycloak::login_claims(
+                &trust,
                 url,
                 &format!("dive-{lower}"),
                 "dive-verify",
@@ -94,7 +96,7 @@ fn profile_declares_the_attributes(env: &TestEnv, url: &str, code: &str) {
     let password = secret(env, &format!("{lower}/keycloak/admin-password"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let profile: Value = rt.block_on(async {
-        let admin = dive_keycloak::KeycloakAdmin::connect(url, "admin", &password)
+        let admin = dive_keycloak::KeycloakAdmin::connect(&env.trust(), url, "admin", &password)
             .await
             .unwrap();
         admin.user_profile(&format!("dive-{lower}")).await.unwrap()
@@ -152,7 +154,7 @@ fn hub_and_spokes_on_the_local_runtime() {
     }
     let url = hub["keycloak_url"].as_str().unwrap().to_string();
     assert!(
-        url.starts_with("http://127.0.0.1:") && !url[7..].contains('/'),
+        url.starts_with("https://127.0.0.1:") && !url[8..].contains('/'),
         "{url}"
     );
     discovery_answers(&url, "USA");

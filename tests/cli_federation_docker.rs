@@ -62,9 +62,16 @@ fn networks(container: &str) -> Value {
 
 /// In realm `dive-<to>`, the provider `<from>-idp` calls `from` on its container name and sends
 /// browsers to its published URL.
-async fn idp_urls_are_split(to_url: &str, to: &str, admin_password: &str, from: &str, front: &str) {
+async fn idp_urls_are_split(
+    trust: &dive_tls::Trust,
+    to_url: &str,
+    to: &str,
+    admin_password: &str,
+    from: &str,
+    front: &str,
+) {
     let (from, to) = (from.to_lowercase(), to.to_lowercase());
-    let admin = KeycloakAdmin::connect(to_url, "admin", admin_password)
+    let admin = KeycloakAdmin::connect(trust, to_url, "admin", admin_password)
         .await
         .unwrap();
     let idp: Value = admin
@@ -75,7 +82,7 @@ async fn idp_urls_are_split(to_url: &str, to: &str, admin_password: &str, from: 
         .unwrap();
     let config = &idp["config"];
     let back =
-        format!("http://dive-{from}-keycloak:8080/realms/dive-{from}/protocol/openid-connect");
+        format!("https://dive-{from}-keycloak:8443/realms/dive-{from}/protocol/openid-connect");
     let issuer = format!("{front}/realms/dive-{from}");
     assert_eq!(config["tokenUrl"], format!("{back}/token"), "{idp}");
     assert_eq!(config["jwksUrl"], format!("{back}/certs"), "{idp}");
@@ -123,7 +130,41 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
     let hub_url = hub["keycloak_url"].as_str().unwrap().to_string();
     let spoke_url = spoke["keycloak_url"].as_str().unwrap().to_string();
     for url in [&hub_url, &spoke_url] {
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    }
+
+    // No secret is in any container's configuration (`docker inspect`): passwords and keys
+    // reach the containers as files under /run/dive, readable by the image's user only.
+    let secrets = env.secret_values();
+    assert!(secrets.len() > 8, "{} secrets?", secrets.len());
+    for code in [HUB, SPOKE] {
+        for service in ["postgres", "keycloak"] {
+            let container = format!("dive-{}-{service}", code.to_lowercase());
+            let out = std::process::Command::new("docker")
+                .args(["inspect", &container])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "docker inspect {container}");
+            let text = String::from_utf8_lossy(&out.stdout);
+            for secret in &secrets {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "a secret is in `docker inspect {container}`"
+                );
+            }
+            let listing = std::process::Command::new("docker")
+                .args(["exec", &container, "ls", "-ln", "/run/dive"])
+                .output()
+                .unwrap();
+            let listing = String::from_utf8_lossy(&listing.stdout);
+            assert!(
+                listing
+                    .lines()
+                    .skip(1)
+                    .all(|l| l.starts_with("-rw------- ")),
+                "{container}: {listing}"
+            );
+        }
     }
 
     // Both Keycloaks are on the shared network under their container names, and each on its
@@ -151,9 +192,11 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
     timed(&env, &["federation", "link", SPOKE], DEPLOY_TIMEOUT).assert_code(0);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let trust = env.trust();
     let hub_admin = secret(&env, "dnk/keycloak/admin-password");
     let spoke_admin = secret(&env, "isl/keycloak/admin-password");
     rt.block_on(idp_urls_are_split(
+        &trust,
         &spoke_url,
         SPOKE,
         &spoke_admin,
@@ -161,7 +204,7 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
         &hub_url,
     ));
     rt.block_on(idp_urls_are_split(
-        &hub_url, HUB, &hub_admin, SPOKE, &spoke_url,
+        &trust, &hub_url, HUB, &hub_admin, SPOKE, &spoke_url,
     ));
     let client_secret = secret(&env, "federation/dnk/isl/client-secret");
 
@@ -209,7 +252,7 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
             password,
         });
     }
-    let probe = Probe::start(logins, 2);
+    let probe = Probe::start(&env.trust(), logins, 2);
     probe.wait_for(4, VERIFY_TIMEOUT);
     let out = timed(
         &env,

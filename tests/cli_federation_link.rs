@@ -47,7 +47,7 @@ fn side(env: &TestEnv, url: &str, code: &str, partner: &str) -> Side {
     let password = secret(env, &format!("{lower}/keycloak/admin-password"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let admin = KeycloakAdmin::connect(url, "admin", &password)
+        let admin = KeycloakAdmin::connect(&env.trust(), url, "admin", &password)
             .await
             .unwrap();
         let realm = format!("dive-{lower}");
@@ -196,7 +196,7 @@ fn direction_is_linked(env: &TestEnv, x: (&str, &str), p: (&str, &str)) {
     let id = client["id"].as_str().unwrap().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let held: Value = rt.block_on(async {
-        let admin = KeycloakAdmin::connect(x_url, "admin", &password)
+        let admin = KeycloakAdmin::connect(&env.trust(), x_url, "admin", &password)
             .await
             .unwrap();
         admin

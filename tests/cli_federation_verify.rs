@@ -34,7 +34,8 @@ fn verify(env: &TestEnv, args: &[&str]) -> Output {
 
 /// Gives `usa-idp` in dive-fra another client secret than the one dive-usa expects.
 async fn break_client_secret(env: &TestEnv, fra: &str) {
-    let admin = KeycloakAdmin::connect(fra, "admin", &secret(env, "fra/keycloak/admin-password"))
+    let password = secret(env, "fra/keycloak/admin-password");
+    let admin = KeycloakAdmin::connect(&env.trust(), fra, "admin", &password)
         .await
         .unwrap();
     let path = "/admin/realms/dive-fra/identity-provider/instances/usa-idp";
@@ -49,7 +50,7 @@ async fn admin(env: &TestEnv, url: &str, code: &str) -> KeycloakAdmin {
         env,
         &format!("{}/keycloak/admin-password", code.to_lowercase()),
     );
-    KeycloakAdmin::connect(url, "admin", &password)
+    KeycloakAdmin::connect(&env.trust(), url, "admin", &password)
         .await
         .unwrap()
 }

@@ -163,7 +163,7 @@ fn register_phase_status_rollback_and_reset() {
     assert_eq!(
         url,
         format!(
-            "http://127.0.0.1:{}",
+            "https://127.0.0.1:{}",
             register["ports"]["keycloak"].as_u64().unwrap()
         )
     );

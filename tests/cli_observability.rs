@@ -124,6 +124,36 @@ fn listening(pgid: i32) -> Vec<String> {
     out
 }
 
+/// Keycloak answers HTTPS only, with a certificate of the dive CA: a client trusting the CA
+/// gets in, one trusting the public roots instead is refused, plain HTTP gets no answer.
+fn https_only_with_the_dive_ca(env: &TestEnv) {
+    let url = env.dive(&["hub", "status", "--json"]).json()["keycloak_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let realm = format!("{url}/realms/dive-usa");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let trusted = env
+            .trust()
+            .client(reqwest::Client::builder())
+            .build()
+            .unwrap();
+        let answer = trusted.get(&realm).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let public = reqwest::Client::new();
+        let err = public.get(&realm).send().await.unwrap_err();
+        let why = dive_tls::certificate_problem(&err).unwrap_or_else(|| format!("{err:?}"));
+        assert!(why.contains("UnknownIssuer"), "{why}");
+        let plain = realm.replacen("https://", "http://", 1);
+        assert!(
+            public.get(&plain).send().await.is_err(),
+            "plain HTTP to {plain} got an answer"
+        );
+    });
+}
+
 /// Whether a /proc/net/tcp{,6} local address (hex, as the kernel writes it) is on loopback.
 fn is_loopback(hex: &str) -> bool {
     let ip = hex.split(':').next().unwrap_or_default();
@@ -327,7 +357,10 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
     assert!(out.stderr.contains("which spoke?"), "{}", out.stderr);
 
     // Every service dive started listens on loopback only (Keycloak with its local cache opens
-    // no cluster ports).
+    // no cluster ports), and none has a secret in its environment: secrets reach services as
+    // files only their user reads.
+    let secrets = env.secret_values();
+    assert!(secrets.len() > 10, "{} secrets?", secrets.len());
     for code in ["usa", "fra", "gbr"] {
         for service in ["keycloak", "postgres"] {
             let pidfile = env
@@ -336,13 +369,42 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
                 .join(format!("instances/{code}/services/{service}.json"));
             let pid: Value =
                 serde_json::from_str(&std::fs::read_to_string(&pidfile).unwrap()).unwrap();
-            let addrs = listening(pid["pid"].as_i64().unwrap() as i32);
+            let pgid = pid["pid"].as_i64().unwrap() as i32;
+            for p in live_in_group(pgid) {
+                let environ = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+                let environ = String::from_utf8_lossy(&environ);
+                for secret in &secrets {
+                    assert!(
+                        !environ.contains(secret.as_str()),
+                        "a secret is in the environment of {code} {service} (pid {p})"
+                    );
+                }
+            }
+            let addrs = listening(pgid);
             assert!(!addrs.is_empty(), "{code} {service} listens nowhere?");
             assert!(
                 addrs.iter().all(|a| is_loopback(a)),
                 "{code} {service} listens beyond loopback: {addrs:?}"
             );
         }
+    }
+
+    https_only_with_the_dive_ca(&env);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(env.home.path()) & 0o077 & !0o001,
+        0,
+        "DIVE_HOME is private"
+    );
+    assert_eq!(mode(&env.home.path().join("master.key")), 0o600);
+    let files = env
+        .home
+        .path()
+        .join("instances/usa/services/keycloak.files");
+    assert_eq!(mode(&files), 0o700);
+    for f in ["keycloak.conf", "tls.key", "tls.crt", "ca.pem"] {
+        assert_eq!(mode(&files.join(f)), 0o600, "{f}");
     }
 
     let addr = format!("127.0.0.1:{}", free_port());

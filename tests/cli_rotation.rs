@@ -35,6 +35,18 @@ const PROBE_WORKERS: usize = 6;
 /// after the previous secret was dropped are counted too.
 const MIN_ATTEMPTS: u64 = 50;
 
+/// The dive CA of the one environment this file's test runs in (set once it is created).
+static TRUST: std::sync::OnceLock<dive_tls::Trust> = std::sync::OnceLock::new();
+
+fn trust() -> &'static dive_tls::Trust {
+    TRUST.get().expect("the test sets the CA first")
+}
+
+/// An HTTPS client that trusts the dive CA only.
+fn https() -> reqwest::Client {
+    trust().client(reqwest::Client::builder()).build().unwrap()
+}
+
 fn secret(env: &TestEnv, name: &str, version: Option<u32>) -> String {
     let v = version.map(|v| v.to_string());
     let mut args = vec!["secrets", "show", name, "--reveal"];
@@ -91,7 +103,7 @@ fn version_of(env: &TestEnv, name: &str) -> u64 {
 fn token_status(url: &str, x: &str, p: &str, secret: &str) -> u16 {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        reqwest::Client::new()
+        https()
             .post(format!(
                 "{url}/realms/dive-{}/protocol/openid-connect/token",
                 x.to_lowercase()
@@ -118,7 +130,7 @@ fn probed(
     args: &[&str],
     min: u64,
 ) -> (common::Output, ProbeReport) {
-    let probe = Probe::start(logins.to_vec(), PROBE_WORKERS);
+    let probe = Probe::start(trust(), logins.to_vec(), PROBE_WORKERS);
     probe.wait_for(logins.len() as u64, Duration::from_secs(60));
     let out = env.spawn(args).wait(ROTATE_TIMEOUT);
     probe.wait_for(min, Duration::from_secs(60));
@@ -129,16 +141,18 @@ fn probed(
 fn sig_kids(at: &Endpoint) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let jwks: Value = rt.block_on(async {
-        reqwest::get(format!(
-            "{}/realms/{}/protocol/openid-connect/certs",
-            at.url,
-            at.realm()
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        https()
+            .get(format!(
+                "{}/realms/{}/protocol/openid-connect/certs",
+                at.url,
+                at.realm()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     });
     jwks["keys"]
         .as_array()
@@ -162,7 +176,10 @@ fn logins_except(logins: &[Login], home: &str) -> Vec<Login> {
 fn admin_token(url: &str, password: &str) -> bool {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(dive_keycloak::KeycloakAdmin::connect(
-        url, "admin", password,
+        trust(),
+        url,
+        "admin",
+        password,
     ))
     .is_ok()
 }
@@ -171,6 +188,7 @@ fn admin_token(url: &str, password: &str) -> bool {
 fn user_login(at: &Endpoint, user: &str, password: &str) -> bool {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(dive_keycloak::login_claims(
+        trust(),
         &at.url,
         &at.realm(),
         "dive-verify",
@@ -228,6 +246,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     env.spawn(&["run", "workflow", "quickstart"])
         .wait(DEPLOY_TIMEOUT)
         .assert_code(0);
+    TRUST.set(env.trust()).ok();
     env.spawn(&["spoke", "deploy", "GBR"])
         .wait(DEPLOY_TIMEOUT)
         .assert_code(0);
@@ -355,7 +374,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     //     and the new one, afterwards the new one only — then FRA's and the hub's.
     let kids_before = sig_kids(&gbr);
     assert_eq!(kids_before.len(), 1, "{kids_before:?}");
-    let probe = Probe::start(logins.clone(), PROBE_WORKERS);
+    let probe = Probe::start(trust(), logins.clone(), PROBE_WORKERS);
     probe.wait_for(logins.len() as u64, Duration::from_secs(60));
     let run = env.spawn(&[
         "secrets",
@@ -433,7 +452,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         let wf = env.workflow(&format!("rotation-held-{after}.yaml"), &held);
         env.touch("hold");
         let v_before = version_of(&env, "federation/fra/usa/client-secret");
-        let probe = Probe::start(logins.clone(), PROBE_WORKERS);
+        let probe = Probe::start(trust(), logins.clone(), PROBE_WORKERS);
         probe.wait_for(logins.len() as u64, Duration::from_secs(60));
         let run = env.spawn(&[
             "run",
@@ -567,7 +586,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         })
         .cloned()
         .collect();
-    let downtime_probe = Probe::start(gbr_direct, 1);
+    let downtime_probe = Probe::start(trust(), gbr_direct, 1);
     let (out, report) = probed(
         &env,
         &others,
@@ -628,7 +647,7 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     //     changed a client, then resumed: the children are resumed, not started again, so
     //     every federation secret gets exactly one new version; no login fails throughout.
     let before = versions(&env);
-    let probe = Probe::start(logins.clone(), PROBE_WORKERS);
+    let probe = Probe::start(trust(), logins.clone(), PROBE_WORKERS);
     probe.wait_for(logins.len() as u64, Duration::from_secs(60));
     let run = env.spawn(&[
         "secrets",

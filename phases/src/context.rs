@@ -4,12 +4,15 @@
 //! with [`Services::of`]. Nothing in the phase types reads the environment: the CLI reads flags
 //! and environment into the [`Config`].
 
+use crate::tls::CaError;
 use dive_engine::{PhaseContext, PhaseError};
 use dive_instances::{InstanceError, Instances};
 use dive_runtime::{Runtime, RuntimeConfig, RuntimeError, RuntimeKind};
 use dive_secrets::{MasterKey, SecretError, SecretStore};
+use dive_tls::{Authority, Trust};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Everything the services are built from.
 pub struct Config {
@@ -21,6 +24,8 @@ pub struct Config {
     pub port_base: u16,
     /// The key the secret store encrypts with.
     pub master_key: MasterKey,
+    /// How long an instance certificate is valid (`--cert-lifetime`).
+    pub cert_lifetime: Duration,
 }
 
 impl Config {
@@ -31,6 +36,7 @@ impl Config {
             runtimes,
             port_base: dive_instances::DEFAULT_PORT_BASE,
             master_key,
+            cert_lifetime: dive_tls::DEFAULT_LIFETIME,
         }
     }
 }
@@ -40,6 +46,8 @@ impl Config {
 pub enum StartupError {
     #[error("secret store: {0}")]
     Secrets(#[from] SecretError),
+    #[error("local CA: {0}")]
+    Authority(#[from] CaError),
     #[error("instance registry: {0}")]
     Instances(#[from] InstanceError),
     #[error("runtime {kind}: {source}")]
@@ -56,14 +64,20 @@ pub struct Services {
     runtime: Arc<dyn Runtime>,
     /// How the other runtimes are reached ([`Services::connect`]).
     runtimes: RuntimeConfig,
+    authority: Authority,
+    trust: Trust,
+    cert_lifetime: Duration,
 }
 
 impl Services {
     /// Connects the runtime and checks the master key against the stored secrets, so a wrong
     /// key or an unreachable Docker engine stops the run before it writes anything.
-    pub async fn build(config: Config, pool: &PgPool) -> Result<Services, StartupError> {
+    /// The dive home's CA is created here on first use, and every runtime's health checks trust it.
+    pub async fn build(mut config: Config, pool: &PgPool) -> Result<Services, StartupError> {
         let secrets = SecretStore::new(pool.clone(), config.master_key);
         secrets.verify_key().await?;
+        let authority = crate::tls::authority(&secrets).await?;
+        config.runtimes.trust = Some(authority.trust());
         let instances = Instances::with_port_base(pool.clone(), config.port_base)?;
         let runtime = config
             .runtime
@@ -78,6 +92,9 @@ impl Services {
             instances,
             runtime,
             runtimes: config.runtimes,
+            trust: authority.trust(),
+            authority,
+            cert_lifetime: config.cert_lifetime,
         })
     }
 
@@ -88,6 +105,21 @@ impl Services {
 
     pub fn secrets(&self) -> &SecretStore {
         &self.secrets
+    }
+
+    /// The dive home's certificate authority.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// What dive's clients trust: the dive CA only.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// How long a new instance certificate is valid.
+    pub fn cert_lifetime(&self) -> Duration {
+        self.cert_lifetime
     }
 
     pub fn instances(&self) -> &Instances {

@@ -16,6 +16,7 @@ pub mod secret_ensure;
 pub mod secrets_delete;
 pub mod service;
 pub mod sleep;
+pub mod tls;
 
 /// Forces this crate to be linked so its phase types are registered with typetag, and registers
 /// its workflow parameter types (`country-code`).

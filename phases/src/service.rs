@@ -11,7 +11,8 @@ use crate::context::Services;
 use crate::late::Late;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_runtime::{
-    DataMount, Health, PortSpec, Runtime, ServiceSpec, keycloak_template, postgres_template,
+    DataMount, Health, KeycloakTls, PortSpec, Runtime, ServiceFile, ServiceSpec, keycloak_template,
+    postgres_template,
 };
 use dive_secrets::SecretStore;
 use serde::{Deserialize, Serialize};
@@ -48,15 +49,20 @@ pub struct Service {
     pub db_port: Option<Late<u16>>,
     #[serde(default)]
     pub db_password_secret: Option<String>,
+    /// Template `keycloak`: the secret holding its certificate and key (a `tls.certificate`
+    /// phase makes it); it serves HTTPS only.
+    #[serde(default)]
+    pub tls_secret: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Environment variable -> secret name; values are read from the secret store.
+    /// File name -> secret name: the service reads the secret from the file `{file:NAME}` (in
+    /// `command` and `env`), never from its environment.
     #[serde(default)]
-    pub secret_env: BTreeMap<String, String>,
+    pub secret_files: BTreeMap<String, String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
     #[serde(default)]
@@ -91,10 +97,15 @@ impl Service {
     }
 
     async fn spec(&self, ctx: &PhaseContext, rt: &dyn Runtime) -> Result<ServiceSpec, PhaseError> {
-        let store = Services::of(ctx)?.secrets();
-        let mut secret_env = BTreeMap::new();
-        for (var, name) in &self.secret_env {
-            secret_env.insert(var.clone(), secret_value(store, name).await?);
+        let services = Services::of(ctx)?;
+        let store = services.secrets();
+        let mut files = BTreeMap::new();
+        for (file, name) in &self.secret_files {
+            dive_runtime::check_file_name(file)?;
+            files.insert(
+                file.clone(),
+                ServiceFile::new(secret_value(store, name).await?),
+            );
         }
         let mut spec = ServiceSpec {
             instance: self.code(),
@@ -102,8 +113,7 @@ impl Service {
             image: self.image.clone().unwrap_or_default(),
             command: self.command.clone(),
             env: self.env.clone(),
-            secret_env,
-            bootstrap_secret_env: BTreeMap::new(),
+            files,
             ports: self.ports.clone(),
             data: self.data.clone(),
             health: self.health.clone(),
@@ -138,7 +148,21 @@ impl Service {
                     )
                     .await?;
                 let db_port = need(&self.db_port, "keycloak", "db_port")?;
-                keycloak_template(rt, &mut spec, ports, db_port, admin, db).await?;
+                let bundle = self
+                    .secret(store, &self.tls_secret, "keycloak", "tls_secret")
+                    .await?;
+                let cert = dive_tls::Certificate::from_pem(&bundle).map_err(|e| {
+                    PhaseError::fatal(format!(
+                        "secret `{}`: {e}",
+                        self.tls_secret.as_deref().unwrap_or_default()
+                    ))
+                })?;
+                let tls = KeycloakTls {
+                    cert_pem: cert.cert_pem().to_string(),
+                    key_pem: cert.key_pem().to_string(),
+                    ca_pem: services.authority().cert_pem().to_string(),
+                };
+                keycloak_template(rt, &mut spec, ports, db_port, (admin, db), tls).await?;
             }
         }
         Ok(spec)
@@ -152,8 +176,8 @@ impl Service {
         spec: &ServiceSpec,
     ) -> Result<(), PhaseError> {
         let url = format!(
-            "http://127.0.0.1:{}",
-            spec.host_port("http").unwrap_or_default()
+            "https://127.0.0.1:{}",
+            spec.host_port("https").unwrap_or_default()
         );
         ctx.note(format!(
             "waiting for the admin API at {url} to issue a token"
@@ -167,6 +191,7 @@ impl Service {
             )
             .await?;
         let took = dive_keycloak::wait_for_admin_token(
+            Services::of(ctx)?.trust(),
             &url,
             dive_keycloak::ADMIN_USER,
             &password,
@@ -207,9 +232,10 @@ impl Phase for Service {
         let rt = Services::of(ctx)?.runtime().clone();
         let spec = self.spec(ctx, &*rt).await?;
         ctx.note(match &spec.health {
-            Some(Health::Http { port, path }) => format!(
-                "starting {} on {}; waiting for http://127.0.0.1:{}{path} (up to {})",
+            Some(Health::Http { port, path, tls }) => format!(
+                "starting {} on {}; waiting for {}://127.0.0.1:{}{path} (up to {})",
                 spec.name,
+                if *tls { "https" } else { "http" },
                 rt.kind(),
                 spec.host_port(port).unwrap_or_default(),
                 humantime::format_duration(spec.ready_timeout)

@@ -19,7 +19,7 @@ use dive_pgcluster::{Cluster, StopMode};
 use dive_phases::keycloak::CLEARANCES;
 use dive_phases::{Config, Services};
 use dive_runtime::docker::DockerRuntime;
-use dive_runtime::{DataMount, Health, PortSpec, Runtime, ServiceSpec};
+use dive_runtime::{DataMount, Health, PortSpec, Runtime, ServiceFile, ServiceSpec};
 use dive_runtime::{RuntimeConfig, RuntimeKind};
 use dive_secrets::{Alphabet, KeySource, MasterKey, SecretStore};
 use futures::FutureExt;
@@ -60,6 +60,7 @@ async fn remove_stack(rt: &DockerRuntime) {
 
 struct Stack {
     url: String,
+    trust: dive_tls::Trust,
     admin_password: String,
     /// Time from starting the Keycloak container to the first admin token.
     ready_after: Duration,
@@ -94,12 +95,20 @@ async fn start_stack(rt: &DockerRuntime, secrets: &SecretStore) -> Stack {
         name: "postgres".into(),
         image: POSTGRES_IMAGE.into(),
         command: vec![],
-        env: BTreeMap::from([(
-            "PGDATA".to_string(),
-            "/var/lib/postgresql/data/pgdata".to_string(),
+        env: BTreeMap::from([
+            (
+                "PGDATA".to_string(),
+                "/var/lib/postgresql/data/pgdata".to_string(),
+            ),
+            (
+                "POSTGRES_PASSWORD_FILE".to_string(),
+                "{file:pw}".to_string(),
+            ),
+        ]),
+        files: BTreeMap::from([(
+            "pw".to_string(),
+            ServiceFile::bootstrap(format!("{db_password}\n")),
         )]),
-        secret_env: BTreeMap::from([("POSTGRES_PASSWORD".to_string(), db_password.clone())]),
-        bootstrap_secret_env: BTreeMap::new(),
         ports: vec![],
         data: vec![DataMount {
             volume: "pgdata".into(),
@@ -125,8 +134,15 @@ async fn start_stack(rt: &DockerRuntime, secrets: &SecretStore) -> Stack {
         ("KC_DB_USERNAME", "postgres"),
         ("KC_BOOTSTRAP_ADMIN_USERNAME", "admin"),
         ("KC_HOSTNAME_STRICT", "false"),
-        ("KC_HTTP_ENABLED", "true"),
+        ("KC_CONFIG_FILE", "{file:keycloak.conf}"),
+        ("KC_HTTPS_CERTIFICATE_FILE", "{file:tls.crt}"),
+        ("KC_HTTPS_CERTIFICATE_KEY_FILE", "{file:tls.key}"),
     ];
+    // HTTPS with a certificate of the store's CA, which the phases' clients trust.
+    let authority = dive_phases::tls::authority(secrets).await.unwrap();
+    let cert = authority
+        .issue(&["127.0.0.1".to_string()], dive_tls::DEFAULT_LIFETIME)
+        .unwrap();
     let keycloak = ServiceSpec {
         instance: CODE.into(),
         name: "keycloak".into(),
@@ -136,17 +152,22 @@ async fn start_stack(rt: &DockerRuntime, secrets: &SecretStore) -> Stack {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        secret_env: BTreeMap::from([
-            ("KC_DB_PASSWORD".to_string(), db_password),
+        files: BTreeMap::from([
             (
-                "KC_BOOTSTRAP_ADMIN_PASSWORD".to_string(),
-                admin_password.clone(),
+                "keycloak.conf".to_string(),
+                ServiceFile::new(format!(
+                    "db-password={db_password}\nbootstrap-admin-password={admin_password}\n"
+                )),
+            ),
+            ("tls.crt".to_string(), ServiceFile::new(cert.cert_pem())),
+            (
+                "tls.key".to_string(),
+                ServiceFile::new(cert.key_pem().as_str()),
             ),
         ]),
-        bootstrap_secret_env: BTreeMap::new(),
         ports: vec![PortSpec {
-            name: "http".into(),
-            container: 8080,
+            name: "https".into(),
+            container: 8443,
             host: port,
         }],
         data: vec![],
@@ -161,10 +182,17 @@ async fn start_stack(rt: &DockerRuntime, secrets: &SecretStore) -> Stack {
     rt.ensure_service(&keycloak)
         .await
         .expect("keycloak container");
-    let url = format!("http://127.0.0.1:{port}");
-    let waited = wait_for_admin_token(&url, "admin", &admin_password, Duration::from_secs(240))
-        .await
-        .unwrap_or_else(|e| panic!("Keycloak never issued an admin token: {e}"));
+    let url = format!("https://127.0.0.1:{port}");
+    let trust = authority.trust();
+    let waited = wait_for_admin_token(
+        &trust,
+        &url,
+        "admin",
+        &admin_password,
+        Duration::from_secs(240),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Keycloak never issued an admin token: {e}"));
     let ready_after = started.elapsed();
     eprintln!(
         "keycloak: admin token after {:.1}s (polled {:.1}s)",
@@ -173,6 +201,7 @@ async fn start_stack(rt: &DockerRuntime, secrets: &SecretStore) -> Stack {
     );
     Stack {
         url,
+        trust,
         admin_password,
         ready_after,
     }
@@ -248,6 +277,7 @@ struct Harness {
     db: Store,
     secrets: SecretStore,
     url: String,
+    trust: dive_tls::Trust,
 }
 
 impl Harness {
@@ -297,9 +327,15 @@ impl Harness {
             .unwrap()
             .unwrap()
             .0;
-        KeycloakAdmin::connect_named("keycloak XKC", &self.url, "admin", password.expose())
-            .await
-            .expect("admin login")
+        KeycloakAdmin::connect_named(
+            &self.trust,
+            "keycloak XKC",
+            &self.url,
+            "admin",
+            password.expose(),
+        )
+        .await
+        .expect("admin login")
     }
 
     async fn user_password(&self, username: &str) -> String {
@@ -375,6 +411,7 @@ async fn scenario(rt: &DockerRuntime, cluster: &Cluster) {
         db,
         secrets,
         url: stack.url.clone(),
+        trust: stack.trust.clone(),
     };
 
     errors_keep_keycloak_status_and_message(&h, &stack).await;
@@ -522,9 +559,16 @@ async fn check_logins(h: &Harness) {
     for u in test_users(CODE) {
         let password = h.user_password(&u.username).await;
         assert_eq!(password.len(), 24);
-        let claims = login_claims(&h.url, "dive-xkc", "dive-verify", &u.username, &password)
-            .await
-            .unwrap_or_else(|e| panic!("login of {}: {e}", u.username));
+        let claims = login_claims(
+            &h.trust,
+            &h.url,
+            "dive-xkc",
+            "dive-verify",
+            &u.username,
+            &password,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("login of {}: {e}", u.username));
         assert_eq!(claims["preferred_username"], u.username.as_str());
         assert_eq!(claims["uniqueID"], u.username.as_str(), "{claims:#}");
         assert_eq!(claims["clearance"], u.clearance(), "{claims:#}");
@@ -539,6 +583,7 @@ async fn check_logins(h: &Harness) {
     }
     // A wrong password is refused with Keycloak's reason, and the error does not echo it.
     let err = login_claims(
+        &h.trust,
         &h.url,
         "dive-xkc",
         "dive-verify",
@@ -774,14 +819,14 @@ async fn errors_keep_keycloak_status_and_message(h: &Harness, stack: &Stack) {
 
     // Bad credentials: a 401 with Keycloak's reason, not retryable, password not echoed.
     let wrong = format!("{}-wrong", stack.admin_password);
-    let err = KeycloakAdmin::connect(&h.url, "admin", &wrong)
+    let err = KeycloakAdmin::connect(&h.trust, &h.url, "admin", &wrong)
         .await
         .unwrap_err();
     let text = err.to_string();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{text}");
     assert!(text.contains("Invalid user credentials"), "{text}");
     assert!(!text.contains(&wrong) && !err.is_retryable(), "{text}");
-    let err = wait_for_admin_token(&h.url, "admin", &wrong, Duration::from_secs(30))
+    let err = wait_for_admin_token(&h.trust, &h.url, "admin", &wrong, Duration::from_secs(30))
         .await
         .unwrap_err();
     assert_eq!(
@@ -791,8 +836,8 @@ async fn errors_keep_keycloak_status_and_message(h: &Harness, stack: &Stack) {
     );
 
     // Nobody listening: retryable, and waiting for a token gives up after its timeout.
-    let closed = format!("http://127.0.0.1:{}", free_port());
-    let err = KeycloakAdmin::connect(&closed, "admin", "x")
+    let closed = format!("https://127.0.0.1:{}", free_port());
+    let err = KeycloakAdmin::connect(&h.trust, &closed, "admin", "x")
         .await
         .unwrap_err();
     assert!(
@@ -800,7 +845,7 @@ async fn errors_keep_keycloak_status_and_message(h: &Harness, stack: &Stack) {
         "{err}"
     );
     let started = Instant::now();
-    let err = wait_for_admin_token(&closed, "admin", "x", Duration::from_secs(2))
+    let err = wait_for_admin_token(&h.trust, &closed, "admin", "x", Duration::from_secs(2))
         .await
         .unwrap_err();
     assert!(matches!(err, KeycloakError::NotReady { .. }), "{err}");

@@ -4,7 +4,7 @@ use crate::cli::{BenchCommand, ExecArgs};
 use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
 use crate::commands::run::start_named;
-use crate::commands::secrets::secret_store;
+use crate::commands::secrets::Access;
 use crate::{InvalidInput, config};
 use crate::{database, exit};
 use anyhow::{Context, Result, bail};
@@ -135,7 +135,7 @@ async fn federation(code: &str, logins: usize) -> Result<u8> {
         timed.insert(workflow, round(start.elapsed().as_secs_f64() * 1000.0));
     }
     let store = database::open().await?;
-    let secrets = secret_store(&store)?;
+    let Access { secrets, trust } = Access::open(&store).await?;
     let (from, to) = (Endpoint::from(&hub), Endpoint::from(&spoke));
     let user = &test_users(&hub.code)[0].username;
     let password = secrets
@@ -145,7 +145,7 @@ async fn federation(code: &str, logins: usize) -> Result<u8> {
         .0;
     let mut ms = Vec::new();
     for _ in 0..logins {
-        let login = brokered_login(&from, &to, user, password.expose()).await?;
+        let login = brokered_login(&trust, &from, &to, user, password.expose()).await?;
         ms.push(login.latency.as_secs_f64() * 1000.0);
     }
     ms.sort_by(f64::total_cmp);
@@ -234,7 +234,8 @@ async fn rotation(code: Option<&str>, kinds: &[String], grace: &str, workers: us
             );
         }
     }
-    let secrets = Arc::new(secret_store(&store)?);
+    let Access { secrets, trust } = Access::open(&store).await?;
+    let secrets = Arc::new(secrets);
     let rec_of = |c: &str| {
         instances
             .iter()
@@ -283,13 +284,13 @@ async fn rotation(code: Option<&str>, kinds: &[String], grace: &str, workers: us
         // login creates and links its account at the target, and two of those side by side
         // collide (the second is asked to sign in at the target) — not what is measured here.
         let warm = probed.len() as u64;
-        let primer = Probe::start(probed.clone(), 1);
+        let primer = Probe::start(&trust, probed.clone(), 1);
         tokio::task::spawn_blocking(move || {
             primer.wait_for(warm, std::time::Duration::from_secs(60));
             primer.stop()
         })
         .await?;
-        let probe = Probe::start(probed.clone(), workers);
+        let probe = Probe::start(&trust, probed.clone(), workers);
         let probe = tokio::task::spawn_blocking(move || {
             probe.wait_for(warm, std::time::Duration::from_secs(60));
             probe

@@ -3,7 +3,7 @@
 
 use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
-use crate::commands::secrets::secret_store;
+use crate::commands::secrets::Access;
 use crate::{database, exit, services};
 use anyhow::{Context, Result};
 use dive_instances::InstanceRecord;
@@ -19,7 +19,7 @@ async fn side(rec: InstanceRecord) -> Side {
 pub async fn drift(code: &str, json: bool) -> Result<u8> {
     let Federated { hub, spoke, .. } = federated(code).await?;
     let store = database::open().await?;
-    let secrets = secret_store(&store)?;
+    let Access { secrets, trust } = Access::open(&store).await?;
     secrets
         .verify_key()
         .await
@@ -31,7 +31,7 @@ pub async fn drift(code: &str, json: bool) -> Result<u8> {
             spoke.code
         );
     }
-    let report = drift::detect(&secrets, &side(hub).await, &side(spoke).await).await;
+    let report = drift::detect(&secrets, &trust, &side(hub).await, &side(spoke).await).await;
     if json {
         print_json(&report)?;
     } else {

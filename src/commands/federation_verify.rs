@@ -5,7 +5,7 @@
 use crate::commands::federation_link::{Federated, federated};
 use crate::commands::print_json;
 use crate::commands::run::start_named;
-use crate::commands::secrets::secret_store;
+use crate::commands::secrets::Access;
 use crate::{config, database, exit};
 use anyhow::{Context, Result};
 use dive_engine::store::RunRecord;
@@ -202,14 +202,14 @@ pub async fn status(json: bool) -> Result<u8> {
     let store = database::open().await?;
     let pool = store.pool().clone();
     let registry = config::get().instances(&store);
-    let secrets = secret_store(&store)?;
+    let Access { secrets, trust } = Access::open(&store).await?;
     let mut out = Vec::new();
     for (hub, spoke, linked_at, updated_at) in verify::links(&pool).await? {
         let mut directions = Vec::new();
         for (from, to) in [(&hub, &spoke), (&spoke, &hub)] {
             let last = LastVerification::latest(&pool, from, to).await?;
             let versions = match (registry.get(from).await?, registry.get(to).await?) {
-                (Some(x), Some(p)) => secret_versions(&secrets, &x, &p).await,
+                (Some(x), Some(p)) => secret_versions(&secrets, &trust, &x, &p).await,
                 _ => SecretVersions {
                     secrets_unknown_because: Some(format!("{from} or {to} is not deployed")),
                     ..SecretVersions::default()

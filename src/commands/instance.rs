@@ -6,15 +6,18 @@ use crate::cli::{ExecArgs, HubCode, InstanceCommand, SpokeCode};
 use crate::commands::cleanup::confirm;
 use crate::commands::print_json;
 use crate::commands::run::{report_unfinished, run_named, start_named};
+use crate::commands::secrets::Access;
 use crate::{InvalidInput, config, database, exit, services};
 use anyhow::Result;
 use clap::Args;
+use dive_engine::Store;
 use dive_engine::store::RunRecord;
 use dive_instances::health::{ServiceHealth, service_health};
 use dive_instances::{
     InstanceError, InstanceRecord, Instances, NO_HUB, Ports, Role, country_name, normalize_code,
 };
 use dive_runtime::RuntimeKind;
+use dive_tls::Trust;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -101,10 +104,11 @@ pub async fn spoke(cmd: InstanceCommand<SpokeCode>) -> Result<u8> {
 /// `dive spoke status` without a code: every registered spoke.
 async fn every_spoke(json: bool) -> Result<u8> {
     let store = database::open().await?;
+    let access = Access::open(&store).await?;
     let mut views = Vec::new();
     for rec in config::get().instances(&store).list().await? {
         if rec.role == Role::Spoke {
-            views.push(status_view(Role::Spoke, &rec.code, Some(&rec)).await);
+            views.push(status_view(Role::Spoke, &rec.code, Some(&rec), &access).await);
         }
     }
     if json {
@@ -178,8 +182,15 @@ async fn instance(role: Role, code: Option<String>, action: Action) -> Result<u8
         Action::Up { no_rollback, exec } => {
             deploy(&registry, role, &code, existing, no_rollback, exec, true).await
         }
-        Action::Status { json } => status(role, &code, existing.as_ref(), json).await,
-        Action::Down { json } => down(role, &code, existing, json).await,
+        Action::Status { json } => {
+            let access = Access::open(&store).await?;
+            print_status(
+                &status_view(role, &code, existing.as_ref(), &access).await,
+                json,
+            )?;
+            Ok(exit::OK)
+        }
+        Action::Down { json } => down(role, &code, existing, &store, json).await,
         Action::Reset { yes, json, runtime } => {
             reset(&registry, role, &code, existing, yes, json, runtime).await
         }
@@ -256,20 +267,33 @@ pub(crate) struct StatusView {
     realm: String,
     ports: Option<Ports>,
     services: Vec<ServiceHealth>,
+    /// Keycloak's certificate: the names it is valid for and when it expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<CertificateView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CertificateView {
+    names: Vec<String>,
+    not_after: chrono::DateTime<chrono::Utc>,
+    /// Days until it expires (a `tls.certificate` phase of a deploy renews it when less than a
+    /// third of its lifetime is left).
+    days_left: i64,
 }
 
 /// Each service of `rec` with its state and health, as its runtime reports them.
-pub(crate) async fn services_of(rec: &InstanceRecord) -> Vec<ServiceHealth> {
+pub(crate) async fn services_of(rec: &InstanceRecord, trust: &Trust) -> Vec<ServiceHealth> {
     let rt = services::runtime(rec.runtime)
         .await
         .map_err(|e| format!("{e:#}"));
-    service_health(rt.as_deref().map_err(String::as_str), rec).await
+    service_health(rt.as_deref().map_err(String::as_str), trust, rec).await
 }
 
 pub(crate) async fn status_view(
     role: Role,
     code: &str,
     rec: Option<&InstanceRecord>,
+    access: &Access,
 ) -> StatusView {
     let country = country_name(code).unwrap_or("unknown");
     let Some(rec) = rec else {
@@ -283,9 +307,19 @@ pub(crate) async fn status_view(
             realm: format!("dive-{}", code.to_ascii_lowercase()),
             ports: None,
             services: Vec::new(),
+            certificate: None,
         };
     };
-    let services = services_of(rec).await;
+    let services = services_of(rec, &access.trust).await;
+    let certificate = dive_phases::tls::certificate(&access.secrets, &rec.code)
+        .await
+        .ok()
+        .flatten()
+        .map(|(cert, _)| CertificateView {
+            names: cert.names().to_vec(),
+            not_after: cert.not_after(),
+            days_left: (cert.not_after() - chrono::Utc::now()).num_days(),
+        });
     let running = services.iter().filter(|s| s.state == "running").count();
     let state = if services.iter().any(|s| s.state == "unknown") {
         "unknown"
@@ -306,6 +340,7 @@ pub(crate) async fn status_view(
         realm: rec.realm(),
         ports: Some(rec.ports()),
         services,
+        certificate,
     }
 }
 
@@ -333,6 +368,14 @@ pub(crate) fn status_text(view: &StatusView) -> String {
             view.realm, ports.management, ports.postgres
         );
     }
+    if let Some(c) = &view.certificate {
+        out += &format!(
+            "  certificate for {}  expires {} ({} days left)\n",
+            c.names.join(", "),
+            c.not_after.format("%Y-%m-%d"),
+            c.days_left
+        );
+    }
     for s in &view.services {
         out += &format!("  {:<10} {:<8} {}", s.name, s.state, s.health);
         if let Some(e) = &s.error {
@@ -341,11 +384,6 @@ pub(crate) fn status_text(view: &StatusView) -> String {
         out.push('\n');
     }
     out
-}
-
-async fn status(role: Role, code: &str, rec: Option<&InstanceRecord>, json: bool) -> Result<u8> {
-    print_status(&status_view(role, code, rec).await, json)?;
-    Ok(exit::OK)
 }
 
 /// How reset and down run their workflow: on the instance's runtime, progress on stderr, the
@@ -391,7 +429,13 @@ fn strings(value: &Value) -> Vec<String> {
 }
 
 /// Stops the instance's services: the `instance-down` workflow on its runtime.
-async fn down(role: Role, code: &str, existing: Option<InstanceRecord>, json: bool) -> Result<u8> {
+async fn down(
+    role: Role,
+    code: &str,
+    existing: Option<InstanceRecord>,
+    store: &Store,
+    json: bool,
+) -> Result<u8> {
     let Some(rec) = existing else {
         return Err(InvalidInput(format!(
             "{code} is not deployed: there is nothing to stop (`{}` deploys it)",
@@ -405,7 +449,8 @@ async fn down(role: Role, code: &str, existing: Option<InstanceRecord>, json: bo
     for name in strings(&output(&run, "stop")["stopped"]) {
         note!("stopped {name}");
     }
-    print_status(&status_view(role, code, Some(&rec)).await, json)?;
+    let access = Access::open(store).await?;
+    print_status(&status_view(role, code, Some(&rec), &access).await, json)?;
     Ok(exit::OK)
 }
 

@@ -18,7 +18,7 @@ mod status;
 mod workflow;
 
 use crate::InvalidInput;
-use crate::cli::{Command, FederationCommand};
+use crate::cli::{CaCommand, Command, FederationCommand};
 use anyhow::Result;
 use std::collections::BTreeMap;
 
@@ -49,6 +49,7 @@ pub async fn dispatch(command: Command) -> Result<u8> {
             force,
         } => cleanup::cleanup(all, instance, force).await,
         Command::Secrets(cmd) => secrets::secrets(cmd).await,
+        Command::Ca(CaCommand::Show { json }) => secrets::ca_show(json).await,
         Command::Status { json } => status::status(json).await,
         Command::Serve { listen, heartbeat } => serve::serve(&listen, &heartbeat).await,
         Command::Hub(cmd) => instance::hub(cmd).await,

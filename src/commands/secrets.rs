@@ -10,6 +10,7 @@ use dive_instances::{InstanceRecord, normalize_code};
 use dive_phases::rotation;
 use dive_secrets::Alphabet;
 use dive_secrets::{SecretError, SecretInfo, SecretStore};
+use dive_tls::Trust;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -28,6 +29,46 @@ pub(crate) fn classify(e: SecretError) -> anyhow::Error {
 pub fn secret_store(store: &Store) -> Result<SecretStore> {
     let key = config::get().master_key().map_err(classify)?;
     Ok(SecretStore::new(store.pool().clone(), key))
+}
+
+/// What a command needs to talk to the instances' Keycloaks: the secret store (admin passwords,
+/// certificates) and the dive CA, the only one dive's clients trust (created on first use).
+pub struct Access {
+    pub secrets: SecretStore,
+    pub trust: Trust,
+}
+
+impl Access {
+    pub async fn open(store: &Store) -> Result<Access> {
+        let secrets = secret_store(store)?;
+        let trust = authority(&secrets).await?.trust();
+        Ok(Access { secrets, trust })
+    }
+}
+
+/// The dive home's CA (created and stored on first use).
+pub async fn authority(secrets: &SecretStore) -> Result<dive_tls::Authority> {
+    dive_phases::tls::authority(secrets)
+        .await
+        .map_err(|e| match e {
+            dive_phases::tls::CaError::Secrets(e) => classify(e),
+            other => other.into(),
+        })
+}
+
+/// `dive ca show`: the CA certificate, PEM (or JSON with its expiry).
+pub async fn ca_show(json: bool) -> Result<u8> {
+    let store = database::open().await?;
+    let authority = authority(&secret_store(&store)?).await?;
+    if json {
+        crate::commands::print_json(&serde_json::json!({
+            "pem": authority.cert_pem(),
+            "not_after": authority.not_after(),
+        }))?;
+    } else {
+        print!("{}", authority.cert_pem());
+    }
+    Ok(exit::OK)
 }
 
 pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {

@@ -6,6 +6,7 @@
 
 use crate::commands::federation_verify::verify_pair;
 use crate::commands::instance::services_of;
+use crate::commands::secrets::Access;
 use crate::{InvalidInput, config, database, exit};
 use anyhow::{Context, Result};
 use axum::Router;
@@ -26,6 +27,8 @@ const HEALTH_EVERY: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 struct Shared {
     store: Store,
+    /// The dive CA: Keycloak's health is checked over HTTPS.
+    trust: dive_tls::Trust,
     exporter: Arc<Exporter>,
     services: Arc<RwLock<Vec<ServiceUp>>>,
 }
@@ -46,6 +49,7 @@ pub async fn serve(listen: &str, heartbeat: &str) -> Result<u8> {
     };
     let store = database::open().await?;
     let shared = Shared {
+        trust: Access::open(&store).await?.trust,
         exporter: Arc::new(Exporter::new(store.pool().clone())),
         store: store.clone(),
         services: Arc::default(),
@@ -111,7 +115,7 @@ async fn check_health(s: Shared, stop: CancellationToken) {
         let mut up = Vec::new();
         if let Ok(instances) = registry.list().await {
             for rec in instances {
-                for h in services_of(&rec).await {
+                for h in services_of(&rec, &s.trust).await {
                     up.push(ServiceUp {
                         code: rec.code.clone(),
                         up: h.is_ok(),

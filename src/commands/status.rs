@@ -4,6 +4,7 @@
 use crate::commands::federation_verify::LastVerification;
 use crate::commands::instance::{StatusView, status_text, status_view};
 use crate::commands::print_json;
+use crate::commands::secrets::Access;
 use crate::{config, database, exit};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -38,8 +39,9 @@ pub async fn status(json: bool) -> Result<u8> {
     let store = database::open().await?;
     let pool = store.pool();
     let mut instances = Vec::new();
+    let access = Access::open(&store).await?;
     for rec in config::get().instances(&store).list().await? {
-        instances.push(status_view(rec.role, &rec.code, Some(&rec)).await);
+        instances.push(status_view(rec.role, &rec.code, Some(&rec), &access).await);
     }
     let mut links = Vec::new();
     for (hub, spoke, _, _) in dive_verify::links(pool).await? {

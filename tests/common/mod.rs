@@ -336,6 +336,37 @@ impl TestEnv {
     }
 
     /// A path in this test's work directory.
+    /// Every secret value in this environment's store (latest versions), for checks that none
+    /// leaks into a process environment, a container's configuration or an output.
+    pub fn secret_values(&self) -> Vec<String> {
+        let out = self.dive(&["secrets", "list", "--json"]);
+        out.assert_code(0);
+        let names: Vec<String> = out
+            .json()
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        names
+            .iter()
+            .map(|name| {
+                let out = self.dive(&["secrets", "show", name, "--reveal"]);
+                out.assert_code(0);
+                out.stdout.trim().to_string()
+            })
+            .filter(|v| v.len() >= 8)
+            .collect()
+    }
+
+    /// The dive CA of this environment (`dive ca show`): the only CA a test's own client of
+    /// the instances' Keycloaks trusts.
+    pub fn trust(&self) -> dive_tls::Trust {
+        let out = self.dive(&["ca", "show"]);
+        out.assert_code(0);
+        dive_tls::Trust::from_pem(&out.stdout).expect("dive ca show prints a PEM certificate")
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

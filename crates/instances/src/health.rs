@@ -6,6 +6,7 @@
 use crate::{InstanceRecord, Ports};
 use dive_runtime::health::{http_ok, tcp_ok};
 use dive_runtime::{Runtime, ServiceState};
+use dive_tls::Trust;
 use serde::Serialize;
 
 /// The services every instance runs, in start order.
@@ -29,10 +30,11 @@ impl ServiceHealth {
     }
 }
 
-/// Probes a running service the way its readiness check does.
-async fn probe(name: &str, ports: &Ports) -> Result<(), String> {
+/// Probes a running service the way its readiness check does (Keycloak's over HTTPS, trusting
+/// the dive CA).
+async fn probe(name: &str, ports: &Ports, trust: &Trust) -> Result<(), String> {
     match name {
-        "keycloak" => http_ok(ports.management, "/health/ready").await,
+        "keycloak" => http_ok(ports.management, "/health/ready", Some(trust)).await,
         _ => tcp_ok(ports.postgres).await,
     }
 }
@@ -41,6 +43,7 @@ async fn probe(name: &str, ports: &Ports) -> Result<(), String> {
 /// it could not be reached.
 pub async fn service_health(
     runtime: Result<&dyn Runtime, &str>,
+    trust: &Trust,
     rec: &InstanceRecord,
 ) -> Vec<ServiceHealth> {
     let code = rec.code_lower();
@@ -58,7 +61,7 @@ pub async fn service_health(
                     ServiceState::Missing => "missing",
                 };
                 let (health, error) = match s.state {
-                    ServiceState::Running => match probe(name, &rec.ports()).await {
+                    ServiceState::Running => match probe(name, &rec.ports(), trust).await {
                         Ok(()) => ("healthy", None),
                         Err(e) => ("unhealthy", Some(e)),
                     },

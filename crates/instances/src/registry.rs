@@ -108,9 +108,9 @@ impl InstanceRecord {
         format!("dive-{}", self.code_lower())
     }
 
-    /// Keycloak's base URL on the host.
+    /// Keycloak's base URL on the host (HTTPS only, with a certificate of the dive CA).
     pub fn keycloak_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports().keycloak)
+        format!("https://127.0.0.1:{}", self.ports().keycloak)
     }
 
     /// The country's English short name.

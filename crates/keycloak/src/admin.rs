@@ -9,6 +9,7 @@
 
 use crate::types::{ClientRep, ClientScopeRep, ProtocolMapperRep, RealmRep, UserRep};
 use dive_error::Classify;
+use dive_tls::Trust;
 use reqwest::{Method, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +54,15 @@ pub enum KeycloakError {
     /// An answer that is not what the admin API documents.
     #[error("{target}: {method} {path}: unexpected answer: {message}")]
     Protocol {
+        target: String,
+        method: String,
+        path: String,
+        message: String,
+    },
+    /// The server's certificate was refused (another CA, a name it is not valid for, expired):
+    /// waiting will not fix it.
+    #[error("{target}: {method} {path}: TLS certificate refused: {message}")]
+    Certificate {
         target: String,
         method: String,
         path: String,
@@ -125,7 +135,9 @@ impl dive_error::Classify for KeycloakError {
                     || *status == StatusCode::REQUEST_TIMEOUT
                     || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            KeycloakError::Protocol { .. } | KeycloakError::Invalid { .. } => false,
+            KeycloakError::Protocol { .. }
+            | KeycloakError::Invalid { .. }
+            | KeycloakError::Certificate { .. } => false,
         }
     }
 
@@ -190,6 +202,14 @@ fn transport_error(target: &str, method: &Method, path: &str, e: &reqwest::Error
     } else {
         parts.join(": ")
     };
+    if let Some(problem) = dive_tls::certificate_problem(e) {
+        return KeycloakError::Certificate {
+            target: target.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+            message: problem,
+        };
+    }
     KeycloakError::Transport {
         target: target.to_string(),
         method: method.to_string(),
@@ -232,8 +252,10 @@ pub fn enc(s: &str) -> String {
     out
 }
 
-pub(crate) fn http_client() -> Result<reqwest::Client, KeycloakError> {
-    reqwest::Client::builder()
+/// A client for Keycloak's HTTPS endpoints that trusts the dive CA and nothing else.
+pub(crate) fn http_client(trust: &Trust) -> Result<reqwest::Client, KeycloakError> {
+    trust
+        .client(reqwest::Client::builder())
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
@@ -371,23 +393,25 @@ impl KeycloakAdmin {
     /// Logs in as `admin_user` (realm `master`, client `admin-cli`). Errors name the server by
     /// its URL; see [`KeycloakAdmin::connect_named`].
     pub async fn connect(
+        trust: &Trust,
         base_url: &str,
         admin_user: &str,
         admin_password: &str,
     ) -> Result<Self, KeycloakError> {
         let name = format!("keycloak {}", normalise_base(base_url));
-        Self::connect_named(&name, base_url, admin_user, admin_password).await
+        Self::connect_named(trust, &name, base_url, admin_user, admin_password).await
     }
 
     /// Like [`KeycloakAdmin::connect`], with `name` (e.g. `keycloak FRA`) leading every error.
     pub async fn connect_named(
+        trust: &Trust,
         name: &str,
         base_url: &str,
         admin_user: &str,
         admin_password: &str,
     ) -> Result<Self, KeycloakError> {
         let admin = KeycloakAdmin {
-            http: http_client()?,
+            http: http_client(trust)?,
             base: normalise_base(base_url),
             target: name.to_string(),
             user: admin_user.to_string(),
@@ -944,6 +968,7 @@ pub fn realm_path(realm: &str, rest: &str) -> String {
 /// No answer, 5xx and 404 (still starting) are polled through; a refused login (400/401) is
 /// returned at once, since waiting will not fix a wrong password.
 pub async fn wait_for_admin_token(
+    trust: &Trust,
     base_url: &str,
     user: &str,
     password: &str,
@@ -963,7 +988,8 @@ pub async fn wait_for_admin_token(
             });
         }
         let attempt = async {
-            let admin = KeycloakAdmin::connect_named(&target, base_url, user, password).await?;
+            let admin =
+                KeycloakAdmin::connect_named(trust, &target, base_url, user, password).await?;
             admin.get::<Value>(&realm_path("master", "")).await?;
             Ok::<_, KeycloakError>(())
         };
@@ -1058,8 +1084,9 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let url = format!("http://127.0.0.1:{port}/");
-        let err = KeycloakAdmin::connect(&url, "admin", "s3cret-Passw0rd")
+        let url = format!("https://127.0.0.1:{port}/");
+        let trust = dive_tls::Authority::generate("test").unwrap().trust();
+        let err = KeycloakAdmin::connect(&trust, &url, "admin", "s3cret-Passw0rd")
             .await
             .unwrap_err();
         let text = err.to_string();
@@ -1067,7 +1094,7 @@ mod tests {
         assert!(err.is_retryable());
         assert!(
             text.starts_with(&format!(
-                "keycloak http://127.0.0.1:{port}: POST /realms/master/protocol/openid-connect/token: "
+                "keycloak https://127.0.0.1:{port}: POST /realms/master/protocol/openid-connect/token: "
             )),
             "{text}"
         );
@@ -1075,7 +1102,7 @@ mod tests {
         assert!(!text.contains("s3cret") && !format!("{err:?}").contains("s3cret"));
 
         let started = Instant::now();
-        let err = wait_for_admin_token(&url, "admin", "x", Duration::from_millis(1200))
+        let err = wait_for_admin_token(&trust, &url, "admin", "x", Duration::from_millis(1200))
             .await
             .unwrap_err();
         assert!(matches!(err, KeycloakError::NotReady { .. }), "{err}");

@@ -5,11 +5,13 @@
 use crate::admin::{Grant, KeycloakError, http_client, json_error, password_grant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dive_tls::Trust;
 use serde_json::Value;
 
 /// Logs `username` in to `realm` through the public client `client_id` (password grant, scope
 /// `openid`) and returns the claims of the ID token it gets.
 pub async fn login_claims(
+    trust: &Trust,
     base_url: &str,
     realm: &str,
     client_id: &str,
@@ -18,7 +20,7 @@ pub async fn login_claims(
 ) -> Result<Value, KeycloakError> {
     let base = base_url.trim().trim_end_matches('/');
     let target = format!("keycloak {base}");
-    let http = http_client()?;
+    let http = http_client(trust)?;
     let grant = Grant {
         realm,
         client_id,

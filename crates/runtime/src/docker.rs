@@ -4,10 +4,10 @@
 //! holds its spec digest, so an identical running container is left alone and a changed one is
 //! recreated.
 
-use crate::health::{http_ok, tcp_ok, wait_ready};
+use crate::health::{http_check, tcp_ok, wait_ready};
 use crate::{
     Builtin, Ensured, Health, Resource, ResourceKind, Runtime, RuntimeConfig, RuntimeEntry,
-    RuntimeError, RuntimeKind, ServiceSpec, ServiceState, ServiceStatus, check_name,
+    RuntimeError, RuntimeKind, ServiceFile, ServiceSpec, ServiceState, ServiceStatus, check_name,
     keycloak_dist::{BUILD_OPTIONS, START_OPTIONS},
     templates::{POSTGRES_IMAGE, pg_isready},
 };
@@ -23,8 +23,9 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
+use dive_tls::Trust;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ const MANAGED: &str = "dive.managed";
 const INSTANCE: &str = "dive.instance";
 /// The network every instance's Keycloak joins, so partners reach each other by container name.
 pub const FEDERATION_NETWORK: &str = "dive-federation";
+/// Where a container finds its [`ServiceSpec::files`]: a directory only the image's user reads,
+/// filled before the container first starts (so nothing of it is in `docker inspect`).
+pub const FILES_DIR: &str = "/run/dive";
 
 /// The Docker runtime in [`crate::RUNTIMES`]: instances reach each other by container name on
 /// `dive-federation`, and a service its siblings by service name on `dive-<code>`.
@@ -51,9 +55,39 @@ pub struct DockerRuntime {
     docker: Docker,
     /// The image Keycloak services run.
     keycloak_image: String,
+    /// The dive CA, for HTTPS health checks.
+    trust: Option<Trust>,
 }
 
 impl crate::sealed::Sealed for DockerRuntime {}
+
+/// A tar archive of `files` under [`FILES_DIR`], owned by `uid:gid`, readable by them only.
+fn files_archive(
+    files: &std::collections::BTreeMap<String, ServiceFile>,
+    uid: u64,
+    gid: u64,
+) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_size(size);
+        h.set_mtime(0);
+        h
+    };
+    let dir = FILES_DIR.trim_start_matches('/');
+    let mut h = header(tar::EntryType::Directory, 0o700, 0);
+    tar.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+    for (name, file) in files {
+        let text = file.text();
+        let mut h = header(tar::EntryType::Regular, 0o600, text.len() as u64);
+        tar.append_data(&mut h, format!("{dir}/{name}"), text.as_bytes())?;
+    }
+    tar.into_inner()
+}
 
 /// The official Keycloak image of `version` (users with a registry; tests use the offline one).
 fn official_keycloak_image(version: &str) -> String {
@@ -134,6 +168,7 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             keycloak_image: official_keycloak_image(crate::keycloak_dist::KEYCLOAK_VERSION),
+            trust: None,
         })
     }
 
@@ -144,6 +179,7 @@ impl DockerRuntime {
             .keycloak_image
             .clone()
             .unwrap_or_else(|| official_keycloak_image(&config.keycloak.version));
+        self.trust = config.trust.clone();
         self
     }
 
@@ -165,7 +201,12 @@ impl DockerRuntime {
     }
 
     fn render(&self, spec: &ServiceSpec, text: &str) -> String {
-        spec.render(text, |p| p.container, |d| d.target.clone())
+        spec.render(
+            text,
+            |p| p.container,
+            |d| d.target.clone(),
+            |f| format!("{FILES_DIR}/{f}"),
+        )
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
@@ -218,12 +259,11 @@ impl DockerRuntime {
                 }]),
             );
         }
-        let mut env: Vec<String> = spec
+        let env: Vec<String> = spec
             .env
             .iter()
             .map(|(k, v)| format!("{k}={}", self.render(spec, v)))
             .collect();
-        env.extend(spec.all_secret_env().map(|(k, v)| format!("{k}={v}")));
         let mut container_labels = labels(Some(&spec.instance), Some(&spec.name));
         container_labels.insert("dive.spec".into(), spec.digest());
         let body = ContainerCreateBody {
@@ -286,7 +326,47 @@ impl DockerRuntime {
                 )
                 .await?;
         }
+        self.upload_files(spec, &name).await?;
         self.docker.start_container(&name, None).await?;
+        Ok(())
+    }
+
+    /// The numeric user (and group) the image runs as: its files are given to it.
+    async fn image_user(&self, image: &str) -> Result<(u64, u64), RuntimeError> {
+        let user = self
+            .docker
+            .inspect_image(image)
+            .await?
+            .config
+            .and_then(|c| c.user)
+            .unwrap_or_default();
+        let (uid, gid) = user.split_once(':').unwrap_or((&user, ""));
+        let number = |s: &str| (!s.is_empty()).then(|| s.parse::<u64>()).transpose();
+        match (number(uid), number(gid)) {
+            (Ok(uid), Ok(gid)) => Ok((uid.unwrap_or(0), gid.unwrap_or(0))),
+            _ => Err(RuntimeError::Invalid(format!(
+                "image `{image}` runs as user `{user}`: dive gives a container its secret files \
+                 by numeric uid, so the image's USER must be numeric (uid or uid:gid)"
+            ))),
+        }
+    }
+
+    /// Puts `spec.files` into the created (not yet started) container under [`FILES_DIR`]: the
+    /// directory 0700 and the files 0600, owned by the image's user.
+    async fn upload_files(&self, spec: &ServiceSpec, container: &str) -> Result<(), RuntimeError> {
+        if spec.files.is_empty() {
+            return Ok(());
+        }
+        let (uid, gid) = self.image_user(&spec.image).await?;
+        let archive = files_archive(&spec.files, uid, gid)
+            .map_err(|e| RuntimeError::io(format!("packing the files of {container}"), e))?;
+        self.docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+                bollard::body_full(archive.into()),
+            )
+            .await?;
         Ok(())
     }
 
@@ -331,7 +411,9 @@ impl DockerRuntime {
         };
         match &spec.health {
             None => Ok(()),
-            Some(Health::Http { port: p, path }) => http_ok(port(p)?, path).await,
+            Some(Health::Http { port: p, path, tls }) => {
+                http_check(port(p)?, path, *tls, self.trust.as_ref()).await
+            }
             Some(Health::Tcp { port: p }) => tcp_ok(port(p)?).await,
             Some(Health::Command { command }) => {
                 let argv = command.iter().map(|a| self.render(spec, a)).collect();
@@ -384,8 +466,14 @@ impl Runtime for DockerRuntime {
                 spec.env
                     .insert("PGDATA".into(), "/var/lib/postgresql/data/pgdata".into());
                 // Read by the image's entrypoint when it initialises the data only.
-                spec.bootstrap_secret_env
-                    .insert("POSTGRES_PASSWORD".into(), password);
+                spec.files.insert(
+                    "postgres-password".into(),
+                    ServiceFile::bootstrap(format!("{password}\n")),
+                );
+                spec.env.insert(
+                    "POSTGRES_PASSWORD_FILE".into(),
+                    "{file:postgres-password}".into(),
+                );
                 spec.health = Some(pg_isready("pg_isready".into(), "5432".into()));
             }
             Builtin::Keycloak => {

@@ -2,20 +2,41 @@
 //! wait loop that polls a check until it passes or the readiness timeout runs out.
 
 use crate::RuntimeError;
+use dive_tls::Trust;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// One HTTP GET of `http://127.0.0.1:<port><path>`; Ok when the answer is 2xx.
-pub async fn http_ok(port: u16, path: &str) -> Result<(), String> {
-    url_ok(&format!("http://127.0.0.1:{port}{path}")).await
+/// One GET of `https://127.0.0.1:<port><path>`, the certificate checked against `tls` (plain
+/// `http://` without it); Ok when the answer is 2xx.
+pub async fn http_ok(port: u16, path: &str, tls: Option<&Trust>) -> Result<(), String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    url_ok(&format!("{scheme}://127.0.0.1:{port}{path}"), tls).await
 }
 
-/// One HTTP GET of `url` (3 s at most); Ok when the answer is 2xx.
-pub async fn url_ok(url: &str) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .map_err(|e| e.to_string())?;
+/// A service's `Health::Http` check: HTTPS against `trust` when `tls`, which then must be there.
+pub async fn http_check(
+    port: u16,
+    path: &str,
+    tls: bool,
+    trust: Option<&Trust>,
+) -> Result<(), String> {
+    match (tls, trust) {
+        (false, _) => http_ok(port, path, None).await,
+        (true, Some(trust)) => http_ok(port, path, Some(trust)).await,
+        (true, None) => {
+            Err("an HTTPS health check needs the dive CA, and none was configured".into())
+        }
+    }
+}
+
+/// One GET of `url` (3 s at most), trusting only the dive CA when `tls` is given; Ok when the
+/// answer is 2xx.
+pub async fn url_ok(url: &str, tls: Option<&Trust>) -> Result<(), String> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(3));
+    if let Some(trust) = tls {
+        builder = trust.client(builder);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
     match client.get(url).send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("GET {url} answered {}", r.status())),

@@ -16,9 +16,12 @@ pub mod local;
 mod templates;
 
 pub use keycloak_dist::KeycloakDist;
-pub use templates::{KEYCLOAK_HTTP_PORT, POSTGRES_IMAGE, keycloak_template, postgres_template};
+pub use templates::{
+    KEYCLOAK_HTTPS_PORT, KeycloakTls, POSTGRES_IMAGE, keycloak_template, postgres_template,
+};
 
 use async_trait::async_trait;
+use dive_tls::Trust;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -142,6 +145,8 @@ pub struct RuntimeConfig {
     pub keycloak: KeycloakDist,
     /// The Keycloak image on Docker; `None`: the official one of [`KeycloakDist::version`].
     pub keycloak_image: Option<String>,
+    /// The dive CA, for HTTPS health checks (`Health::Http { tls: true }`).
+    pub trust: Option<Trust>,
 }
 
 impl RuntimeConfig {
@@ -151,6 +156,7 @@ impl RuntimeConfig {
             home: home.into(),
             keycloak: KeycloakDist::new(cache),
             keycloak_image: None,
+            trust: None,
         }
     }
 }
@@ -179,8 +185,14 @@ pub struct DataMount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Health {
-    /// An HTTP GET on `127.0.0.1:<host port>` answering 2xx.
-    Http { port: String, path: String },
+    /// An HTTP GET on `127.0.0.1:<host port>` answering 2xx; with `tls`, HTTPS with the
+    /// certificate checked against the dive CA ([`RuntimeConfig::trust`]).
+    Http {
+        port: String,
+        path: String,
+        #[serde(default)]
+        tls: bool,
+    },
     /// A TCP connect to `127.0.0.1:<host port>`.
     Tcp { port: String },
     /// A command exiting 0 (run on the host locally, inside the container in Docker).
@@ -211,17 +223,12 @@ pub struct ServiceSpec {
     /// Program and arguments (local), or the container command (Docker; empty = image default).
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
-    /// Environment values that are secrets: passed to the service, never shown.
-    #[serde(skip_serializing)]
-    #[serde(default)]
-    pub secret_env: BTreeMap<String, String>,
-    /// Secrets the service reads only when it first initialises its data (the database
-    /// superuser's password, Keycloak's first admin): passed like `secret_env` but left out of
-    /// the [digest](ServiceSpec::digest), so rotating them — which dive does through the running
-    /// service — is no reason to restart it.
-    #[serde(skip_serializing)]
-    #[serde(default)]
-    pub bootstrap_secret_env: BTreeMap<String, String>,
+    /// Files the service reads secrets (and certificates) from, by name: `{file:NAME}` in
+    /// `command` and `env` is the path the service sees. They reach the service as files only
+    /// (0600, owned by the service's user; never argv or environment, so never in
+    /// `/proc/PID/environ` or `docker inspect`) and are never serialised or shown.
+    #[serde(skip)]
+    pub files: BTreeMap<String, ServiceFile>,
     pub ports: Vec<PortSpec>,
     pub data: Vec<DataMount>,
     pub health: Option<Health>,
@@ -242,47 +249,48 @@ impl fmt::Debug for ServiceSpec {
             .field("name", &self.name)
             .field("image", &self.image)
             .field("command", &self.command)
-            .field("secret_env", &self.secret_env.keys().collect::<Vec<_>>())
-            .field(
-                "bootstrap_secret_env",
-                &self.bootstrap_secret_env.keys().collect::<Vec<_>>(),
-            )
+            .field("files", &self.files.keys().collect::<Vec<_>>())
             .field("ports", &self.ports)
             .finish_non_exhaustive()
     }
 }
 
 impl ServiceSpec {
-    /// A digest of everything that shapes the running service (secret values included, so a
-    /// changed secret recreates it; only the digest is ever stored). Bootstrap secrets are left
-    /// out: they do not shape a service that is already initialised.
+    /// A digest of everything that shapes the running service (file contents included, so a
+    /// changed secret or certificate recreates it; only the digest is ever stored). The
+    /// bootstrap parts of files are left out: they do not shape a service that is already
+    /// initialised.
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(self).expect("spec serialises"));
-        for (k, v) in &self.secret_env {
-            h.update(k.as_bytes());
+        for (name, file) in &self.files {
+            h.update(name.as_bytes());
             h.update([0]);
-            h.update(v.as_bytes());
+            h.update(file.content.as_bytes());
             h.update([0]);
         }
         hex::encode(&h.finalize()[..16])
     }
 
-    /// Every secret environment value the service is started with (bootstrap ones included).
-    pub fn all_secret_env(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.secret_env.iter().chain(&self.bootstrap_secret_env)
+    /// Every secret the service is given (file contents), for checks that none leaks.
+    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
+        self.files
+            .values()
+            .flat_map(|f| [f.content.as_str(), f.bootstrap.as_str()])
+            .filter(|v| !v.is_empty())
     }
 
     pub fn host_port(&self, name: &str) -> Option<u16> {
         self.ports.iter().find(|p| p.name == name).map(|p| p.host)
     }
 
-    /// Replaces `{port:NAME}` and `{data:NAME}` as the service sees them.
+    /// Replaces `{port:NAME}`, `{data:NAME}` and `{file:NAME}` as the service sees them.
     pub fn render(
         &self,
         text: &str,
         port: impl Fn(&PortSpec) -> u16,
         data: impl Fn(&DataMount) -> String,
+        file: impl Fn(&str) -> String,
     ) -> String {
         let mut out = text.to_string();
         for p in &self.ports {
@@ -291,7 +299,67 @@ impl ServiceSpec {
         for d in &self.data {
             out = out.replace(&format!("{{data:{}}}", d.volume), &data(d));
         }
+        for name in self.files.keys() {
+            out = out.replace(&format!("{{file:{name}}}"), &file(name));
+        }
         out
+    }
+}
+
+/// One file of [`ServiceSpec::files`]: what the service reads is `content` followed by
+/// `bootstrap`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ServiceFile {
+    pub content: String,
+    /// What the service reads only when it first initialises its data (the database
+    /// superuser's password, Keycloak's first admin): left out of the
+    /// [digest](ServiceSpec::digest), so rotating it — which dive does through the running
+    /// service — is no reason to restart it.
+    pub bootstrap: String,
+}
+
+impl ServiceFile {
+    pub fn new(content: impl Into<String>) -> ServiceFile {
+        ServiceFile {
+            content: content.into(),
+            bootstrap: String::new(),
+        }
+    }
+
+    /// A file read only on the first start.
+    pub fn bootstrap(content: impl Into<String>) -> ServiceFile {
+        ServiceFile {
+            content: String::new(),
+            bootstrap: content.into(),
+        }
+    }
+
+    /// What the service reads.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.content, self.bootstrap)
+    }
+}
+
+impl fmt::Debug for ServiceFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServiceFile(..)")
+    }
+}
+
+/// A name of [`ServiceSpec::files`]: letters, digits, `.`, `-`, `_`.
+pub fn check_file_name(name: &str) -> Result<(), RuntimeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(format!(
+            "file name `{name}` must be letters, digits, `.`, `-` or `_` (at most 64, not starting with `.`)"
+        )))
     }
 }
 
@@ -505,10 +573,12 @@ mod tests {
             image: String::new(),
             command: vec!["kc.sh".into()],
             env: BTreeMap::new(),
-            secret_env: BTreeMap::from([("KC_DB_PASSWORD".into(), "a".into())]),
-            bootstrap_secret_env: BTreeMap::from([(
-                "KC_BOOTSTRAP_ADMIN_PASSWORD".into(),
-                "x".into(),
+            files: BTreeMap::from([(
+                "keycloak.conf".into(),
+                ServiceFile {
+                    content: "db-password=a\n".into(),
+                    bootstrap: "bootstrap-admin-password=x\n".into(),
+                },
             )]),
             ports: Vec::new(),
             data: Vec::new(),
@@ -519,17 +589,27 @@ mod tests {
             networks: Vec::new(),
         };
         let mut other = spec.clone();
-        other
-            .bootstrap_secret_env
-            .insert("KC_BOOTSTRAP_ADMIN_PASSWORD".into(), "y".into());
+        let file = other.files.get_mut("keycloak.conf").unwrap();
+        file.bootstrap = "bootstrap-admin-password=y\n".into();
         assert_eq!(other.digest(), spec.digest());
-        assert_eq!(other.all_secret_env().count(), 2);
-        other.secret_env.insert("KC_DB_PASSWORD".into(), "b".into());
+        assert_eq!(other.secret_values().count(), 2);
+        other.files.get_mut("keycloak.conf").unwrap().content = "db-password=b\n".into();
         assert_ne!(other.digest(), spec.digest());
         assert!(
-            !format!("{spec:?}").contains("\"x\""),
+            !format!("{spec:?}").contains("password"),
             "values are not shown"
         );
+        assert_eq!(
+            spec.render(
+                "--config-file={file:keycloak.conf}",
+                |p| p.host,
+                |d| d.target.clone(),
+                |n| format!("/run/dive/{n}")
+            ),
+            "--config-file=/run/dive/keycloak.conf"
+        );
+        assert!(check_file_name("tls.key").is_ok());
+        assert!(check_file_name("../etc/passwd").is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! time from /proc so a reused pid is never taken for ours, and the spec digest), `logs/<name>.log`,
 //! `data/<volume>/`. Stop is SIGTERM to the process group, SIGKILL after a grace period.
 
-use crate::health::{http_ok, tcp_ok, wait_ready};
+use crate::health::{http_check, tcp_ok, wait_ready};
 use crate::keycloak_dist::{KeycloakDist, START_OPTIONS};
 use crate::templates::pg_isready;
 use crate::{
@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -49,6 +49,8 @@ struct PidFile {
 pub struct LocalRuntime {
     home: PathBuf,
     keycloak: KeycloakDist,
+    /// The dive CA, for HTTPS health checks.
+    trust: Option<dive_tls::Trust>,
 }
 
 impl crate::sealed::Sealed for LocalRuntime {}
@@ -126,6 +128,7 @@ impl LocalRuntime {
         LocalRuntime {
             keycloak: KeycloakDist::new(home.join("cache")),
             home,
+            trust: None,
         }
     }
 
@@ -133,6 +136,7 @@ impl LocalRuntime {
         LocalRuntime {
             home: config.home.clone(),
             keycloak: config.keycloak.clone(),
+            trust: config.trust.clone(),
         }
     }
 
@@ -144,6 +148,43 @@ impl LocalRuntime {
         self.instance_dir(instance)
             .join("services")
             .join(format!("{name}.json"))
+    }
+
+    /// Where a service's [`ServiceSpec::files`] are: a directory only its user reads.
+    fn files_dir(&self, instance: &str, name: &str) -> PathBuf {
+        self.instance_dir(instance)
+            .join("services")
+            .join(format!("{name}.files"))
+    }
+
+    /// Writes `spec.files` afresh: the directory 0700, the files 0600, owned by the service's
+    /// user (`ids`) when dive runs as root.
+    fn write_files(&self, spec: &ServiceSpec, ids: Option<(u32, u32)>) -> Result<(), RuntimeError> {
+        let dir = self.files_dir(&spec.instance, &spec.name);
+        let io = |e| RuntimeError::io(dir.display().to_string(), e);
+        let _ = std::fs::remove_dir_all(&dir);
+        if spec.files.is_empty() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io)?;
+        for (name, file) in &spec.files {
+            crate::check_file_name(name)?;
+            let path = dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
+            std::io::Write::write_all(&mut f, file.text().as_bytes()).map_err(io)?;
+        }
+        if let Some(ids) = ids {
+            chown_tree(&dir, ids)?;
+        }
+        Ok(())
     }
 
     fn log_path(&self, instance: &str, name: &str) -> PathBuf {
@@ -173,6 +214,12 @@ impl LocalRuntime {
             |p| p.host,
             |d| {
                 self.data_dir(&spec.instance, &d.volume)
+                    .display()
+                    .to_string()
+            },
+            |f| {
+                self.files_dir(&spec.instance, &spec.name)
+                    .join(f)
                     .display()
                     .to_string()
             },
@@ -209,9 +256,6 @@ impl LocalRuntime {
             .stdin(Stdio::null());
         for (k, v) in &spec.env {
             cmd.env(k, self.render(spec, v));
-        }
-        for (k, v) in spec.all_secret_env() {
-            cmd.env(k, v);
         }
         if let Some((uid, gid)) = ids {
             cmd.uid(uid).gid(gid);
@@ -289,6 +333,7 @@ impl LocalRuntime {
             make_traversable(&dir.join("data"))?;
         }
         self.init(spec, ids).await?;
+        self.write_files(spec, ids)?;
         let log_path = self.log_path(&spec.instance, &spec.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -348,7 +393,9 @@ impl LocalRuntime {
     async fn check_health(&self, spec: &ServiceSpec) -> Result<(), String> {
         match &spec.health {
             None => Ok(()),
-            Some(Health::Http { port, path }) => http_ok(host_port(spec, port)?, path).await,
+            Some(Health::Http { port, path, tls }) => {
+                http_check(host_port(spec, port)?, path, *tls, self.trust.as_ref()).await
+            }
             Some(Health::Tcp { port }) => tcp_ok(host_port(spec, port)?).await,
             Some(Health::Command { command }) => {
                 let cmd = self
@@ -439,8 +486,9 @@ impl Runtime for LocalRuntime {
                     dist.join("bin/kc.sh").display().to_string(),
                     "start".into(),
                     "--optimized".into(),
+                    // Every socket on loopback: HTTPS (its port comes from the template's
+                    // KC_HTTPS_PORT), management, and the local cache opens no cluster port.
                     "--http-host=127.0.0.1".into(),
-                    "--http-port={port:http}".into(),
                     "--http-management-port={port:management}".into(),
                 ];
                 spec.command
@@ -562,8 +610,12 @@ impl Runtime for LocalRuntime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(RuntimeError::io(path.display().to_string(), e)),
         }
-        for volume in data {
-            let dir = self.data_dir(instance, volume);
+        let files = self.files_dir(instance, name);
+        for dir in data
+            .iter()
+            .map(|volume| self.data_dir(instance, volume))
+            .chain([files])
+        {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -2,15 +2,17 @@
 //! runtime (ports, data, environment, health). Each runtime then fills in the rest through
 //! [`Runtime::builtin`].
 
-use crate::{Builtin, DataMount, Health, PortSpec, Runtime, RuntimeError, ServiceSpec};
+use crate::{
+    Builtin, DataMount, Health, PortSpec, Runtime, RuntimeError, ServiceFile, ServiceSpec,
+};
 use std::time::Duration;
 
 /// Image of PostgreSQL on Docker (built by `scripts/images build`).
 pub const POSTGRES_IMAGE: &str = "dive-offline/postgres:15";
 /// PostgreSQL's port inside its container.
 const POSTGRES_CONTAINER_PORT: u16 = 5432;
-/// Keycloak's HTTP port inside its container.
-pub const KEYCLOAK_HTTP_PORT: u16 = 8080;
+/// Keycloak's HTTPS port inside its container.
+pub const KEYCLOAK_HTTPS_PORT: u16 = 8443;
 /// Keycloak's management (health) port inside its container.
 const KEYCLOAK_MANAGEMENT_PORT: u16 = 9000;
 
@@ -56,23 +58,32 @@ pub async fn postgres_template(
     rt.builtin(spec, Builtin::Postgres { password }).await
 }
 
+/// What a Keycloak serves HTTPS with: its certificate and key, and the CA its outgoing calls
+/// (the broker back-channel to a partner) trust.
+pub struct KeycloakTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
 /// Makes `spec` a Keycloak server for the instance's PostgreSQL (database `keycloak`, role
-/// `keycloak`, host port `db_port`), on host ports `http` and `management`, with bootstrap
-/// admin `admin`. Health is the management port's `/health/ready`; callers check the admin API
-/// after it.
+/// `keycloak`, host port `db_port`), HTTPS only on host ports `https` and `management`, with
+/// bootstrap admin `admin`. Passwords and the key reach it in files only (its config file,
+/// `KC_CONFIG_FILE`). Health is the management port's `/health/ready` over HTTPS; callers check
+/// the admin API after it.
 pub async fn keycloak_template(
     rt: &dyn Runtime,
     spec: &mut ServiceSpec,
-    (http, management): (u16, u16),
+    (https, management): (u16, u16),
     db_port: u16,
-    admin_password: String,
-    db_password: String,
+    (admin_password, db_password): (String, String),
+    tls: KeycloakTls,
 ) -> Result<(), RuntimeError> {
     spec.ports = vec![
         PortSpec {
-            name: "http".into(),
-            container: KEYCLOAK_HTTP_PORT,
-            host: http,
+            name: "https".into(),
+            container: KEYCLOAK_HTTPS_PORT,
+            host: https,
         },
         PortSpec {
             name: "management".into(),
@@ -83,40 +94,45 @@ pub async fn keycloak_template(
     let (db_host, db_port) =
         rt.kind()
             .sibling_addr(&spec.instance, "postgres", &postgres_port(db_port));
-    spec.env.extend([
+    let env = [
+        ("KC_CONFIG_FILE", "{file:keycloak.conf}".to_string()),
         (
-            "KC_DB_URL".to_string(),
+            "KC_DB_URL",
             format!("jdbc:postgresql://{db_host}:{db_port}/keycloak"),
         ),
-        ("KC_DB_USERNAME".to_string(), "keycloak".to_string()),
-        (
-            "KC_BOOTSTRAP_ADMIN_USERNAME".to_string(),
-            "admin".to_string(),
-        ),
+        ("KC_DB_USERNAME", "keycloak".into()),
+        ("KC_BOOTSTRAP_ADMIN_USERNAME", "admin".into()),
         // Tokens and front-channel URLs name the address a browser on this machine uses;
         // calls that reach Keycloak another way (a partner over `dive-federation`) get
         // back-channel URLs for the address they used.
+        ("KC_HOSTNAME", format!("https://127.0.0.1:{https}")),
+        ("KC_HOSTNAME_BACKCHANNEL_DYNAMIC", "true".into()),
+        ("KC_HTTP_ENABLED", "false".into()),
+        ("KC_HTTPS_PORT", "{port:https}".into()),
+        ("KC_HTTPS_CERTIFICATE_FILE", "{file:tls.crt}".into()),
+        ("KC_HTTPS_CERTIFICATE_KEY_FILE", "{file:tls.key}".into()),
+        ("KC_TRUSTSTORE_PATHS", "{file:ca.pem}".into()),
+        ("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx768m".into()),
+    ];
+    spec.env.extend(env.map(|(k, v)| (k.to_string(), v)));
+    spec.files.extend([
         (
-            "KC_HOSTNAME".to_string(),
-            format!("http://127.0.0.1:{http}"),
+            "keycloak.conf".to_string(),
+            ServiceFile {
+                content: format!("db-password={db_password}\n"),
+                // Keycloak creates its first admin with it, once; later changes go through the
+                // admin API.
+                bootstrap: format!("bootstrap-admin-password={admin_password}\n"),
+            },
         ),
-        (
-            "KC_HOSTNAME_BACKCHANNEL_DYNAMIC".to_string(),
-            "true".to_string(),
-        ),
-        ("KC_HTTP_ENABLED".to_string(), "true".to_string()),
-        (
-            "JAVA_OPTS_KC_HEAP".to_string(),
-            "-Xms64m -Xmx768m".to_string(),
-        ),
+        ("tls.crt".to_string(), ServiceFile::new(tls.cert_pem)),
+        ("tls.key".to_string(), ServiceFile::new(tls.key_pem)),
+        ("ca.pem".to_string(), ServiceFile::new(tls.ca_pem)),
     ]);
-    spec.secret_env.insert("KC_DB_PASSWORD".into(), db_password);
-    // Keycloak creates its first admin with it, once; later changes go through the admin API.
-    spec.bootstrap_secret_env
-        .insert("KC_BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password);
     spec.health = Some(Health::Http {
         port: "management".into(),
         path: "/health/ready".into(),
+        tls: true,
     });
     if spec.ready_timeout < Duration::from_secs(300) {
         spec.ready_timeout = Duration::from_secs(300);

@@ -27,8 +27,7 @@ fn sleeper(instance: &str) -> ServiceSpec {
             "trap 'exit 0' TERM; while :; do sleep 1; done".into(),
         ],
         env: BTreeMap::from([("MODE".to_string(), "a".to_string())]),
-        secret_env: BTreeMap::new(),
-        bootstrap_secret_env: BTreeMap::new(),
+        files: BTreeMap::new(),
         ports: vec![],
         data: vec![],
         health: Some(Health::Command {

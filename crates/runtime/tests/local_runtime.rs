@@ -2,7 +2,9 @@
 //! a killed process is seen, stop/remove work, and a reused pid is never taken for ours.
 
 use dive_runtime::local::LocalRuntime;
-use dive_runtime::{DataMount, Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
+use dive_runtime::{
+    DataMount, Ensured, Health, PortSpec, Runtime, ServiceFile, ServiceSpec, ServiceState,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -30,9 +32,8 @@ fn web(instance: &str, port: u16) -> ServiceSpec {
             "--directory".into(),
             "{data:www}".into(),
         ],
-        env: BTreeMap::new(),
-        secret_env: BTreeMap::from([("TOKEN".to_string(), "not-shown".to_string())]),
-        bootstrap_secret_env: BTreeMap::new(),
+        env: BTreeMap::from([("TOKEN_FILE".to_string(), "{file:token}".to_string())]),
+        files: BTreeMap::from([("token".to_string(), ServiceFile::new("not-shown"))]),
         ports: vec![PortSpec {
             name: "http".into(),
             container: 8000,
@@ -45,6 +46,7 @@ fn web(instance: &str, port: u16) -> ServiceSpec {
         health: Some(Health::Http {
             port: "http".into(),
             path: "/".into(),
+            tls: false,
         }),
         ready_timeout: Duration::from_secs(20),
         run_as: None,
@@ -103,11 +105,29 @@ async fn ensure_is_idempotent_and_a_changed_spec_recreates() {
 
     // A changed secret value recreates too (only its digest is stored).
     let mut rotated = changed.clone();
-    rotated.secret_env.insert("TOKEN".into(), "rotated".into());
+    rotated
+        .files
+        .insert("token".into(), ServiceFile::new("rotated"));
     assert_eq!(
         rt.ensure_service(&rotated).await.unwrap(),
         Ensured::Recreated
     );
+    // The secret reaches the service as a file only it reads, never in its environment.
+    let pid = pid_of(home.path(), "t1");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("rotated"), "{environ}");
+    let path = environ
+        .split('\0')
+        .find_map(|v| v.strip_prefix("TOKEN_FILE="))
+        .expect("the file's path is in the environment")
+        .to_string();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "rotated");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "{path}");
+    let dir = std::path::Path::new(&path).parent().unwrap();
+    assert_eq!(mode(dir.to_str().unwrap()), 0o700);
     let stored =
         std::fs::read_to_string(home.path().join("instances/t1/services/web.json")).unwrap();
     assert!(!stored.contains("rotated") && !stored.contains("not-shown"));
@@ -118,6 +138,7 @@ async fn ensure_is_idempotent_and_a_changed_spec_recreates() {
         ServiceState::Missing
     );
     assert!(!home.path().join("instances/t1/data/www").exists());
+    assert!(!dir.exists(), "the secret files go with the service");
 }
 
 #[tokio::test]

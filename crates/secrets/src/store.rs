@@ -461,8 +461,22 @@ impl SecretStore {
         length: usize,
         alphabet: Alphabet,
     ) -> Result<(u32, bool), SecretError> {
-        validate_name(name)?;
         check_length(length)?;
+        let (_, version, created) = self
+            .ensure_value(name, || alphabet.generate(length))
+            .await?;
+        Ok((version, created))
+    }
+
+    /// Makes sure `name` exists, storing `value()` as version 1 when it does not: returns the
+    /// latest value, its version and whether this call created it. Concurrent calls create it
+    /// once, and all of them return that one value.
+    pub async fn ensure_value(
+        &self,
+        name: &str,
+        value: impl FnOnce() -> Secret,
+    ) -> Result<(Secret, u32, bool), SecretError> {
+        validate_name(name)?;
         self.verify_key().await?;
         let mut tx = self.pool.begin().await?;
         lock_name(&mut tx, name).await?;
@@ -475,10 +489,10 @@ impl SecretStore {
         .await?;
         if let Some((v, nonce, ct)) = latest {
             let v = version_from_db(v);
-            self.open(name, v, &nonce, &ct)?;
-            return Ok((v, false));
+            let value = self.open(name, v, &nonce, &ct)?;
+            return Ok((value, v, false));
         }
-        let value = alphabet.generate(length);
+        let value = value();
         let (nonce, ciphertext) = self.seal(name, 1, &value);
         sqlx::query(
             "INSERT INTO secrets (name, version, nonce, ciphertext) VALUES ($1, 1, $2, $3)",
@@ -490,7 +504,7 @@ impl SecretStore {
         .await?;
         tx.commit().await?;
         tracing::info!(secret = name, version = 1, "generated a new secret");
-        Ok((1, true))
+        Ok((value, 1, true))
     }
 
     /// Every secret's metadata, by name. Reads no value, so it does not need the right key.

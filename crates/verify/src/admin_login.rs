@@ -7,6 +7,7 @@
 use dive_error::Classify;
 use dive_keycloak::{ADMIN_USER, KeycloakAdmin, KeycloakError, admin_password_secret};
 use dive_secrets::{SecretError, SecretStore};
+use dive_tls::Trust;
 
 /// Why the admin login failed. Never holds a password.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ impl Classify for AdminLoginError {
 /// The admin API of instance `code` at `url`, logged in as `admin` (errors start with `name`).
 pub async fn admin_login(
     store: &SecretStore,
+    trust: &Trust,
     name: &str,
     code: &str,
     url: &str,
@@ -48,13 +50,14 @@ pub async fn admin_login(
         .get(&secret)
         .await?
         .ok_or_else(|| AdminLoginError::Missing(secret.clone()))?;
-    match KeycloakAdmin::connect_named(name, url, ADMIN_USER, password.expose()).await {
+    match KeycloakAdmin::connect_named(trust, name, url, ADMIN_USER, password.expose()).await {
         Err(e) if e.is_refused_credentials() && version > 1 => {
             let Some(previous) = store.get_version(&secret, version - 1).await? else {
                 return Err(e.into());
             };
             let admin =
-                KeycloakAdmin::connect_named(name, url, ADMIN_USER, previous.expose()).await?;
+                KeycloakAdmin::connect_named(trust, name, url, ADMIN_USER, previous.expose())
+                    .await?;
             tracing::info!(secret = %secret, version = version - 1,
                 "logged in with the previous admin password (a rotation is under way)");
             Ok(admin)

@@ -5,6 +5,7 @@ use crate::jwt::{self, Expect};
 use crate::{Endpoint, Side, VerifyError};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dive_tls::Trust;
 use rand::RngCore;
 use reqwest::{Method, Response, StatusCode, Url};
 use serde_json::Value;
@@ -114,13 +115,18 @@ struct Browser<'a> {
 }
 
 impl<'a> Browser<'a> {
-    fn new(home: &'a Endpoint, target: &'a Endpoint) -> Result<Browser<'a>, VerifyError> {
+    fn new(
+        trust: &Trust,
+        home: &'a Endpoint,
+        target: &'a Endpoint,
+    ) -> Result<Browser<'a>, VerifyError> {
         let parse = |e: &Endpoint| {
             Url::parse(&e.url).map_err(|err| {
                 VerifyError::Setup(format!("keycloak {} URL `{}`: {err}", e.code, e.url))
             })
         };
-        let http = reqwest::Client::builder()
+        let http = trust
+            .client(reqwest::Client::builder())
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
             .timeout(REQUEST_TIMEOUT)
@@ -232,6 +238,9 @@ impl<'a> Browser<'a> {
 
 /// The cause chain of a transport error, without reqwest's URL preamble (it may hold a query).
 fn transport_message(e: &reqwest::Error) -> String {
+    if let Some(problem) = dive_tls::certificate_problem(e) {
+        return format!("TLS certificate refused: {problem}");
+    }
     if e.is_timeout() {
         return format!("timed out after {} s", REQUEST_TIMEOUT.as_secs());
     }
@@ -258,13 +267,14 @@ fn transport_message(e: &reqwest::Error) -> String {
 /// `<home>-idp`, as a browser would, and returns the validated ID token's claims. See the
 /// module documentation for the steps.
 pub async fn brokered_login(
+    trust: &Trust,
     home: &Endpoint,
     target: &Endpoint,
     username: &str,
     password: &str,
 ) -> Result<LoginResult, VerifyError> {
     let started = Instant::now();
-    let mut b = Browser::new(home, target)?;
+    let mut b = Browser::new(trust, home, target)?;
     let verifier = Zeroizing::new(random_b64(32));
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let state = random_b64(16);
@@ -544,20 +554,25 @@ mod tests {
         assert_eq!(step(&u), "broker endpoint");
     }
 
+    /// A CA of its own: what these tests reach is nothing or refused before TLS.
+    fn trust() -> Trust {
+        dive_tls::Authority::generate("test").unwrap().trust()
+    }
+
     #[test]
     fn the_side_is_told_by_origin_or_by_realm() {
         let (usa, fra) = (
             Endpoint::new("USA", "http://127.0.0.1:1"),
             Endpoint::new("FRA", "http://127.0.0.1:2"),
         );
-        let b = Browser::new(&usa, &fra).unwrap();
+        let b = Browser::new(&trust(), &usa, &fra).unwrap();
         let side = |u: &str| b.side_of(&Url::parse(u).unwrap()).0;
         assert_eq!(side("http://127.0.0.1:1/realms/dive-usa/x"), Side::Home);
         assert_eq!(side("http://127.0.0.1:2/realms/dive-fra/x"), Side::Target);
         assert_eq!(side("http://elsewhere/"), Side::Target);
         // Both realms on one Keycloak.
         let shared = Endpoint::new("FRA", "http://127.0.0.1:1");
-        let b = Browser::new(&usa, &shared).unwrap();
+        let b = Browser::new(&trust(), &usa, &shared).unwrap();
         let side = |u: &str| b.side_of(&Url::parse(u).unwrap()).0;
         assert_eq!(side("http://127.0.0.1:1/realms/dive-usa/x"), Side::Home);
         assert_eq!(side("http://127.0.0.1:1/realms/dive-fra/x"), Side::Target);
@@ -578,16 +593,16 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let target = Endpoint::new("FRA", &format!("http://127.0.0.1:{port}"));
-        let home = Endpoint::new("USA", "http://127.0.0.1:1");
-        let e = brokered_login(&home, &target, "u", "hunter2-password")
+        let target = Endpoint::new("FRA", &format!("https://127.0.0.1:{port}"));
+        let home = Endpoint::new("USA", "https://127.0.0.1:1");
+        let e = brokered_login(&trust(), &home, &target, "u", "hunter2-password")
             .await
             .unwrap_err();
         let text = e.to_string();
         assert_eq!(
             text,
             format!(
-                "target keycloak FRA (http://127.0.0.1:{port}) unreachable: connection refused"
+                "target keycloak FRA (https://127.0.0.1:{port}) unreachable: connection refused"
             )
         );
         assert!(!text.contains("hunter2"));

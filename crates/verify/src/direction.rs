@@ -5,6 +5,7 @@ use crate::{Endpoint, VerifyError, brokered_login};
 use chrono::{DateTime, Utc};
 use dive_keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin, test_users, user_password_secret};
 use dive_secrets::SecretStore;
+use dive_tls::Trust;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -143,6 +144,7 @@ async fn secret(secrets: &SecretStore, name: &str) -> Result<zeroize::Zeroizing<
 /// fails as a whole, problems are in the report.
 pub async fn verify_direction(
     secrets: &SecretStore,
+    trust: &Trust,
     from: &Endpoint,
     to: &Endpoint,
     limit: Option<usize>,
@@ -158,6 +160,7 @@ pub async fn verify_direction(
     };
     let admin = crate::admin_login(
         secrets,
+        trust,
         &format!("home keycloak {} ({})", from.code, from.url),
         &from.code,
         &from.url,
@@ -171,7 +174,7 @@ pub async fn verify_direction(
             report.users = futures::future::join_all(
                 users
                     .iter()
-                    .map(|u| verify_user(&admin, secrets, from, to, &u.username)),
+                    .map(|u| verify_user(&admin, secrets, trust, from, to, &u.username)),
             )
             .await;
             report.ok = !report.users.is_empty() && report.users.iter().all(|u| u.ok);
@@ -186,6 +189,7 @@ pub async fn verify_direction(
 async fn verify_user(
     admin: &KeycloakAdmin,
     secrets: &SecretStore,
+    trust: &Trust,
     from: &Endpoint,
     to: &Endpoint,
     username: &str,
@@ -229,7 +233,7 @@ async fn verify_user(
             return u;
         }
     };
-    let mut outcome = brokered_login(from, to, username, &password).await;
+    let mut outcome = brokered_login(trust, from, to, username, &password).await;
     u.attempts = 1;
     // A request that timed out (a busy or just-started Keycloak) is worth a fresh login.
     while u.attempts < LOGIN_ATTEMPTS && outcome.as_ref().is_err_and(VerifyError::is_timeout) {
@@ -237,7 +241,7 @@ async fn verify_user(
             tracing::warn!(user = %username, "brokered login timed out, trying again: {e}");
         }
         u.attempts += 1;
-        outcome = brokered_login(from, to, username, &password).await;
+        outcome = brokered_login(trust, from, to, username, &password).await;
     }
     match outcome {
         Ok(login) => {

@@ -6,6 +6,7 @@
 
 use crate::{Endpoint, brokered_login};
 use dive_secrets::SecretStore;
+use dive_tls::Trust;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,18 +93,19 @@ impl Login {
         }
     }
 
-    async fn attempt(&self) -> Result<(), String> {
+    async fn attempt(&self, trust: &Trust) -> Result<(), String> {
         match self {
             Login::Brokered {
                 home,
                 target,
                 user,
                 password,
-            } => brokered_login(home, target, user, &password.get().await?)
+            } => brokered_login(trust, home, target, user, &password.get().await?)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Login::Direct { at, user, password } => dive_keycloak::login_claims(
+                trust,
                 &at.url,
                 &at.realm(),
                 crate::CLIENT_ID,
@@ -151,14 +153,16 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Starts `workers` workers, each going through `logins` in turn, from a different start.
-    pub fn start(logins: Vec<Login>, workers: usize) -> Probe {
+    /// Starts `workers` workers, each going through `logins` in turn, from a different start;
+    /// they trust the dive CA (`trust`) only.
+    pub fn start(trust: &Trust, logins: Vec<Login>, workers: usize) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(ProbeReport::default()));
         let begun = Instant::now();
         let threads = (0..workers)
             .map(|w| {
                 let (stop, report, logins) = (stop.clone(), report.clone(), logins.clone());
+                let trust = trust.clone();
                 std::thread::spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -170,7 +174,7 @@ impl Probe {
                             let login = &logins[i % logins.len()];
                             i += 1;
                             let started = Instant::now();
-                            let result = login.attempt().await;
+                            let result = login.attempt(&trust).await;
                             let took = started.elapsed();
                             let failed = {
                                 let mut r = report.lock().unwrap();

@@ -23,6 +23,7 @@ use dive_instances::health::service_health;
 use dive_keycloak::KeycloakAdmin;
 use dive_runtime::Runtime;
 use dive_secrets::SecretStore;
+use dive_tls::Trust;
 use dive_verify::{Endpoint, verify_direction};
 use serde::Serialize;
 use serde_json::Value;
@@ -73,17 +74,17 @@ pub struct Side {
 }
 
 /// Checks the pair in all three layers; only reads (and logs in once each way).
-pub async fn detect(secrets: &SecretStore, hub: &Side, spoke: &Side) -> DriftReport {
+pub async fn detect(secrets: &SecretStore, trust: &Trust, hub: &Side, spoke: &Side) -> DriftReport {
     let mut findings = Vec::new();
     for side in [hub, spoke] {
-        findings.extend(runtime_layer(side).await);
+        findings.extend(runtime_layer(trust, side).await);
     }
     for (x, p) in [(&hub.rec, &spoke.rec), (&spoke.rec, &hub.rec)] {
-        findings.extend(config_layer(secrets, x, p).await);
+        findings.extend(config_layer(secrets, trust, x, p).await);
     }
     let (a, b) = futures::join!(
-        live(secrets, &hub.rec, &spoke.rec),
-        live(secrets, &spoke.rec, &hub.rec)
+        live(secrets, trust, &hub.rec, &spoke.rec),
+        live(secrets, trust, &spoke.rec, &hub.rec)
     );
     let mut checks = Vec::new();
     for (check, finding) in [a, b] {
@@ -102,9 +103,9 @@ pub async fn detect(secrets: &SecretStore, hub: &Side, spoke: &Side) -> DriftRep
     }
 }
 
-async fn runtime_layer(side: &Side) -> Vec<Finding> {
+async fn runtime_layer(trust: &Trust, side: &Side) -> Vec<Finding> {
     let rt = side.runtime.as_deref().map_err(String::as_str);
-    service_health(rt, &side.rec)
+    service_health(rt, trust, &side.rec)
         .await
         .into_iter()
         .filter(|s| !s.is_ok())
@@ -125,6 +126,7 @@ async fn runtime_layer(side: &Side) -> Vec<Finding> {
 /// Findings of one direction X→P: the client side in X, the provider side in P.
 async fn config_layer(
     secrets: &SecretStore,
+    trust: &Trust,
     x: &InstanceRecord,
     p: &InstanceRecord,
 ) -> Vec<Finding> {
@@ -154,7 +156,7 @@ async fn config_layer(
     let Some((secret, version)) = stored else {
         return out;
     };
-    match admin_with(secrets, x).await {
+    match admin_with(secrets, trust, x).await {
         Ok(admin) => out.extend(client_side(&admin, x, p, &secret, version).await),
         Err(e) => out.push(config(
             x,
@@ -162,10 +164,10 @@ async fn config_layer(
             format!("could not be checked: {e}"),
         )),
     }
-    match admin_with(secrets, p).await {
+    match admin_with(secrets, trust, p).await {
         Ok(admin) => {
             out.extend(provider_side(&admin, x, p, version).await);
-            if let Ok(home) = admin_with(secrets, x).await {
+            if let Ok(home) = admin_with(secrets, trust, x).await {
                 out.extend(links(&home, &admin, x, p).await);
             }
         }
@@ -379,10 +381,18 @@ async fn links(
 /// One login from X at P.
 async fn live(
     secrets: &SecretStore,
+    trust: &Trust,
     x: &InstanceRecord,
     p: &InstanceRecord,
 ) -> (LiveCheck, Option<Finding>) {
-    let report = verify_direction(secrets, &Endpoint::from(x), &Endpoint::from(p), Some(1)).await;
+    let report = verify_direction(
+        secrets,
+        trust,
+        &Endpoint::from(x),
+        &Endpoint::from(p),
+        Some(1),
+    )
+    .await;
     let check = LiveCheck {
         from: x.code.clone(),
         to: p.code.clone(),

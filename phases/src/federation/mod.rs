@@ -22,8 +22,10 @@
 //!
 //! URLs: a browser reaches X at its front URL ([`InstanceRecord::keycloak_url`]), which is also
 //! the issuer of X's tokens; P calls X's token, JWKS and userinfo endpoints on the back channel:
-//! the same URL on the local runtime, `http://dive-<x>-keycloak:8080` (the container on network
-//! `dive-federation`) on the Docker runtime.
+//! the same URL on the local runtime, `https://dive-<x>-keycloak:8443` (the container on network
+//! `dive-federation`) on the Docker runtime. Every URL is HTTPS: each Keycloak's certificate is
+//! issued by the dive CA for the names it is reached by, and each trusts that CA for its own
+//! outgoing calls.
 //!
 //! ```yaml
 //! - id: client-usa-fra
@@ -59,7 +61,7 @@ use dive_engine::{PhaseContext, PhaseError};
 use dive_instances::{InstanceRecord, Instances, Role, normalize_code};
 use dive_keycloak::{KeycloakAdmin, KeycloakError};
 pub(crate) use dive_keycloak::{enc, realm_path};
-use dive_runtime::{KEYCLOAK_HTTP_PORT, PortSpec};
+use dive_runtime::{KEYCLOAK_HTTPS_PORT, PortSpec};
 use serde::{Deserialize, Deserializer};
 
 /// Secret holding the client secret of direction `from`→`to`.
@@ -88,12 +90,12 @@ pub const SECRET_VERSION_KEY: &str = "dive.secret.version";
 /// one instance's service from another's).
 pub fn backchannel_url(rec: &InstanceRecord) -> String {
     let port = PortSpec {
-        name: "http".into(),
-        container: KEYCLOAK_HTTP_PORT,
+        name: "https".into(),
+        container: KEYCLOAK_HTTPS_PORT,
         host: rec.ports().keycloak,
     };
     let (host, port) = rec.runtime.peer_addr(&rec.code_lower(), "keycloak", &port);
-    format!("http://{host}:{port}")
+    format!("https://{host}:{port}")
 }
 
 /// Deletes the client `federation-<to>` from X's realm, if the realm and the client are there;
@@ -199,16 +201,19 @@ pub(crate) async fn admin(
     ctx: &PhaseContext,
     rec: &InstanceRecord,
 ) -> Result<KeycloakAdmin, PhaseError> {
-    admin_with(Services::of(ctx)?.secrets(), rec).await
+    let services = Services::of(ctx)?;
+    admin_with(services.secrets(), services.trust(), rec).await
 }
 
-/// [`admin`] with the secret store at hand.
+/// [`admin`] with the secret store and the dive CA at hand.
 pub(crate) async fn admin_with(
     store: &dive_secrets::SecretStore,
+    trust: &dive_tls::Trust,
     rec: &InstanceRecord,
 ) -> Result<KeycloakAdmin, PhaseError> {
     Ok(dive_verify::admin_login(
         store,
+        trust,
         &format!("keycloak {}", rec.code),
         &rec.code,
         &rec.keycloak_url(),

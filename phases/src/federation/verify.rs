@@ -41,8 +41,14 @@ impl Phase for FederationVerify {
             "logging in as the test users of {} at {}",
             x.code, p.code
         ));
-        let report =
-            verify_direction(secrets, &Endpoint::from(&x), &Endpoint::from(&p), None).await;
+        let report = verify_direction(
+            secrets,
+            services.trust(),
+            &Endpoint::from(&x),
+            &Endpoint::from(&p),
+            None,
+        )
+        .await;
         record(services.pool(), Some(ctx.run_id), &report)
             .await
             .map_err(|e| PhaseError::retryable(e.to_string()))?;

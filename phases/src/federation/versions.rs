@@ -28,6 +28,7 @@ pub struct SecretVersions {
 /// Reads the store and both sides; never fails, what could not be read is explained.
 pub async fn secret_versions(
     secrets: &SecretStore,
+    trust: &dive_tls::Trust,
     x: &InstanceRecord,
     p: &InstanceRecord,
 ) -> SecretVersions {
@@ -45,7 +46,7 @@ pub async fn secret_versions(
         }
     }
     let client = async {
-        let admin = admin_with(secrets, x).await?;
+        let admin = admin_with(secrets, trust, x).await?;
         let cid = client_id(&p.code);
         let c = admin.client_by_client_id(&x.realm(), &cid).await?;
         Ok::<_, dive_engine::PhaseError>(c.map(|c| {
@@ -55,7 +56,7 @@ pub async fn secret_versions(
         }))
     };
     let provider = async {
-        let admin = admin_with(secrets, p).await?;
+        let admin = admin_with(secrets, trust, p).await?;
         let idp: Option<Value> = admin
             .get_opt(&idp_path(&p.realm(), &idp_alias(&x.code)))
             .await?;

@@ -38,10 +38,13 @@ impl Phase for InstanceReachable {
             .ok_or_else(|| PhaseError::fatal(format!("instance {code} is not deployed")))?;
         let url = rec.keycloak_url();
         let started = Instant::now();
-        url_ok(&format!(
-            "{url}/realms/{}/.well-known/openid-configuration",
-            rec.realm()
-        ))
+        url_ok(
+            &format!(
+                "{url}/realms/{}/.well-known/openid-configuration",
+                rec.realm()
+            ),
+            Some(Services::of(ctx)?.trust()),
+        )
         .await
         .map_err(|e| {
             PhaseError::retryable(format!(

@@ -79,9 +79,10 @@ impl Target {
     /// Logs in as the bootstrap admin with the password from the secret store
     /// ([`dive_verify::admin_login`]).
     pub async fn admin(&self, ctx: &PhaseContext) -> Result<KeycloakAdmin, PhaseError> {
-        let store = Services::of(ctx)?.secrets();
+        let services = Services::of(ctx)?;
         Ok(dive_verify::admin_login(
-            store,
+            services.secrets(),
+            services.trust(),
             &format!("keycloak {}", self.upper),
             &self.upper,
             &self.url,

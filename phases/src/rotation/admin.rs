@@ -60,6 +60,7 @@ impl Phase for RotateAdmin {
         )
         .await?;
         let admin = KeycloakAdmin::connect_named(
+            Services::of(ctx)?.trust(),
             &format!("keycloak {code}"),
             &rec.keycloak_url(),
             ADMIN_USER,

@@ -34,6 +34,7 @@ impl Phase for RotationVerify {
         for d in directions(ctx, &self.code).await? {
             let report = verify_direction(
                 services.secrets(),
+                services.trust(),
                 &Endpoint::from(&d.x),
                 &Endpoint::from(&d.p),
                 None,
