@@ -470,7 +470,8 @@ pub enum SecretsCommand {
         /// Rotate only this kind (repeatable): federation (the client secret of each direction
         /// of each link), signing-key (the realm's RSA signing key), admin (Keycloak's admin
         /// password), users (the test users' passwords), database (the PostgreSQL passwords;
-        /// Keycloak restarts). Default: every kind.
+        /// Keycloak restarts), certificate (Keycloak's HTTPS certificate, renewed in place).
+        /// Default: every kind.
         #[arg(long = "only", value_name = "KIND")]
         only: Vec<String>,
         /// Rotate only secrets whose latest version is older than this (e.g. 30d, 12h).

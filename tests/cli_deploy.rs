@@ -72,20 +72,27 @@ fn users_log_in(env: &TestEnv, url: &str, code: &str) {
     }
 }
 
-fn discovery_answers(url: &str, code: &str) {
+fn discovery_answers(env: &TestEnv, url: &str, code: &str) {
     let realm = format!("dive-{}", code.to_lowercase());
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let https = env
+        .trust()
+        .client(reqwest::Client::builder())
+        .build()
+        .unwrap();
     let doc: Value = rt.block_on(async {
-        reqwest::get(format!(
-            "{url}/realms/{realm}/.well-known/openid-configuration"
-        ))
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        https
+            .get(format!(
+                "{url}/realms/{realm}/.well-known/openid-configuration"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     });
     assert_eq!(doc["issuer"], format!("{url}/realms/{realm}"));
 }
@@ -157,7 +164,7 @@ fn hub_and_spokes_on_the_local_runtime() {
         url.starts_with("https://127.0.0.1:") && !url[8..].contains('/'),
         "{url}"
     );
-    discovery_answers(&url, "USA");
+    discovery_answers(&env, &url, "USA");
     profile_declares_the_attributes(&env, &url, "USA");
     users_log_in(&env, &url, "USA");
 
@@ -210,7 +217,7 @@ fn hub_on_the_docker_runtime_with_the_offline_images() {
     assert_eq!(hub["state"], "running", "{hub}");
     assert_eq!(hub["runtime"], "docker");
     let url = hub["keycloak_url"].as_str().unwrap().to_string();
-    discovery_answers(&url, "NOR");
+    discovery_answers(&env, &url, "NOR");
     users_log_in(&env, &url, "NOR");
     let again = deploy(&env, &["hub", "deploy", "--json"]);
     nothing_changed(&again.json());

@@ -146,6 +146,14 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
                 .unwrap();
             assert!(out.status.success(), "docker inspect {container}");
             let text = String::from_utf8_lossy(&out.stdout);
+            // Published on the host's loopback only.
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let bindings = &doc[0]["HostConfig"]["PortBindings"];
+            for (port, hosts) in bindings.as_object().expect("published ports") {
+                for h in hosts.as_array().unwrap() {
+                    assert_eq!(h["HostIp"], "127.0.0.1", "{container} {port}: {bindings}");
+                }
+            }
             for secret in &secrets {
                 assert!(
                     !text.contains(secret.as_str()),
@@ -252,6 +260,15 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
             password,
         });
     }
+    let started_at = || {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.State.StartedAt}}"])
+            .arg(format!("dive-{}-keycloak", SPOKE.to_lowercase()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let keycloak_started = started_at();
     let probe = Probe::start(&env.trust(), logins, 2);
     probe.wait_for(4, VERIFY_TIMEOUT);
     let out = timed(
@@ -264,6 +281,8 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
             "federation",
             "--only",
             "signing-key",
+            "--only",
+            "certificate",
             "--grace",
             "3s",
             "--json",
@@ -273,6 +292,14 @@ fn a_hub_and_a_spoke_on_docker_federate_and_verify_both_ways() {
     probe.wait_for(30, VERIFY_TIMEOUT);
     let report = probe.stop();
     out.assert_code(0);
+    // The container was given its new certificate in place and presents it (no restart).
+    let renewed = common::phase(&out.json(), "certificate")["output"].clone();
+    assert_eq!(renewed["rotated"], true, "{renewed}");
+    assert_eq!(
+        started_at(),
+        keycloak_started,
+        "the container was not restarted"
+    );
     eprintln!(
         "rotation on docker: {:?}; probe {} attempts, {} failures",
         out.elapsed, report.attempts, report.failures

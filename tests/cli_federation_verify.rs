@@ -355,6 +355,49 @@ fn hub_and_two_spokes_verified_then_tampered_found_by_drift_and_repaired_by_link
     // link starts the stopped services again (its deploy children) before it reconciles.
     repaired(&env, "FRA");
 
+    // 6. FRA's Keycloak given a certificate of another CA (written over its live certificate
+    //    files, which it rereads within 30 s): verify fails at once, naming the certificate
+    //    problem; a deploy gives it its own certificate back in place, and verify passes.
+    let files = env
+        .home
+        .path()
+        .join("instances/fra/services/keycloak.files");
+    let elsewhere = dive_tls::Authority::generate("elsewhere").unwrap();
+    let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+    let foreign = elsewhere.issue(&names, dive_tls::DEFAULT_LIFETIME).unwrap();
+    std::fs::write(files.join("tls.key"), foreign.key_pem().as_str()).unwrap();
+    std::fs::write(files.join("tls.crt"), foreign.cert_pem()).unwrap();
+    let trust = env.trust();
+    let presented = |fra: &str| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(dive_tls::served_certificate(
+            &trust,
+            &format!("{fra}/realms/master"),
+        ))
+    };
+    common::wait_until(
+        "FRA presents the foreign certificate",
+        Duration::from_secs(90),
+        || presented(&fra).is_err_and(|e| e.contains("UnknownIssuer")),
+    );
+    let out = verify(&env, &["federation", "verify", "FRA", "--json"]);
+    out.assert_code(1);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("TLS certificate refused") && text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    assert!(!text.contains("is it running"), "{text}");
+    env.spawn(&["spoke", "deploy", "FRA"])
+        .wait(DEPLOY_TIMEOUT)
+        .assert_code(0);
+    common::wait_until(
+        "FRA presents its own certificate",
+        Duration::from_secs(90),
+        || presented(&fra).is_ok(),
+    );
+    verify(&env, &["federation", "verify", "FRA"]).assert_code(0);
+
     // GBR was never touched.
     assert_eq!(drift(&env, "GBR"), Vec::<Value>::new());
 }

@@ -406,6 +406,22 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
     for f in ["keycloak.conf", "tls.key", "tls.crt", "ca.pem"] {
         assert_eq!(mode(&files.join(f)), 0o600, "{f}");
     }
+    // PostgreSQL takes password logins with scram-sha-256 only (initdb --auth).
+    let hba = env
+        .home
+        .path()
+        .join("instances/usa/data/pgdata/pg_hba.conf");
+    let hba = std::fs::read_to_string(hba).unwrap();
+    let rules: Vec<&str> = hba
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(!rules.is_empty());
+    assert!(
+        rules.iter().all(|l| l.ends_with("scram-sha-256")),
+        "{rules:#?}"
+    );
 
     let addr = format!("127.0.0.1:{}", free_port());
     let heartbeat = format!("{HEARTBEAT_S}s");

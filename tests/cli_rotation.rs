@@ -624,6 +624,44 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
         "{}",
         deploy.stdout
     );
+
+    // 5c. GBR's certificate: renewed in place — the same Keycloak process presents the new one
+    //     (it rereads its live certificate files), and no login fails, GBR's own included.
+    let keycloak_pid = || {
+        let pidfile = env.home.path().join("instances/gbr/services/keycloak.json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(pidfile).unwrap()).unwrap();
+        doc["pid"].as_i64().unwrap()
+    };
+    let served = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(dive_tls::served_certificate(
+            trust(),
+            &format!("{}/realms/master", gbr.url),
+        ))
+        .unwrap()
+    };
+    let (pid, cert) = (keycloak_pid(), served());
+    let (out, report) = probed(
+        &env,
+        &logins,
+        &[
+            "secrets",
+            "rotate",
+            "GBR",
+            "--only",
+            "certificate",
+            "--json",
+        ],
+        MIN_ATTEMPTS,
+    );
+    out.assert_code(0);
+    no_failures("the renewal of GBR's certificate", &report, MIN_ATTEMPTS);
+    let output = common::phase(&out.json(), "certificate")["output"].clone();
+    assert_eq!(output["rotated"], true, "{output}");
+    assert_ne!(served(), cert, "GBR presents its new certificate");
+    assert_eq!(keycloak_pid(), pid, "without a restart");
+    eprintln!("GBR certificate renewal: {:?} ({output})", out.elapsed);
+    env.dive(&["federation", "verify", "GBR"]).assert_code(0);
     let before = latest_versions(&env, "");
 
     // 6. --older-than skips young secrets (everything was just rotated).

@@ -342,11 +342,12 @@ fn usage_errors_and_unknown_names_exit_2() {
 #[test]
 fn hub_and_spoke_deploy_are_instance_deploy_with_the_role_fixed() {
     let env = env();
-    const PHASES: [(&str, &str); 12] = [
+    const PHASES: [(&str, &str); 13] = [
         ("instance", "instance.register"),
         ("postgres-password", "secret.ensure"),
         ("keycloak-db-password", "secret.ensure"),
         ("admin-password", "secret.ensure"),
+        ("certificate", "tls.certificate"),
         ("postgres", "service"),
         ("keycloak-database", "postgres.database"),
         ("keycloak", "service"),

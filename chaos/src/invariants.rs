@@ -90,6 +90,23 @@ fn db_validate(world: &World) -> Result<(), String> {
     }
 }
 
+/// The instances (codes, lower case) a secret belongs to: `fra/…` to FRA,
+/// `federation/usa/fra/…` to both; the home's own secrets (`ca/authority`) to none.
+pub(crate) fn secret_owners(name: &str) -> Vec<String> {
+    let is_code = |p: &&str| p.len() == 3 && p.bytes().all(|b| b.is_ascii_lowercase());
+    let parts: Vec<&str> = name.split('/').collect();
+    let owners = match parts.as_slice() {
+        ["federation", a, b, ..] => vec![*a, *b],
+        [code, _, ..] => vec![*code],
+        _ => vec![],
+    };
+    owners
+        .into_iter()
+        .filter(is_code)
+        .map(str::to_string)
+        .collect()
+}
+
 /// Everything on disk and every live process belongs to a registered instance, and every
 /// secret's owner is registered.
 fn nothing_orphaned(world: &World) -> Result<(), String> {
@@ -122,12 +139,7 @@ fn nothing_orphaned(world: &World) -> Result<(), String> {
     }
     for row in world.rows("SELECT DISTINCT name FROM secrets")? {
         let name = row["name"].as_str().unwrap_or_default();
-        let owners: Vec<&str> = match name.split('/').collect::<Vec<_>>().as_slice() {
-            ["federation", a, b, ..] => vec![a, b],
-            [code, ..] => vec![code],
-            _ => vec![],
-        };
-        if owners.iter().any(|o| !registered.contains(*o)) {
+        if secret_owners(name).iter().any(|o| !registered.contains(o)) {
             problems.push(format!("secret {name} of no instance"));
         }
     }

@@ -1033,12 +1033,15 @@ fn leftovers(world: &World) -> Result<Vec<String>, String> {
         })
         .unwrap_or_default();
     let secrets = world
-        .rows("SELECT DISTINCT upper(split_part(name, '/', 1)) AS code FROM secrets WHERE name NOT LIKE 'federation/%'")
+        .rows("SELECT DISTINCT name FROM secrets")
         .unwrap_or_default();
     codes.extend(
         secrets
             .iter()
-            .filter_map(|r| r["code"].as_str().map(str::to_string)),
+            .filter_map(|r| r["name"].as_str())
+            .filter(|name| !name.starts_with("federation/"))
+            .flat_map(crate::invariants::secret_owners)
+            .map(|c| c.to_uppercase()),
     );
     codes.sort();
     codes.dedup();

@@ -21,7 +21,7 @@
 
 use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
-use dive_instances::normalize_code;
+use dive_instances::{InstanceRecord, normalize_code};
 use dive_runtime::{KEYCLOAK_HTTPS_PORT, PortSpec};
 use dive_secrets::{Secret, SecretError, SecretStore};
 use dive_tls::{Authority, Certificate, TlsError};
@@ -73,6 +73,22 @@ pub async fn certificate(
     }
 }
 
+/// The names an instance's Keycloak is reached by: `127.0.0.1`, `localhost`, and the name a
+/// partner's Keycloak uses on its runtime (its container name on Docker).
+pub fn names(rec: &InstanceRecord) -> Vec<String> {
+    let https = PortSpec {
+        name: "https".into(),
+        container: KEYCLOAK_HTTPS_PORT,
+        host: rec.ports().keycloak,
+    };
+    let (peer, _) = rec.runtime.peer_addr(&rec.code_lower(), "keycloak", &https);
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    if !names.contains(&peer) {
+        names.push(peer);
+    }
+    names
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsCertificate {
@@ -91,17 +107,7 @@ impl Phase for TlsCertificate {
                 "instance {code} is not registered (add an instance.register phase before this one)"
             ))
         })?;
-        // The name a partner's Keycloak uses on this runtime (127.0.0.1 locally).
-        let https = PortSpec {
-            name: "https".into(),
-            container: KEYCLOAK_HTTPS_PORT,
-            host: rec.ports().keycloak,
-        };
-        let (peer, _) = rec.runtime.peer_addr(&rec.code_lower(), "keycloak", &https);
-        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        if !names.contains(&peer) {
-            names.push(peer);
-        }
+        let names = names(&rec);
         let store = services.secrets();
         let name = certificate_secret(&code);
         let authority = services.authority();

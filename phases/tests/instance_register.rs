@@ -145,7 +145,7 @@ async fn the_register_phase_prechecks_registers_and_rolls_back() {
     assert_eq!(out["ports"]["postgres"], 20000);
     assert_eq!(out["ports"]["keycloak"], 20001);
     assert_eq!(out["ports"]["management"], 20002);
-    assert_eq!(out["keycloak_url"], "http://127.0.0.1:20001");
+    assert_eq!(out["keycloak_url"], "https://127.0.0.1:20001");
     assert_eq!(out["created"], true);
     let next = run.phases.iter().find(|p| p.id == "next").unwrap();
     assert_eq!(next.output.as_ref().unwrap()["stdout"], "20001");

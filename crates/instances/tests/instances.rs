@@ -86,7 +86,7 @@ async fn every_iso_code_gets_ports_of_its_own() {
             );
             assert_eq!(
                 rec.keycloak_url(),
-                format!("http://127.0.0.1:{}", ports.keycloak)
+                format!("https://127.0.0.1:{}", ports.keycloak)
             );
         }
         assert_eq!(seen.len(), 249 * 3);

@@ -61,7 +61,10 @@ pub enum KeycloakError {
     },
     /// The server's certificate was refused (another CA, a name it is not valid for, expired):
     /// waiting will not fix it.
-    #[error("{target}: {method} {path}: TLS certificate refused: {message}")]
+    #[error(
+        "{target}: {method} {path}: {}: {message}",
+        dive_tls::CERTIFICATE_REFUSED
+    )]
     Certificate {
         target: String,
         method: String,
@@ -332,10 +335,7 @@ pub(crate) async fn password_grant(
         form.push(("scope", scope));
     }
     let method = Method::POST;
-    let resp = http
-        .post(format!("{base}{path}"))
-        .form(&form)
-        .send()
+    let resp = dive_tls::send(http.post(format!("{base}{path}")).form(&form))
         .await
         .map_err(|e| transport_error(target, &method, &path, &e))?;
     if !resp.status().is_success() {
@@ -488,8 +488,7 @@ impl KeycloakAdmin {
             if let Some(b) = &body {
                 req = req.json(b);
             }
-            let resp = req
-                .send()
+            let resp = dive_tls::send(req)
                 .await
                 .map_err(|e| transport_error(&self.target, &method, path, &e))?;
             tracing::debug!(

@@ -326,7 +326,7 @@ impl DockerRuntime {
                 )
                 .await?;
         }
-        self.upload_files(spec, &name).await?;
+        self.upload_files(spec, &name, false).await?;
         self.docker.start_container(&name, None).await?;
         Ok(())
     }
@@ -351,14 +351,27 @@ impl DockerRuntime {
         }
     }
 
-    /// Puts `spec.files` into the created (not yet started) container under [`FILES_DIR`]: the
-    /// directory 0700 and the files 0600, owned by the image's user.
-    async fn upload_files(&self, spec: &ServiceSpec, container: &str) -> Result<(), RuntimeError> {
-        if spec.files.is_empty() {
+    /// Puts `spec.files` into the container under [`FILES_DIR`] (the directory 0700 and the
+    /// files 0600, owned by the image's user): all of them into a created container before it
+    /// first starts, or only the live ones (`live_only`) into one that runs or starts again —
+    /// each file replaced whole.
+    async fn upload_files(
+        &self,
+        spec: &ServiceSpec,
+        container: &str,
+        live_only: bool,
+    ) -> Result<(), RuntimeError> {
+        let files: std::collections::BTreeMap<String, ServiceFile> = spec
+            .files
+            .iter()
+            .filter(|(_, f)| f.live || !live_only)
+            .map(|(n, f)| (n.clone(), f.clone()))
+            .collect();
+        if files.is_empty() {
             return Ok(());
         }
         let (uid, gid) = self.image_user(&spec.image).await?;
-        let archive = files_archive(&spec.files, uid, gid)
+        let archive = files_archive(&files, uid, gid)
             .map_err(|e| RuntimeError::io(format!("packing the files of {container}"), e))?;
         self.docker
             .upload_to_container(
@@ -579,8 +592,12 @@ impl Runtime for DockerRuntime {
                     == Some(&spec.digest());
                 let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
                 match (same, running) {
-                    (true, true) => Ensured::Unchanged,
+                    (true, true) => {
+                        self.upload_files(spec, &name, true).await?;
+                        Ensured::Unchanged
+                    }
                     (true, false) => {
+                        self.upload_files(spec, &name, true).await?;
                         self.docker.start_container(&name, None).await?;
                         Ensured::Started
                     }

@@ -40,7 +40,10 @@ pub async fn url_ok(url: &str, tls: Option<&Trust>) -> Result<(), String> {
     match client.get(url).send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("GET {url} answered {}", r.status())),
-        Err(e) => Err(format!("GET {url}: {}", reqwest_reason(&e))),
+        Err(e) => Err(match dive_tls::certificate_problem(&e) {
+            Some(problem) => format!("GET {url}: {}: {problem}", dive_tls::CERTIFICATE_REFUSED),
+            None => format!("GET {url}: {}", reqwest_reason(&e)),
+        }),
     }
 }
 

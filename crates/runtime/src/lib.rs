@@ -257,13 +257,13 @@ impl fmt::Debug for ServiceSpec {
 
 impl ServiceSpec {
     /// A digest of everything that shapes the running service (file contents included, so a
-    /// changed secret or certificate recreates it; only the digest is ever stored). The
-    /// bootstrap parts of files are left out: they do not shape a service that is already
-    /// initialised.
+    /// changed secret recreates it; only the digest is ever stored). The bootstrap parts of
+    /// files are left out (they do not shape a service that is already initialised), and so
+    /// are live files (a running service is given their new content in place).
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(self).expect("spec serialises"));
-        for (name, file) in &self.files {
+        for (name, file) in self.files.iter().filter(|(_, f)| !f.live) {
             h.update(name.as_bytes());
             h.update([0]);
             h.update(file.content.as_bytes());
@@ -316,21 +316,34 @@ pub struct ServiceFile {
     /// [digest](ServiceSpec::digest), so rotating it — which dive does through the running
     /// service — is no reason to restart it.
     pub bootstrap: String,
+    /// The service rereads this file by itself while it runs (Keycloak its certificate and key,
+    /// every 30 s): a new content is written in place on the running service instead of
+    /// restarting it, so the file is left out of the digest.
+    pub live: bool,
 }
 
 impl ServiceFile {
     pub fn new(content: impl Into<String>) -> ServiceFile {
         ServiceFile {
             content: content.into(),
-            bootstrap: String::new(),
+            ..ServiceFile::default()
+        }
+    }
+
+    /// A file the running service rereads by itself ([`ServiceFile::live`]).
+    pub fn live(content: impl Into<String>) -> ServiceFile {
+        ServiceFile {
+            content: content.into(),
+            live: true,
+            ..ServiceFile::default()
         }
     }
 
     /// A file read only on the first start.
     pub fn bootstrap(content: impl Into<String>) -> ServiceFile {
         ServiceFile {
-            content: String::new(),
             bootstrap: content.into(),
+            ..ServiceFile::default()
         }
     }
 
@@ -578,6 +591,7 @@ mod tests {
                 ServiceFile {
                     content: "db-password=a\n".into(),
                     bootstrap: "bootstrap-admin-password=x\n".into(),
+                    live: false,
                 },
             )]),
             ports: Vec::new(),
@@ -595,6 +609,19 @@ mod tests {
         assert_eq!(other.secret_values().count(), 2);
         other.files.get_mut("keycloak.conf").unwrap().content = "db-password=b\n".into();
         assert_ne!(other.digest(), spec.digest());
+        let mut renewed = other.clone();
+        renewed
+            .files
+            .insert("tls.crt".into(), ServiceFile::live("one certificate"));
+        let digest = renewed.digest();
+        renewed
+            .files
+            .insert("tls.crt".into(), ServiceFile::live("the next one"));
+        assert_eq!(
+            renewed.digest(),
+            digest,
+            "a live file is refreshed in place"
+        );
         assert!(
             !format!("{spec:?}").contains("password"),
             "values are not shown"

@@ -187,6 +187,35 @@ impl LocalRuntime {
         Ok(())
     }
 
+    /// Gives a running service the current content of its live files, each replaced whole
+    /// (written beside, then renamed) so the service never reads half a file.
+    fn refresh_live_files(&self, spec: &ServiceSpec) -> Result<(), RuntimeError> {
+        let ids = self.service_user(spec)?;
+        let dir = self.files_dir(&spec.instance, &spec.name);
+        let io = |e| RuntimeError::io(dir.display().to_string(), e);
+        for (name, file) in spec.files.iter().filter(|(_, f)| f.live) {
+            let path = dir.join(name);
+            if std::fs::read(&path).is_ok_and(|old| old == file.text().as_bytes()) {
+                continue;
+            }
+            let next = dir.join(format!(".{name}.next"));
+            let _ = std::fs::remove_file(&next);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&next)
+                .map_err(io)?;
+            std::io::Write::write_all(&mut f, file.text().as_bytes()).map_err(io)?;
+            if let Some((uid, gid)) = ids {
+                std::os::unix::fs::chown(&next, Some(uid), Some(gid)).map_err(io)?;
+            }
+            std::fs::rename(&next, &path).map_err(io)?;
+            tracing::info!(instance = %spec.instance, service = %spec.name, file = %name, "refreshed in place");
+        }
+        Ok(())
+    }
+
     fn log_path(&self, instance: &str, name: &str) -> PathBuf {
         self.instance_dir(instance)
             .join("logs")
@@ -528,7 +557,10 @@ impl Runtime for LocalRuntime {
         let existing = self.read_pid(&spec.instance, &spec.name);
         let live = self.live_pid(&spec.instance, &spec.name);
         let outcome = match (&existing, live) {
-            (Some(pf), Some(_)) if pf.digest == spec.digest() => Ensured::Unchanged,
+            (Some(pf), Some(_)) if pf.digest == spec.digest() => {
+                self.refresh_live_files(spec)?;
+                Ensured::Unchanged
+            }
             (Some(_), Some(_)) => {
                 self.stop(&spec.instance, &spec.name).await?;
                 self.spawn(spec).await?;

@@ -58,6 +58,18 @@ pub async fn postgres_template(
     rt.builtin(spec, Builtin::Postgres { password }).await
 }
 
+/// `pem` behind a line saying when dive wrote it (RFC 7468 allows text before a PEM block).
+/// Keycloak (Quarkus) rereads its certificate files every reload period but takes them up only
+/// when they differ from what it *started* with, so a file put back to that content — a renewal
+/// rolled back, a tampered file repaired — would never be taken up; the stamp makes every write
+/// differ.
+fn stamped(pem: &str) -> String {
+    format!(
+        "Written by dive at {}\n{pem}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
 /// What a Keycloak serves HTTPS with: its certificate and key, and the CA its outgoing calls
 /// (the broker back-channel to a partner) trust.
 pub struct KeycloakTls {
@@ -112,6 +124,8 @@ pub async fn keycloak_template(
         ("KC_HTTPS_CERTIFICATE_FILE", "{file:tls.crt}".into()),
         ("KC_HTTPS_CERTIFICATE_KEY_FILE", "{file:tls.key}".into()),
         ("KC_TRUSTSTORE_PATHS", "{file:ca.pem}".into()),
+        // The shortest period Keycloak accepts.
+        ("KC_HTTPS_CERTIFICATES_RELOAD_PERIOD", "30s".into()),
         ("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx768m".into()),
     ];
     spec.env.extend(env.map(|(k, v)| (k.to_string(), v)));
@@ -123,10 +137,16 @@ pub async fn keycloak_template(
                 // Keycloak creates its first admin with it, once; later changes go through the
                 // admin API.
                 bootstrap: format!("bootstrap-admin-password={admin_password}\n"),
+                live: false,
             },
         ),
-        ("tls.crt".to_string(), ServiceFile::new(tls.cert_pem)),
-        ("tls.key".to_string(), ServiceFile::new(tls.key_pem)),
+        // Renewed in place: Keycloak rereads them (KC_HTTPS_CERTIFICATES_RELOAD_PERIOD), so a
+        // new certificate needs no restart and costs no login.
+        (
+            "tls.crt".to_string(),
+            ServiceFile::live(stamped(&tls.cert_pem)),
+        ),
+        ("tls.key".to_string(), ServiceFile::live(tls.key_pem)),
         ("ca.pem".to_string(), ServiceFile::new(tls.ca_pem)),
     ]);
     spec.health = Some(Health::Http {

@@ -211,6 +211,11 @@ impl Certificate {
         self.not_after
     }
 
+    /// The certificate alone, DER: what a server presents.
+    pub fn der(&self) -> Vec<u8> {
+        pem_der(&self.cert_pem).unwrap_or_default()
+    }
+
     /// Whether it still serves: issued by `authority` for exactly `names`, with more than a third
     /// of `lifetime` left (so it is renewed well before clients would refuse it).
     pub fn serves(&self, authority: &Authority, names: &[String], lifetime: Duration) -> bool {
@@ -325,6 +330,49 @@ impl fmt::Debug for Trust {
         f.debug_struct("Trust").finish_non_exhaustive()
     }
 }
+
+/// Sends `request`, and once more when the connection could not be made for another reason than
+/// its certificate: nothing of the request was sent then, so sending it again is always safe. A
+/// server that takes up a renewed certificate (Keycloak rereading its files) drops the TLS
+/// handshakes under way at that instant; the second try meets the new certificate.
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    let again = request.try_clone();
+    match request.send().await {
+        Err(e) if e.is_connect() && certificate_problem(&e).is_none() => match again {
+            Some(again) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                again.send().await
+            }
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// The certificate the server at `url` presents (DER), read by a client trusting `trust` only.
+pub async fn served_certificate(trust: &Trust, url: &str) -> Result<Vec<u8>, String> {
+    let client = trust
+        .client(reqwest::Client::builder())
+        .tls_info(true)
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let answer = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| certificate_problem(&e).unwrap_or_else(|| format!("GET {url}: {e}")))?;
+    answer
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| format!("GET {url}: no certificate presented"))
+}
+
+/// How every dive client starts the error of a refused server certificate (another CA, a name
+/// it is not valid for, expired): something that waiting will not fix.
+pub const CERTIFICATE_REFUSED: &str = "TLS certificate refused";
 
 /// When a request failed because the server's certificate was refused (issued by another CA,
 /// not valid for the name, expired), what was wrong ("invalid peer certificate: UnknownIssuer");

@@ -183,7 +183,7 @@ impl<'a> Browser<'a> {
             req = req.form(f);
         }
         tracing::debug!(%method, url = %shown(url), "verify: request");
-        req.send().await.map_err(|e| {
+        dive_tls::send(req).await.map_err(|e| {
             let (side, ep) = self.side_of(url);
             VerifyError::Unreachable {
                 side,
@@ -239,7 +239,7 @@ impl<'a> Browser<'a> {
 /// The cause chain of a transport error, without reqwest's URL preamble (it may hold a query).
 fn transport_message(e: &reqwest::Error) -> String {
     if let Some(problem) = dive_tls::certificate_problem(e) {
-        return format!("TLS certificate refused: {problem}");
+        return format!("{}: {problem}", dive_tls::CERTIFICATE_REFUSED);
     }
     if e.is_timeout() {
         return format!("timed out after {} s", REQUEST_TIMEOUT.as_secs());

@@ -14,6 +14,7 @@ use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_instances::{Role, normalize_code};
 use dive_runtime::health::url_ok;
+use dive_tls::CERTIFICATE_REFUSED;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -47,6 +48,9 @@ impl Phase for InstanceReachable {
         )
         .await
         .map_err(|e| {
+            if e.contains(CERTIFICATE_REFUSED) {
+                return PhaseError::fatal(format!("keycloak {code} ({url}): {e}"));
+            }
             PhaseError::retryable(format!(
                 "keycloak {code} ({url}) is unreachable: {e} (is it running? `dive {} status{}`)",
                 rec.role,

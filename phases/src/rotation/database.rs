@@ -21,11 +21,9 @@
 use super::{default_only, needed_secrets, origin, selected};
 use crate::context::Services;
 use crate::federation::{breaker, code, instance};
-use dive_engine::subflow::SubWorkflow;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,19 +58,12 @@ impl RotateDatabase {
         let rec = instance(Services::of(ctx)?.instances(), &code)
             .await
             .map_err(PhaseError::fatal)?;
-        let deploy = SubWorkflow {
-            workflow: "instance-deploy".into(),
-            params: BTreeMap::from([
-                ("code".to_string(), code),
-                ("role".to_string(), rec.role.as_str().to_string()),
-            ]),
-        };
         ctx.note(format!(
             "converging {} with its new database passwords (Keycloak restarts)",
             rec.code
         ));
         let started = Instant::now();
-        let out = deploy.run(ctx).await?;
+        let out = super::converge(ctx, &rec).await?;
         Ok((out, started.elapsed().as_millis()))
     }
 }

@@ -17,6 +17,8 @@
 //! | `rotation.verify`               | a real brokered login in every direction of the links      |
 //! | `rotation.finish`               | X drops the old secret; old versions beyond `keep` pruned  |
 //!
+//! Kind `certificate` (`rotation.certificate`): Keycloak's HTTPS certificate, renewed in place.
+//!
 //! Rollback runs in reverse: the provider gets the old value back while the client still
 //! accepts both, then the client's primary goes back to the old value, then the minted version
 //! is removed from the store — so no login fails on the way back either.
@@ -27,6 +29,7 @@
 //! skipped.
 
 mod admin;
+mod certificate;
 mod database;
 mod each;
 mod federation_client;
@@ -40,6 +43,7 @@ mod users;
 mod verify;
 
 pub use admin::RotateAdmin;
+pub use certificate::RotateCertificate;
 pub use database::RotateDatabase;
 pub use each::RotationEach;
 pub use federation_client::RotateFederationClient;
@@ -54,12 +58,22 @@ pub use verify::RotationVerify;
 
 use crate::context::Services;
 use crate::federation::{client_secret_name, code};
-use dive_engine::{PhaseContext, PhaseError};
+use dive_engine::subflow::SubWorkflow;
+use dive_engine::{Phase, PhaseContext, PhaseError};
 use dive_instances::{InstanceRecord, lock_key, normalize_code};
 use dive_secrets::{Secret, SecretStore};
+use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// The kinds of secrets `dive secrets rotate --only` names.
-pub const KINDS: [&str; 5] = ["federation", "signing-key", "admin", "users", "database"];
+pub const KINDS: [&str; 6] = [
+    "federation",
+    "signing-key",
+    "admin",
+    "users",
+    "database",
+    "certificate",
+];
 /// Workflow parameter type `rotation-kinds`: `all` or a comma-separated list of [`KINDS`].
 pub const KINDS_TYPE: &str = "rotation-kinds";
 /// Versions of a secret kept after a rotation (the latest and the ones before it), for rollback.
@@ -115,6 +129,43 @@ pub(crate) fn parse_older_than(text: &str) -> Result<std::time::Duration, PhaseE
             "older_than: `{text}` is not a duration ({e}); expected e.g. 30d, 12h or 0s"
         ))
     })
+}
+
+/// How young the latest version of `name` is when it is younger than `older_than` and this run
+/// did not make it: a rotation with `--older-than` leaves such a secret alone.
+pub(crate) async fn too_young(
+    store: &SecretStore,
+    name: &str,
+    origin: &str,
+    older_than: &str,
+) -> Result<Option<std::time::Duration>, PhaseError> {
+    if store.minted_by(name, origin).await?.is_some() {
+        return Ok(None);
+    }
+    let Some(info) = store.info(name).await? else {
+        return Ok(None);
+    };
+    let age = (chrono::Utc::now() - info.updated_at)
+        .to_std()
+        .unwrap_or_default();
+    Ok((age < parse_older_than(older_than)?).then_some(age))
+}
+
+/// Converges instance `rec` with its deploy workflow as a child run (`instance-deploy`), so it
+/// takes up what the store now holds; returns the child's output.
+pub(crate) async fn converge(
+    ctx: &PhaseContext,
+    rec: &InstanceRecord,
+) -> Result<Value, PhaseError> {
+    SubWorkflow {
+        workflow: "instance-deploy".into(),
+        params: BTreeMap::from([
+            ("code".to_string(), rec.code.clone()),
+            ("role".to_string(), rec.role.as_str().to_string()),
+        ]),
+    }
+    .run(ctx)
+    .await
 }
 
 /// The signing key a run creates: `dive-signing-<run id>` (so a re-run finds it).
@@ -343,7 +394,7 @@ mod tests {
 
     #[test]
     fn kinds_are_checked_and_normalised() {
-        let all = "federation,signing-key,admin,users,database";
+        let all = "federation,signing-key,admin,users,database,certificate";
         assert_eq!(check_kinds("all").unwrap(), all);
         assert_eq!(check_kinds("").unwrap(), all);
         assert_eq!(

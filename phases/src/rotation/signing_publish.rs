@@ -93,15 +93,10 @@ impl Phase for RotateSigningPublish {
         let id = match keys.iter().find(|k| k.name == name) {
             Some(k) => k.id.clone(),
             None => {
-                if store.minted_by(&record, &origin).await?.is_none()
-                    && let Some(info) = store.info(&record).await?
+                if let Some(age) =
+                    super::too_young(store, &record, &origin, &self.older_than).await?
                 {
-                    let age = (chrono::Utc::now() - info.updated_at)
-                        .to_std()
-                        .unwrap_or_default();
-                    if age < super::parse_older_than(&self.older_than)? {
-                        return Ok(json!({ "published": false, "skipped_age_s": age.as_secs() }));
-                    }
+                    return Ok(json!({ "published": false, "skipped_age_s": age.as_secs() }));
                 }
                 let priority = keys.iter().map(|k| k.priority).max().unwrap_or(100) + 10;
                 admin_api
