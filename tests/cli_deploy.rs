@@ -132,6 +132,13 @@ fn nothing_changed(run: &Value) {
         if let Some(e) = out.get("ensured") {
             assert_eq!(e, "unchanged", "phase {}: {out}", p["id"]);
         }
+        if let Some(issued) = out.get("issued") {
+            assert_eq!(
+                issued, false,
+                "phase {} issued a certificate: {out}",
+                p["id"]
+            );
+        }
         if let Some(c) = out.get("created") {
             // A flag, or a count of things created.
             assert!(
@@ -147,6 +154,7 @@ fn nothing_changed(run: &Value) {
 fn hub_and_spokes_on_the_local_runtime() {
     let mut env = TestEnv::new();
     env.own_ports();
+    env.set("DIVE_CERT_LIFETIME", "30d");
     let _reset = Reset(
         &env,
         vec![("hub", "USA"), ("spoke", "FRA"), ("spoke", "GBR")],
@@ -171,6 +179,40 @@ fn hub_and_spokes_on_the_local_runtime() {
     // Again, on a deployed hub: succeeds and changes nothing.
     let again = deploy(&env, &["hub", "deploy", "--json"]);
     nothing_changed(&again.json());
+
+    // Its certificate: the names it is reached by, the lifetime the setting says. A longer
+    // lifetime set later makes the next deploy renew it — in place, Keycloak not restarted.
+    let cert = &hub["certificate"];
+    assert_eq!(
+        cert["names"],
+        serde_json::json!(["127.0.0.1", "localhost"]),
+        "{hub}"
+    );
+    let days = cert["days_left"].as_i64().unwrap();
+    assert!((29..=30).contains(&days), "{hub}");
+    let with_lifetime = |lifetime: &str, args: &[&str]| {
+        let out = env
+            .command(args)
+            .env("DIVE_CERT_LIFETIME", lifetime)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, stderr) = with_lifetime("365d", &["hub", "deploy", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let renewed: Value = serde_json::from_str(&stdout).unwrap();
+    let certificate = &common::phase(&renewed, "certificate")["output"];
+    assert_eq!(certificate["issued"], true, "{certificate}");
+    let keycloak = &common::phase(&renewed, "keycloak")["output"];
+    assert_eq!(keycloak["ensured"], "unchanged", "{keycloak}");
+    let days = status(&env, "hub", "USA")["certificate"]["days_left"]
+        .as_i64()
+        .unwrap();
+    assert!((364..=365).contains(&days), "{days}");
+    let (code, _, stderr) = with_lifetime("soon", &["hub", "status"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("DIVE_CERT_LIFETIME `soon`"), "{stderr}");
 
     // Two spokes at once (lower case accepted).
     let fra = env.spawn(&["spoke", "deploy", "fra"]);
