@@ -55,7 +55,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub struct Endpoint {
     /// Upper case, e.g. `FRA`.
     pub code: String,
-    /// Base URL without a trailing `/`, e.g. `http://127.0.0.1:20011`.
+    /// Base URL without a trailing `/`, e.g. `https://127.0.0.1:20011`.
     pub url: String,
 }
 
