@@ -115,6 +115,16 @@ fn make_traversable(path: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Creates `path` (it must not exist) readable and writable by its owner only, holding `bytes`.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, bytes)
+}
+
 fn tail_lines(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -172,14 +182,7 @@ impl LocalRuntime {
             .map_err(io)?;
         for (name, file) in &spec.files {
             crate::check_file_name(name)?;
-            let path = dir.join(name);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut f, file.text().as_bytes()).map_err(io)?;
+            write_private(&dir.join(name), file.text().as_bytes()).map_err(io)?;
         }
         if let Some(ids) = ids {
             chown_tree(&dir, ids)?;
@@ -200,13 +203,7 @@ impl LocalRuntime {
             }
             let next = dir.join(format!(".{name}.next"));
             let _ = std::fs::remove_file(&next);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&next)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut f, file.text().as_bytes()).map_err(io)?;
+            write_private(&next, file.text().as_bytes()).map_err(io)?;
             if let Some((uid, gid)) = ids {
                 std::os::unix::fs::chown(&next, Some(uid), Some(gid)).map_err(io)?;
             }

@@ -29,6 +29,7 @@ use crate::tls::{certificate, certificate_secret, names};
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use dive_instances::InstanceRecord;
 use dive_secrets::Secret;
+use dive_tls::Certificate;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -48,13 +49,13 @@ pub struct RotateCertificate {
 }
 
 impl RotateCertificate {
-    /// Waits until `rec`'s Keycloak presents the store's current certificate; returns how long
-    /// that took.
+    /// Waits until `rec`'s Keycloak presents the store's current certificate; returns it and how
+    /// long that took.
     async fn until_served(
         &self,
         ctx: &PhaseContext,
         rec: &InstanceRecord,
-    ) -> Result<Duration, PhaseError> {
+    ) -> Result<(Certificate, Duration), PhaseError> {
         let services = Services::of(ctx)?;
         let (cert, _) = certificate(services.secrets(), &rec.code)
             .await
@@ -65,7 +66,7 @@ impl RotateCertificate {
         let started = Instant::now();
         loop {
             let last = match dive_tls::served_certificate(services.trust(), &url).await {
-                Ok(der) if der == want => return Ok(started.elapsed()),
+                Ok(der) if der == want => return Ok((cert, started.elapsed())),
                 Ok(_) => "the previous certificate".to_string(),
                 Err(e) => e,
             };
@@ -112,11 +113,7 @@ impl Phase for RotateCertificate {
             rec.code
         ));
         converge(ctx, &rec).await?;
-        let took = self.until_served(ctx, &rec).await?;
-        let (cert, _) = certificate(store, &code)
-            .await
-            .map_err(|e| PhaseError::fatal(e.to_string()))?
-            .ok_or_else(|| PhaseError::fatal(format!("{code} has no certificate")))?;
+        let (cert, took) = self.until_served(ctx, &rec).await?;
         Ok(json!({
             "rotated": true,
             "not_after": cert.not_after(),
