@@ -399,3 +399,204 @@ pub fn secret_delete(world: &World, name: &str) -> Result<usize, String> {
     ))?;
     Ok(out.trim().parse().unwrap_or(0))
 }
+
+/// The state database's server killed with SIGKILL (the postmaster only: its backends notice and
+/// exit, as after a crash); healed by starting it again (crash recovery).
+pub fn state_db_postmaster_kill(world: &World) -> Result<Heal<'_>, String> {
+    let pid = world
+        .state
+        .postmaster_pid()
+        .ok_or("the state database is not running")?;
+    signal_pid(pid, libc::SIGKILL)?;
+    Ok(Heal::new(move || {
+        // A new postmaster refuses to start while a backend of the old one still holds its
+        // shared memory; they exit within moments of noticing.
+        crate::world::wait_for(
+            "the killed postmaster's backends are gone",
+            std::time::Duration::from_secs(30),
+            || children_of(pid).is_empty().then_some(()),
+        )?;
+        world.state.ensure_running().map_err(|e| e.to_string())
+    }))
+}
+
+/// Every process of the state database's server frozen (SIGSTOP: the postmaster, then its
+/// backends and workers): connections open but nothing answers. Healed by SIGCONT, backends
+/// first.
+pub fn state_db_freeze(world: &World) -> Result<Heal<'_>, String> {
+    let pid = world
+        .state
+        .postmaster_pid()
+        .ok_or("the state database is not running")?;
+    signal_pid(pid, libc::SIGSTOP)?;
+    // The postmaster, frozen, forks no new backend: the list is complete.
+    let children = children_of(pid);
+    for child in &children {
+        let _ = signal_pid(*child, libc::SIGSTOP);
+    }
+    Ok(Heal::new(move || {
+        for child in &children {
+            let _ = signal_pid(*child, libc::SIGCONT);
+        }
+        signal_pid(pid, libc::SIGCONT)
+    }))
+}
+
+/// Pids whose parent is `parent` (from /proc).
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // Field 4 of /proc/PID/stat, after the parenthesised command name.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split(' ').nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+// --- the Docker runtime -----------------------------------------------------------------------
+
+/// Runs `docker ARGS`; returns its standard output.
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {}: {e} (scripts/setup installs it)", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The container of service `service` of instance `code` (the Docker runtime's naming).
+pub fn container(code: &str, service: &str) -> String {
+    format!("dive-{}-{service}", code.to_lowercase())
+}
+
+/// `docker kill` (SIGKILL) of a container.
+pub fn container_kill(code: &str, service: &str) -> Result<(), String> {
+    docker(&["kill", &container(code, service)]).map(|_| ())
+}
+
+/// `docker pause` of a container (its cgroup frozen); healed by `docker unpause`.
+pub fn container_pause(code: &str, service: &str) -> Result<Heal<'static>, String> {
+    let name = container(code, service);
+    docker(&["pause", &name])?;
+    Ok(Heal::new(move || docker(&["unpause", &name]).map(|_| ())))
+}
+
+/// The network on which instances' Keycloaks reach each other (the broker back-channel).
+pub const FEDERATION_NETWORK: &str = "dive-federation";
+
+/// A container disconnected from a Docker network; healed by connecting it again with the
+/// aliases it had.
+pub fn network_disconnect(
+    code: &str,
+    service: &str,
+    network: &str,
+) -> Result<Heal<'static>, String> {
+    let name = container(code, service);
+    let aliases = docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{json (index .NetworkSettings.Networks \"{network}\").Aliases}}}}"),
+        &name,
+    ])?;
+    let aliases: Vec<String> = serde_json::from_str(&aliases).unwrap_or_default();
+    docker(&["network", "disconnect", network, &name])?;
+    let network = network.to_string();
+    Ok(Heal::new(move || {
+        let mut args = vec!["network".to_string(), "connect".to_string()];
+        for alias in aliases.iter().filter(|a| **a != name) {
+            args.extend(["--alias".to_string(), alias.clone()]);
+        }
+        args.extend([network.clone(), name.clone()]);
+        docker(&args.iter().map(String::as_str).collect::<Vec<_>>()).map(|_| ())
+    }))
+}
+
+/// Inside the network namespace of one container (`from`), TCP to another container (`to`) on
+/// `port`, over `network`, dropped or rejected by iptables: a partition of that one path (a
+/// Keycloak's broker back-channel to its partner) while every other path stays up. Healed by
+/// deleting the rule.
+pub fn netns_partition(
+    from: &str,
+    to: &str,
+    network: &str,
+    port: u16,
+    how: Partition,
+) -> Result<Heal<'static>, String> {
+    let pid = docker(&["inspect", "--format", "{{.State.Pid}}", from])?;
+    let ip = docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        to,
+    ])?;
+    if ip.is_empty() {
+        return Err(format!("{to} has no address on {network}"));
+    }
+    let mut rule: Vec<String> = [
+        "OUTPUT",
+        "-d",
+        &ip,
+        "-p",
+        "tcp",
+        "--dport",
+        &port.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    match how {
+        Partition::Drop => rule.extend(["-j", "DROP"].map(String::from)),
+        Partition::Reject => {
+            rule.extend(["-j", "REJECT", "--reject-with", "tcp-reset"].map(String::from))
+        }
+    }
+    let apply = move |op: &str| {
+        let mut args: Vec<String> = ["-t", pid.as_str(), "-n", "iptables", "-w", op]
+            .map(String::from)
+            .to_vec();
+        args.extend(rule.iter().cloned());
+        crate::world::run_tool(
+            Command::new("nsenter").args(&args),
+            &format!("nsenter {}", args.join(" ")),
+        )
+    };
+    apply("-A")?;
+    Ok(Heal::new(move || apply("-D")))
+}
+
+/// Instance codes (lower case) of the dive-managed containers on this Docker engine; empty
+/// when there is no Docker engine to ask.
+pub fn container_instances() -> Vec<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=dive.managed",
+        "--format",
+        "{{.Label \"dive.instance\"}}",
+    ])
+    .map(|out| out.lines().map(str::to_string).collect())
+    .unwrap_or_default()
+}
+
+/// Whether a container exists and runs.
+pub fn container_running(name: &str) -> bool {
+    docker(&["inspect", "--format", "{{.State.Running}}", name]).is_ok_and(|s| s == "true")
+}

@@ -1,6 +1,6 @@
 //! What must hold after every scenario, once its fault is healed.
 
-use crate::scenarios::SPOKE;
+use crate::scenarios::{DOCKER_CODES, HUB, SPOKE};
 use crate::world::World;
 use crate::{Check, Outcome};
 use std::collections::BTreeSet;
@@ -35,6 +35,12 @@ pub fn check_all(
     }
     if outcome != Outcome::Failed && linked(world) {
         checks.push(check("federation healthy", federation_healthy(world)));
+    }
+    if !linked(world) && pair_registered(world) {
+        checks.push(check(
+            "no federation object of an unlinked pair",
+            no_federation_objects(world),
+        ));
     }
     checks.push(check("no secret in output", no_secret_printed(world)));
     checks
@@ -137,6 +143,20 @@ fn nothing_orphaned(world: &World) -> Result<(), String> {
             problems.push(format!("process {} of no instance: {owner}", pid.0));
         }
     }
+    let on_docker: BTreeSet<String> = world
+        .rows("SELECT lower(code) AS code FROM instances WHERE runtime = 'docker'")?
+        .iter()
+        .filter_map(|r| r["code"].as_str().map(str::to_string))
+        .collect();
+    for code in crate::faults::container_instances() {
+        // Only the codes this suite puts on Docker: the engine may hold other homes' containers.
+        if DOCKER_CODES.iter().any(|c| c.eq_ignore_ascii_case(&code)) && !on_docker.contains(&code)
+        {
+            problems.push(format!(
+                "a container of {code}, which is not on Docker here"
+            ));
+        }
+    }
     for row in world.rows("SELECT DISTINCT name FROM secrets")? {
         let name = row["name"].as_str().unwrap_or_default();
         if secret_owners(name).iter().any(|o| !registered.contains(o)) {
@@ -232,4 +252,72 @@ fn no_secret_printed(world: &World) -> Result<(), String> {
             "secret values printed or stored in clear: {leaked:?}"
         ))
     }
+}
+
+/// Both instances of the pair are registered.
+fn pair_registered(world: &World) -> bool {
+    world
+        .sql(&format!(
+            "SELECT count(*) FROM instances WHERE code IN ('{HUB}', '{SPOKE}')"
+        ))
+        .is_ok_and(|n| n == "2")
+}
+
+/// With the pair not linked (a link rolled back, or an unlink), neither realm holds a
+/// federation client or identity provider for the other: checked through each Keycloak's admin
+/// API, so that a compensation that only forgot its own record is caught.
+fn no_federation_objects(world: &World) -> Result<(), String> {
+    let trust = world.dive(&["ca", "show"])?.expect_code(0)?.stdout.clone();
+    let trust = dive_tls::Trust::from_pem(&trust).map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for (code, partner, status) in [
+        (HUB, SPOKE, vec!["hub", "status"]),
+        (SPOKE, HUB, vec!["spoke", "status", SPOKE]),
+    ] {
+        let url = world.dive_json(&status)?["keycloak_url"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no keycloak_url for {code}"))?;
+        let password = world.reveal(&format!("{}/keycloak/admin-password", code.to_lowercase()))?;
+        let (code, partner) = (code.to_lowercase(), partner.to_lowercase());
+        let realm = format!("dive-{code}");
+        let client = format!("federation-{partner}");
+        let idp = format!("{partner}-idp");
+        let present = block_on(async {
+            let admin = dive_keycloak::KeycloakAdmin::connect(&trust, &url, "admin", &password)
+                .await
+                .map_err(|e| e.to_string())?;
+            let client = admin
+                .client_by_client_id(&realm, &client)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| format!("client {client} in realm {realm}"));
+            let idp = admin
+                .get_opt::<serde_json::Value>(&format!(
+                    "/admin/realms/{realm}/identity-provider/instances/{idp}"
+                ))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| format!("identity provider {idp} in realm {realm}"));
+            Ok::<_, String>([client, idp])
+        })??;
+        found.extend(present.into_iter().flatten());
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "left behind by an unlinked pair: {}",
+            found.join(", ")
+        ))
+    }
+}
+
+/// Runs a future to completion on a runtime of its own (the suite is synchronous).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a Tokio runtime: {e}"))?;
+    Ok(runtime.block_on(future))
 }

@@ -40,11 +40,13 @@ pub enum ChaosError {
 pub enum Family {
     /// toxiproxy toxics and a disabled proxy on a link.
     Network,
-    /// iptables DROP / REJECT of a loopback port.
+    /// iptables DROP / REJECT of a loopback port or inside a container's network namespace, a
+    /// container disconnected from its network.
     Partition,
     /// The state database stopped, its backends terminated, read-only.
     Database,
-    /// kill -9, SIGSTOP / SIGCONT of dive and of the services it started.
+    /// kill -9, SIGSTOP / SIGCONT of dive, of the services it started and of the state
+    /// database; `docker kill` and `docker pause` of containers.
     Process,
     /// The master key missing or wrong, a secret deleted from the store.
     Secrets,

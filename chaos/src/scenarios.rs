@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 /// The hub and the spoke of the linked pair most scenarios act on.
 pub const HUB: &str = "USA";
 pub const SPOKE: &str = "FRA";
+/// The spoke a Docker deploy scenario creates.
+pub const DOCKER_SPOKE: &str = "BEL";
+/// The codes this suite puts on the Docker runtime (container names are global on the engine).
+pub const DOCKER_CODES: [&str; 3] = [HUB, SPOKE, DOCKER_SPOKE];
 
 /// A deploy, link or rotation must end within this, faults included.
 const PIPELINE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -28,6 +32,20 @@ pub enum Fixture {
     Hub,
     /// The hub and FRA, linked.
     Linked,
+    /// The hub only, on the Docker runtime.
+    DockerHub,
+    /// The hub and FRA on the Docker runtime, linked.
+    DockerLinked,
+}
+
+impl Fixture {
+    /// The runtime the fixture's instances run on.
+    fn runtime(self) -> &'static str {
+        match self {
+            Fixture::DockerHub | Fixture::DockerLinked => "docker",
+            Fixture::Empty | Fixture::Hub | Fixture::Linked => "local",
+        }
+    }
 }
 
 /// One entry of the catalogue.
@@ -119,6 +137,12 @@ impl<'w> Ctx<'w> {
         }
     }
 
+    /// Scenarios that start several runs of one workflow look for each from its own start.
+    fn restart_clock(&mut self) -> Result<(), String> {
+        self.since = self.world.sql("SELECT now()")?;
+        Ok(())
+    }
+
     fn healed(&mut self) {
         self.healed = Some(Instant::now());
         self.note("healed".into());
@@ -198,7 +222,7 @@ pub fn catalogue() -> &'static [Scenario] {
     &CATALOGUE
 }
 
-static CATALOGUE: [Scenario; 29] = [
+static CATALOGUE: [Scenario; 37] = [
     Scenario {
         name: "hub-deploy.dive-kill9-mid-keycloak",
         family: Family::Process,
@@ -947,7 +971,306 @@ static CATALOGUE: [Scenario; 29] = [
             )
         },
     },
+    Scenario {
+        name: "federation-link.state-db-postmaster-kill9",
+        family: Family::Process,
+        pipeline: "federation-link",
+        fault: "kill -9 of the state database's postmaster in the middle of a link, started again 5-10 s later (crash recovery); the run pauses and finishes by itself",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            ctx.fault_at(
+                &["federation", "link", SPOKE, "--json"],
+                ("federation-link", "client-hub-to-spoke", "running"),
+                1000,
+                (5, 10),
+                |w| {
+                    Ok((
+                        faults::state_db_postmaster_kill(w)?,
+                        "kill -9 of the state database's postmaster".into(),
+                    ))
+                },
+            )
+        },
+    },
+    Scenario {
+        name: "secret-rotation.state-db-sigstop",
+        family: Family::Process,
+        pipeline: "secret-rotation",
+        fault: "every process of the state database's server frozen (SIGSTOP) for 10-20 s during a rotation, then SIGCONT",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            ctx.fault_at(
+                &["secrets", "rotate", SPOKE, "--only", "federation", "--json"],
+                ("secret-rotation", "mint", "succeeded"),
+                300,
+                (10, 20),
+                |w| {
+                    Ok((
+                        faults::state_db_freeze(w)?,
+                        "SIGSTOP of the state database's server".into(),
+                    ))
+                },
+            )
+        },
+    },
+    Scenario {
+        name: "federation-link.dive-kill9-every-boundary",
+        family: Family::Process,
+        pipeline: "federation-link",
+        fault: "one link per phase: kill -9 of dive the moment that phase is checkpointed, then one dive resume; each link succeeds and no phase runs twice",
+        needs: Fixture::Linked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            let mut last = String::new();
+            let mut failed = Vec::new();
+            for phase in LINK_PHASES {
+                unlink(ctx.world)?;
+                ctx.restart_clock()?;
+                let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+                let run = ctx.at_phase("federation-link", phase, "succeeded", 0)?;
+                dive.signal(libc::SIGKILL)?;
+                let done = succeeded_phases(ctx.world, &run)?;
+                ctx.note(format!("kill -9 dive; checkpointed: {}", done.join(", ")));
+                ctx.healed();
+                ctx.finish(dive)?;
+                ctx.resume(&run)?;
+                let state = run_state(ctx.world, &run)?;
+                if state != "succeeded" {
+                    failed.push(format!("killed after `{phase}`: run {run} ended {state}"));
+                }
+                last = run;
+            }
+            ctx.check(
+                "every resumed link succeeded",
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(failed.join("; "))
+                },
+            );
+            Ok(last)
+        },
+    },
+    Scenario {
+        name: "federation-link.hub-partition-reject-rolls-back",
+        family: Family::Partition,
+        pipeline: "federation-link",
+        fault: "the hub's Keycloak port REJECTed from the moment the hub's stack is reconciled until the link gives up: it rolls back, and neither realm keeps a client or identity provider of the other",
+        needs: Fixture::Linked,
+        expect: &[Outcome::RolledBack],
+        ci: true,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            let port = port_of(ctx.world, HUB, "keycloak")?;
+            let dive = ctx.world.spawn(&["federation", "link", SPOKE, "--json"])?;
+            let run = ctx.at_phase("federation-link", "hub", "succeeded", 0)?;
+            let heal = faults::partition_port(port, Partition::Reject)?;
+            ctx.note(format!("REJECT 127.0.0.1:{port} (USA keycloak)"));
+            // Held until the link has spent its retries: its compensations need the hub.
+            let world = ctx.world;
+            wait_for("the link gives up", TRIGGER_TIMEOUT, || {
+                run_state(world, &run).ok().filter(|s| s != "running")
+            })?;
+            heal.heal()?;
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.breakers_opened.push(format!("keycloak:{HUB}"));
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "spoke-deploy.docker-keycloak-container-kill",
+        family: Family::Process,
+        pipeline: "spoke-deploy",
+        fault: "docker kill of the new spoke's Keycloak container 0-8 s after it started (Docker runtime)",
+        needs: Fixture::DockerHub,
+        expect: &[Outcome::Converged, Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            let dive = ctx.world.spawn(&[
+                "spoke",
+                "deploy",
+                DOCKER_SPOKE,
+                "--runtime",
+                "docker",
+                "--json",
+            ])?;
+            ctx.at_phase("spoke-deploy", "keycloak", "running", 0)?;
+            let name = faults::container(DOCKER_SPOKE, "keycloak");
+            wait_for(&format!("{name} runs"), TRIGGER_TIMEOUT, || {
+                faults::container_running(&name).then_some(())
+            })?;
+            let delay = ctx.pick(0, 8000);
+            std::thread::sleep(Duration::from_millis(delay));
+            faults::container_kill(DOCKER_SPOKE, "keycloak")?;
+            ctx.note(format!("docker kill {name}, {delay}ms after it started"));
+            ctx.healed();
+            ctx.finish(dive)?;
+            ctx.root_run("spoke-deploy")
+        },
+    },
+    Scenario {
+        name: "federation-link.docker-spoke-pause",
+        family: Family::Process,
+        pipeline: "federation-link",
+        fault: "the spoke's Keycloak container paused (docker pause) for 35-45 s in the middle of a link, past the admin API's 30 s timeout, then unpaused (Docker runtime)",
+        needs: Fixture::DockerLinked,
+        expect: &[Outcome::Converged],
+        ci: false,
+        run: |ctx| {
+            unlink(ctx.world)?;
+            ctx.fault_at(
+                &["federation", "link", SPOKE, "--json"],
+                ("federation-link", "client-hub-to-spoke", "running"),
+                1000,
+                (35, 45),
+                |_| {
+                    Ok((
+                        faults::container_pause(SPOKE, "keycloak")?,
+                        format!("docker pause {}", faults::container(SPOKE, "keycloak")),
+                    ))
+                },
+            )
+        },
+    },
+    Scenario {
+        name: "federation-verify.docker-backchannel-disconnect",
+        family: Family::Partition,
+        pipeline: "federation-verify",
+        fault: "the spoke's Keycloak container disconnected from network dive-federation during verify: the broker back-channel is cut both ways while dive still reaches both Keycloaks; both directions fail, reconnected the federation is whole (Docker runtime)",
+        needs: Fixture::DockerLinked,
+        expect: &[Outcome::RolledBack],
+        ci: true,
+        run: |ctx| {
+            let name = faults::container(SPOKE, "keycloak");
+            let heal = faults::network_disconnect(SPOKE, "keycloak", faults::FEDERATION_NETWORK)?;
+            ctx.note(format!(
+                "{name} disconnected from {}",
+                faults::FEDERATION_NETWORK
+            ));
+            let out = ctx
+                .world
+                .dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT);
+            heal.heal()?;
+            ctx.healed();
+            let run = ctx.root_run("federation-verify")?;
+            let result = out.and_then(|out| {
+                logins_failed(ctx.world, &run, &out, &["hub-to-spoke", "spoke-to-hub"])
+            });
+            ctx.check("only the logins fail", result);
+            Ok(run)
+        },
+    },
+    Scenario {
+        name: "federation-verify.docker-backchannel-netns-drop",
+        family: Family::Partition,
+        pipeline: "federation-verify",
+        fault: "in the network namespace of the spoke's Keycloak container, iptables DROPs its connections to the hub's container (the spoke's broker back-channel alone) during verify: hub users cannot log in at the spoke, spoke users still log in at the hub (Docker runtime)",
+        needs: Fixture::DockerLinked,
+        expect: &[Outcome::RolledBack],
+        ci: false,
+        run: |ctx| {
+            let (from, to) = (
+                faults::container(SPOKE, "keycloak"),
+                faults::container(HUB, "keycloak"),
+            );
+            let heal = faults::netns_partition(
+                &from,
+                &to,
+                faults::FEDERATION_NETWORK,
+                KEYCLOAK_CONTAINER_PORT,
+                Partition::Drop,
+            )?;
+            ctx.note(format!(
+                "DROP in {from}'s network namespace to {to}:{KEYCLOAK_CONTAINER_PORT}"
+            ));
+            let out = ctx
+                .world
+                .dive_within(&["federation", "verify", SPOKE, "--json"], PIPELINE_TIMEOUT);
+            heal.heal()?;
+            ctx.healed();
+            let run = ctx.root_run("federation-verify")?;
+            let result =
+                out.and_then(|out| logins_failed(ctx.world, &run, &out, &["hub-to-spoke"]));
+            ctx.check("only the hub-to-spoke logins fail", result);
+            Ok(run)
+        },
+    },
 ];
+
+/// The phases of `federation-link`, in the order they are checkpointed.
+const LINK_PHASES: [&str; 7] = [
+    "hub",
+    "spoke",
+    "client-hub-to-spoke",
+    "client-spoke-to-hub",
+    "idp-hub-to-spoke",
+    "idp-spoke-to-hub",
+    "record",
+];
+
+/// The port Keycloak serves HTTPS on inside its container.
+const KEYCLOAK_CONTAINER_PORT: u16 = 8443;
+
+/// The phases of `run` that are checkpointed as succeeded.
+fn succeeded_phases(world: &World, run: &str) -> Result<Vec<String>, String> {
+    Ok(world
+        .rows(&format!(
+            "SELECT phase_id FROM phases WHERE run_id = '{run}' AND state = 'succeeded' \
+             ORDER BY finished_at"
+        ))?
+        .iter()
+        .filter_map(|r| r["phase_id"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// A verify run failed in exactly the `failing` login directions: both Keycloaks were reachable
+/// (the reachability phases succeeded), every other direction passed, and the output names the
+/// spoke.
+fn logins_failed(world: &World, run: &str, out: &Output, failing: &[&str]) -> Result<(), String> {
+    if out.code == Some(0) {
+        return Err("verify passed".into());
+    }
+    if !(out.stdout.contains(SPOKE) || out.stderr.contains(SPOKE)) {
+        return Err(format!(
+            "the failure does not name {SPOKE}: {}{}",
+            out.stdout, out.stderr
+        ));
+    }
+    let states = world.rows(&format!(
+        "SELECT phase_id, state FROM phases WHERE run_id = '{run}'"
+    ))?;
+    let state = |phase: &str| {
+        states
+            .iter()
+            .find(|r| r["phase_id"] == phase)
+            .and_then(|r| r["state"].as_str())
+            .unwrap_or("missing")
+            .to_string()
+    };
+    let mut wrong = Vec::new();
+    for phase in ["reach-hub", "reach-spoke", "hub-to-spoke", "spoke-to-hub"] {
+        let s = state(phase);
+        let should_fail = failing.contains(&phase);
+        if should_fail != (s == "failed") {
+            wrong.push(format!("{phase} is {s}"));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected exactly {failing:?} to fail: {}",
+            wrong.join(", ")
+        ))
+    }
+}
 
 fn run_state(world: &World, run: &str) -> Result<String, String> {
     world.sql(&format!("SELECT state FROM runs WHERE id = '{run}'"))
@@ -976,10 +1299,17 @@ fn unlink(world: &World) -> Result<(), String> {
         .map(|_| ())
 }
 
-/// Instances registered now, `(code, role)`, spokes first.
-fn registered(world: &World) -> Result<Vec<(String, String)>, String> {
+/// An instance registered now.
+struct Registered {
+    code: String,
+    role: String,
+    runtime: String,
+}
+
+/// Instances registered now, spokes first.
+fn registered(world: &World) -> Result<Vec<Registered>, String> {
     let rows = world
-        .rows("SELECT code, role FROM instances ORDER BY role DESC, code")
+        .rows("SELECT code, role, runtime FROM instances ORDER BY role DESC, code")
         .or_else(|e| {
             if e.contains("does not exist") {
                 Ok(Vec::new())
@@ -987,22 +1317,31 @@ fn registered(world: &World) -> Result<Vec<(String, String)>, String> {
                 Err(e)
             }
         })?;
+    let text = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or_default().to_string();
     Ok(rows
         .iter()
-        .map(|r| {
-            (
-                r["code"].as_str().unwrap_or_default().to_string(),
-                r["role"].as_str().unwrap_or_default().to_string(),
-            )
+        .map(|r| Registered {
+            code: text(r, "code"),
+            role: text(r, "role"),
+            runtime: text(r, "runtime"),
         })
         .collect())
 }
 
-fn reset(world: &World, code: &str, role: &str) -> Result<(), String> {
+/// `dive hub|spoke reset`; `runtime` is where to look for an unregistered instance's leftovers.
+fn reset(world: &World, code: &str, role: &str, runtime: &str) -> Result<(), String> {
     let args = if role == "hub" {
-        vec!["hub", "reset", "--code", code, "--yes"]
+        vec![
+            "hub",
+            "reset",
+            "--code",
+            code,
+            "--yes",
+            "--runtime",
+            runtime,
+        ]
     } else {
-        vec!["spoke", "reset", code, "--yes"]
+        vec!["spoke", "reset", code, "--yes", "--runtime", runtime]
     };
     world
         .dive_within(&args, PIPELINE_TIMEOUT)?
@@ -1013,18 +1352,31 @@ fn reset(world: &World, code: &str, role: &str) -> Result<(), String> {
 /// Resets every instance (spokes first): the end of a chaos run.
 pub fn reset_all(world: &World) {
     if let Ok(instances) = registered(world) {
-        for (code, role) in instances {
-            if let Err(e) = reset(world, &code, &role) {
-                eprintln!("chaos: resetting {code}: {e}");
+        for i in instances {
+            if let Err(e) = reset(world, &i.code, &i.role, &i.runtime) {
+                eprintln!("chaos: resetting {}: {e}", i.code);
             }
         }
     }
 }
 
-/// Codes that have a directory under DIVE_HOME/instances or secrets, but no registration: what
-/// a failed rollback left (the scenario that left it has reported it).
-fn leftovers(world: &World) -> Result<Vec<String>, String> {
-    let registered: Vec<String> = registered(world)?.into_iter().map(|(c, _)| c).collect();
+/// Codes that have a directory under DIVE_HOME/instances, secrets or containers, but no
+/// registration (with the runtime to clean): what a failed rollback left (the scenario that
+/// left it has reported it).
+fn leftovers(world: &World) -> Result<Vec<(String, &'static str)>, String> {
+    let registered = registered(world)?;
+    let containers: Vec<(String, &'static str)> = faults::container_instances()
+        .into_iter()
+        .map(|c| c.to_uppercase())
+        .filter(|c| DOCKER_CODES.contains(&c.as_str()))
+        .filter(|c| {
+            !registered
+                .iter()
+                .any(|r| r.code == *c && r.runtime == "docker")
+        })
+        .map(|c| (c, "docker"))
+        .collect();
+    let registered: Vec<String> = registered.into_iter().map(|r| r.code).collect();
     let mut codes: Vec<String> = std::fs::read_dir(world.home().join("instances"))
         .map(|d| {
             d.flatten()
@@ -1046,34 +1398,42 @@ fn leftovers(world: &World) -> Result<Vec<String>, String> {
     codes.sort();
     codes.dedup();
     codes.retain(|c| !registered.contains(c));
-    Ok(codes)
+    let mut all: Vec<(String, &'static str)> = codes.into_iter().map(|c| (c, "local")).collect();
+    all.extend(containers);
+    Ok(all)
 }
 
 /// Brings the world to `fixture`: what an earlier scenario left behind is cleaned away, spokes
 /// other than FRA (deployed by deploy scenarios) are reset.
 fn prepare(world: &World, fixture: Fixture) -> Result<(), String> {
-    for code in leftovers(world)? {
-        reset(world, &code, "spoke")?;
+    for (code, runtime) in leftovers(world)? {
+        reset(world, &code, "spoke", runtime)?;
     }
-    for (code, role) in registered(world)? {
-        if fixture == Fixture::Empty || (role == "spoke" && code != SPOKE) {
-            reset(world, &code, &role)?;
+    let runtime = fixture.runtime();
+    for i in registered(world)? {
+        if fixture == Fixture::Empty
+            || i.runtime != runtime
+            || (i.role == "spoke" && i.code != SPOKE)
+        {
+            reset(world, &i.code, &i.role, &i.runtime)?;
         }
     }
-    match fixture {
-        Fixture::Empty => Ok(()),
-        Fixture::Hub => world
-            .dive_within(&["hub", "deploy", "--json"], PIPELINE_TIMEOUT)?
-            .expect_code(0)
-            .map(|_| ()),
-        Fixture::Linked => world
-            .dive_within(
-                &["run", "workflow", "quickstart", "--json"],
-                PIPELINE_TIMEOUT,
-            )?
-            .expect_code(0)
-            .map(|_| ()),
-    }
+    let args: &[&str] = match fixture {
+        Fixture::Empty => return Ok(()),
+        Fixture::Hub | Fixture::DockerHub => &["hub", "deploy", "--json", "--runtime", runtime],
+        Fixture::Linked | Fixture::DockerLinked => &[
+            "run",
+            "workflow",
+            "quickstart",
+            "--json",
+            "--runtime",
+            runtime,
+        ],
+    };
+    world
+        .dive_within(args, PIPELINE_TIMEOUT)?
+        .expect_code(0)
+        .map(|_| ())
 }
 
 /// Runs one scenario: fixture, scenario, outcome, invariants.

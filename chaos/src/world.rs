@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The Keycloak image `scripts/setup` builds, used unless `DIVE_KEYCLOAK_IMAGE` says otherwise.
+const OFFLINE_KEYCLOAK_IMAGE: &str = "dive-offline/keycloak:26.5.5";
+
 /// The name of the state database's proxy.
 pub const STATE_DB_PROXY: &str = "state-db";
 
@@ -321,6 +324,10 @@ impl World {
             .stderr(Stdio::piped());
         if let Some(cache) = &self.cache {
             cmd.env("DIVE_CACHE", cache);
+        }
+        // Docker scenarios run the image scripts/setup builds (no registry is reachable).
+        if std::env::var_os("DIVE_KEYCLOAK_IMAGE").is_none() {
+            cmd.env("DIVE_KEYCLOAK_IMAGE", OFFLINE_KEYCLOAK_IMAGE);
         }
         if let Ok(vars) = self.vars.lock() {
             cmd.envs(vars.iter().map(|(k, v)| (k, v)));

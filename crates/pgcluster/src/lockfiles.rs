@@ -100,7 +100,7 @@ impl Cluster {
     }
 
     /// The PID of a live postmaster for our data directory, if any.
-    pub(crate) fn postmaster_pid(&self) -> Option<i32> {
+    pub fn postmaster_pid(&self) -> Option<i32> {
         self.postmaster_info()
             .map(|info| info.pid)
             .filter(|&pid| pid_alive(pid))
