@@ -428,4 +428,21 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
         &["federation", "unlink", "FRA", "--yes"],
         LINK_TIMEOUT,
     );
+
+    // Resetting a linked spoke takes its federation with it: the hub keeps no identity
+    // provider or client for it, and no federation secret is left (found by the chaos suite).
+    ok(&env, &["federation", "link", "FRA"], LINK_TIMEOUT);
+    assert_eq!(federation_secrets(&env), "2");
+    let out = ok(
+        &env,
+        &["spoke", "reset", "FRA", "--yes", "--json"],
+        LINK_TIMEOUT,
+    );
+    eprintln!("reset of a linked spoke: {}", out.stdout);
+    let hub_side = side(&env, &usa, "USA", "FRA");
+    assert!(hub_side.client.is_none(), "{:?}", hub_side.client);
+    assert!(hub_side.idp.is_none(), "{:?}", hub_side.idp);
+    assert_eq!(federation_secrets(&env), "0");
+    assert_eq!(links(&env), "0");
+    env.dive(&["db", "validate"]).assert_code(0);
 }

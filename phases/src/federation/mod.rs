@@ -41,6 +41,7 @@
 
 mod client;
 pub mod drift;
+mod forget;
 mod idp;
 mod record;
 mod unlink;
@@ -115,6 +116,24 @@ pub(crate) async fn delete_client(
         return admin.delete_client(&realm, &id).await;
     }
     Ok(false)
+}
+
+/// Deletes the identity provider `<from>-idp` (with its mappers) from P's realm, if the realm
+/// and the provider are there; returns whether it deleted one.
+pub(crate) async fn delete_idp(
+    admin: &KeycloakAdmin,
+    p: &InstanceRecord,
+    from: &str,
+) -> Result<bool, KeycloakError> {
+    let realm = p.realm();
+    if admin.realm(&realm).await?.is_none() {
+        return Ok(false);
+    }
+    let path = realm_path(
+        &realm,
+        &format!("/identity-provider/instances/{}", enc(&idp_alias(from))),
+    );
+    admin.delete(&path).await
 }
 
 /// `${...}` references pass (resolved later); anything else must be a country code.

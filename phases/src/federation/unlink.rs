@@ -15,7 +15,7 @@
 //! Compensation: none — a removed secret cannot be brought back, and linking again recreates
 //! everything (`dive federation link`).
 
-use super::{admin, breaker, client_secret_name, code, code_field, enc, idp_alias, realm_path};
+use super::{admin, breaker, client_secret_name, code, code_field};
 use crate::context::Services;
 use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
 use serde::{Deserialize, Serialize};
@@ -41,14 +41,7 @@ impl Phase for FederationUnlink {
         let mut client_removed = false;
         if let Some(p) = reg.get(&to).await? {
             let admin = admin(ctx, &p).await?;
-            let realm = p.realm();
-            if admin.realm(&realm).await?.is_some() {
-                let path = realm_path(
-                    &realm,
-                    &format!("/identity-provider/instances/{}", enc(&idp_alias(&from))),
-                );
-                idp_removed = admin.delete(&path).await?;
-            }
+            idp_removed = super::delete_idp(&admin, &p, &from).await?;
         }
         if let Some(x) = reg.get(&from).await? {
             let admin = admin(ctx, &x).await?;
