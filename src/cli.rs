@@ -222,6 +222,10 @@ pub struct ExecArgs {
     /// runtime it started with.
     #[arg(long, env = "DIVE_RUNTIME", value_parser = parse_runtime)]
     pub runtime: Option<RuntimeKind>,
+    /// Show what the run would change, object by object, and change nothing (no run is
+    /// recorded, no lock taken). Exit code 0: nothing would change; 4: something would.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {

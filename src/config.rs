@@ -144,6 +144,21 @@ impl Config {
         )
     }
 
+    /// The master key for a dry run: as [`Config::master_key`] finds it, or — on a home that
+    /// has none yet — a key in memory only, so that nothing is written.
+    pub fn master_key_for_plan(&self) -> Result<MasterKey, dive_secrets::SecretError> {
+        let file = self.home().join(MASTER_KEY_FILE);
+        match MasterKey::read(self.master_key.as_deref(), &file)? {
+            Some(key) => Ok(key),
+            // As a run would make it: a store that already holds secrets refuses it, naming
+            // the missing file.
+            None => MasterKey::from_base64(
+                &MasterKey::generate().to_base64(),
+                dive_secrets::KeySource::Created(file),
+            ),
+        }
+    }
+
     /// The instance registry in the state database, with the configured port base.
     pub fn instances(&self, store: &Store) -> Instances {
         Instances::with_port_base(store.pool().clone(), self.port_base)

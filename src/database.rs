@@ -53,6 +53,19 @@ pub async fn open() -> Result<Store> {
     }
 }
 
+/// The state database for a dry run: like [`open`], but the dive home is not created. With
+/// `DIVE_DATABASE_URL` nothing but the schema is ever written; the embedded database is
+/// started (and on first use created) as for any command, being dive's own bookkeeping.
+pub async fn open_for_plan() -> Result<Store> {
+    if config::get().database_url.is_none() {
+        return open().await;
+    }
+    let url = database_url()?;
+    Store::open_with(&url, &MIGRATORS)
+        .await
+        .context("opening the state database (DIVE_DATABASE_URL)")
+}
+
 /// The URL without its password, for display.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -40,6 +40,8 @@ pub mod exit {
     pub const RUN_FAILED: u8 = 1;
     pub const INVALID: u8 = 2;
     pub const LOCKED: u8 = 3;
+    /// `--dry-run`: the plan has changes (0: nothing would change).
+    pub const CHANGES: u8 = 4;
 }
 
 fn exit_code_for(err: &anyhow::Error) -> u8 {

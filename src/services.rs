@@ -21,24 +21,41 @@ pub async fn runtime(kind: RuntimeKind) -> Result<Arc<dyn Runtime>> {
 /// before it writes anything.
 pub async fn engine(store: &Store, kind: RuntimeKind) -> Result<Engine> {
     let cfg = config::get();
-    let services = Services::build(
-        Config {
-            runtime: kind,
-            runtimes: cfg.runtimes.clone(),
-            port_base: cfg.port_base,
-            master_key: cfg.master_key().map_err(classify)?,
-            cert_lifetime: cfg.cert_lifetime,
-        },
-        store.pool(),
-    )
-    .await
-    .context("preparing the run")?;
-    Ok(Engine::new(store.clone())
+    let master_key = cfg.master_key().map_err(classify)?;
+    let services = Services::build(phase_config(kind, master_key), store.pool())
+        .await
+        .context("preparing the run")?;
+    Ok(with_services(store, services))
+}
+
+/// An engine for dry runs on `kind`: built like [`engine`], but nothing is written — no master
+/// key file, no CA (`Services::build_for_plan`).
+pub async fn plan_engine(store: &Store, kind: RuntimeKind) -> Result<Engine> {
+    let master_key = config::get().master_key_for_plan().map_err(classify)?;
+    let services = Services::build_for_plan(phase_config(kind, master_key), store.pool())
+        .await
+        .context("preparing the plan")?;
+    Ok(with_services(store, services))
+}
+
+fn phase_config(kind: RuntimeKind, master_key: dive_secrets::MasterKey) -> Config {
+    let cfg = config::get();
+    Config {
+        runtime: kind,
+        runtimes: cfg.runtimes.clone(),
+        port_base: cfg.port_base,
+        master_key,
+        cert_lifetime: cfg.cert_lifetime,
+    }
+}
+
+fn with_services(store: &Store, services: Services) -> Engine {
+    Engine::new(store.clone())
         .with_catalog(Arc::new(BuiltinWorkflows))
         .with_services(Arc::new(services))
         .with_lock_expander(Arc::new(LinkedInstances {
             pool: store.pool().clone(),
-        })))
+        }))
 }
 
 /// The built-in workflows, for child runs.

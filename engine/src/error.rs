@@ -21,6 +21,10 @@ pub enum EngineError {
     /// Phases' prechecks refused the run; nothing was written.
     #[error("{}", .0.join("\n"))]
     Precheck(Vec<String>),
+    /// A phase could not be planned (a dry run) for a reason that is not the caller's input:
+    /// a server that answered with an error, say.
+    #[error("planning: {0}")]
+    Plan(String),
     #[error("run {0} not found")]
     RunNotFound(Uuid),
     #[error("run {run} is {state}: {why}")]

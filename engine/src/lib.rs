@@ -3,6 +3,7 @@
 //! Keycloak: phase types live in other crates and register themselves with typetag.
 
 pub mod breakers;
+pub mod dry_run;
 pub mod error;
 pub mod events;
 pub mod interpolate;
@@ -19,6 +20,7 @@ pub mod subflow;
 pub mod workflow;
 
 pub use breakers::BreakerPolicy;
+pub use dry_run::{Action, Change, DryRun, KNOWN_AFTER_APPLY, PhasePlan, SENSITIVE};
 pub use error::EngineError;
 pub use events::{Event, EventSink};
 pub use lock_expand::{LockExpander, NoExpansion};

@@ -14,6 +14,7 @@
 //!   bad credentials, invalid configuration); domain errors say it through [`Classify`] and
 //!   convert with `?`. Error text never contains a secret value.
 
+use crate::dry_run::{Action, Change, PhasePlan};
 use crate::events::{Event, EventSink};
 use crate::store::Store;
 use crate::subflow::WorkflowCatalog;
@@ -184,6 +185,25 @@ pub trait Phase: Send + Sync + fmt::Debug {
     /// is reported as invalid input. Phases whose fields use other phases' outputs are skipped.
     async fn precheck(&self, _ctx: &PhaseContext) -> Result<(), String> {
         Ok(())
+    }
+
+    /// What [`Phase::run`] would change, found without changing anything (`dive … --dry-run`):
+    /// read the live state, compare it with what the phase ensures, and return the difference
+    /// and the output a run would give ([`crate::dry_run`]). Fields that use outputs of earlier
+    /// phases may hold [`crate::dry_run::KNOWN_AFTER_APPLY`]. The default says the phase type
+    /// cannot tell.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        Ok(PhasePlan::changes(
+            vec![
+                Change::new(
+                    None,
+                    format!("phase {}", ctx.phase_id),
+                    Action::KnownAfterApply,
+                )
+                .because("this phase type cannot plan: it would run"),
+            ],
+            Value::Null,
+        ))
     }
 
     /// Breaker group a phase type chooses for itself (e.g. `keycloak:FRA`); the workflow's

@@ -66,7 +66,7 @@ impl Default for RunOptions {
 
 impl RunOptions {
     /// The keys of `lock_keys` this run takes on its own connection: those no ancestor holds.
-    fn own_lock_keys(&self, lock_keys: &[String]) -> Vec<String> {
+    pub(crate) fn own_lock_keys(&self, lock_keys: &[String]) -> Vec<String> {
         lock_keys
             .iter()
             .filter(|k| !self.held_lock_keys.contains(k))
@@ -75,7 +75,7 @@ impl RunOptions {
     }
 
     /// Every key the run runs under: its own and its ancestors' (what its phases are told).
-    fn all_lock_keys(&self, lock_keys: &[String]) -> Vec<String> {
+    pub(crate) fn all_lock_keys(&self, lock_keys: &[String]) -> Vec<String> {
         crate::plan::normalise_lock_keys(lock_keys.iter().chain(&self.held_lock_keys).cloned())
     }
 }
@@ -142,19 +142,7 @@ impl Engine {
     /// [`RunOptions::held_lock_keys`]) and fails with [`EngineError::LockHeld`] at once, holding
     /// none of them, if another run holds one.
     pub async fn start(&self, plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
-        let expanded = self.expand_lock_keys(plan).await?;
-        let plan = expanded.as_ref().unwrap_or(plan);
-        if plan.lock_keys.is_empty() {
-            return Err(crate::workflow::InvalidWorkflow {
-                file: plan.source.clone(),
-                problems: vec![crate::workflow::Problem {
-                    phase: None,
-                    message: "lock: the plan has no lock key".into(),
-                }],
-            }
-            .into());
-        }
-        self.precheck(plan, opts).await?;
+        let plan = &self.checked_plan(plan, opts).await?;
         let run_id = Uuid::now_v7();
         let mut conn = RunConn::acquire(
             self.store.url(),
@@ -174,6 +162,43 @@ impl Engine {
         let outcome = runner.execute().await;
         runner.conn.release().await;
         outcome
+    }
+
+    /// `plan` with its lock keys expanded, once its prechecks passed: what a run starts from
+    /// (and a dry run plans).
+    pub(crate) async fn checked_plan(
+        &self,
+        plan: &Plan,
+        opts: &RunOptions,
+    ) -> Result<Plan, EngineError> {
+        let plan = self
+            .expand_lock_keys(plan)
+            .await?
+            .unwrap_or_else(|| plan.clone());
+        if plan.lock_keys.is_empty() {
+            return Err(crate::workflow::InvalidWorkflow {
+                file: plan.source.clone(),
+                problems: vec![crate::workflow::Problem {
+                    phase: None,
+                    message: "lock: the plan has no lock key".into(),
+                }],
+            }
+            .into());
+        }
+        self.precheck(&plan, opts).await?;
+        Ok(plan)
+    }
+
+    pub(crate) fn catalog(&self) -> Arc<dyn WorkflowCatalog> {
+        self.catalog.clone()
+    }
+
+    pub(crate) fn services(&self) -> Arc<dyn Any + Send + Sync> {
+        self.services.clone()
+    }
+
+    pub(crate) fn lock_expander(&self) -> Arc<dyn LockExpander> {
+        self.lock_expander.clone()
     }
 
     /// `plan` with its lock keys expanded ([`LockExpander`]), or `None` when none changes.

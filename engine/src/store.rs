@@ -625,6 +625,18 @@ impl Store {
         Ok(problems)
     }
 
+    /// The first of `keys` that a session holds now, with the run recorded as its holder: read
+    /// from `pg_locks`, so asking takes no lock (a dry run must not refuse a real run).
+    pub async fn held_lock(
+        &self,
+        keys: &[String],
+    ) -> Result<Option<(String, Option<Uuid>)>, EngineError> {
+        Ok(sqlx::query_as(sql_held_lock())
+            .bind(keys)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// Counts for `dive db status`.
     pub async fn counts(&self) -> Result<Vec<(String, i64)>, EngineError> {
         let rows =
@@ -676,6 +688,12 @@ with_lock_held!(
     "SELECT k.key, k.run_id, k.pid, k.host, k.acquired_at, \
      (SELECT r.state FROM runs r WHERE r.id = k.run_id) AS run_state, ",
     " AS held FROM locks k, LATERAL (SELECT k.key AS lock_key) x ORDER BY k.key"
+);
+with_lock_held!(
+    sql_held_lock,
+    "SELECT x.lock_key, (SELECT k.run_id FROM locks k WHERE k.key = x.lock_key) \
+     FROM unnest($1::text[]) AS x(lock_key) WHERE ",
+    " ORDER BY 1 LIMIT 1"
 );
 with_lock_held!(
     sql_clean_locks,

@@ -16,6 +16,7 @@
 //! Compensation: none — a failed child has already rolled itself back, and a child that
 //! succeeded is a finished deployment that a later failure elsewhere should not tear down.
 
+use crate::dry_run::{Action, Change, KNOWN_AFTER_APPLY, PhasePlan, is_known_after_apply};
 use crate::phase::{Phase, PhaseContext, PhaseError};
 use crate::runner::{Engine, RunOptions};
 use crate::state::RunState;
@@ -52,7 +53,7 @@ pub struct SubWorkflow {
 }
 
 impl SubWorkflow {
-    fn plan(&self, ctx: &PhaseContext) -> Result<crate::plan::Plan, String> {
+    fn child_plan(&self, ctx: &PhaseContext) -> Result<crate::plan::Plan, String> {
         let workflow = ctx.catalog.load(&self.workflow)?;
         workflow.plan(&self.params).map_err(|e| e.to_string())
     }
@@ -88,7 +89,7 @@ impl SubWorkflow {
                 engine.resume(id, &opts).await
             }
             _ => {
-                let plan = self.plan(ctx).map_err(PhaseError::fatal)?;
+                let plan = self.child_plan(ctx).map_err(PhaseError::fatal)?;
                 engine.start(&plan, &opts).await
             }
         }
@@ -118,6 +119,43 @@ impl Phase for SubWorkflow {
         if self.params.values().any(|v| v.contains("${")) {
             return Ok(());
         }
-        self.plan(ctx).map(|_| ())
+        self.child_plan(ctx).map(|_| ())
+    }
+
+    /// The child's own dry run: its changes are this phase's.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let output = json!({
+            "workflow": self.workflow, "run_id": KNOWN_AFTER_APPLY, "state": RunState::Succeeded
+        });
+        if self.params.values().any(|v| is_known_after_apply(v)) {
+            return Ok(PhasePlan::changes(
+                vec![
+                    Change::new(
+                        None,
+                        format!("workflow {}", self.workflow),
+                        Action::KnownAfterApply,
+                    )
+                    .because("its parameters use outputs of phases that would change"),
+                ],
+                output,
+            ));
+        }
+        let plan = self.child_plan(ctx).map_err(PhaseError::fatal)?;
+        let engine = Engine::new(ctx.store.clone())
+            .with_catalog(ctx.catalog.clone())
+            .with_services(ctx.services.clone())
+            .with_lock_expander(ctx.lock_expander.clone());
+        let opts = RunOptions {
+            held_lock_keys: ctx.held_lock_keys.clone(),
+            ..RunOptions::default()
+        };
+        let child = engine
+            .plan_phases(&plan, &opts)
+            .await
+            .map_err(|e| PhaseError::fatal(format!("workflow `{}`: {e}", self.workflow)))?;
+        Ok(PhasePlan::changes(
+            child.changes().cloned().collect(),
+            output,
+        ))
     }
 }

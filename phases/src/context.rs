@@ -65,6 +65,8 @@ pub struct Services {
     /// How the other runtimes are reached ([`Services::connect`]).
     runtimes: RuntimeConfig,
     authority: Authority,
+    /// Whether the CA exists only for a dry run: a real run would create (and store) it.
+    authority_planned: bool,
     trust: Trust,
     cert_lifetime: Duration,
 }
@@ -73,10 +75,34 @@ impl Services {
     /// Connects the runtime and checks the master key against the stored secrets, so a wrong
     /// key or an unreachable Docker engine stops the run before it writes anything.
     /// The dive home's CA is created here on first use, and every runtime's health checks trust it.
-    pub async fn build(mut config: Config, pool: &PgPool) -> Result<Services, StartupError> {
+    pub async fn build(config: Config, pool: &PgPool) -> Result<Services, StartupError> {
+        Self::build_with(config, pool, false).await
+    }
+
+    /// Like [`Services::build`] for a dry run: nothing is written — a CA that does not exist
+    /// yet is made in memory only (and `tls.certificate` plans its creation).
+    pub async fn build_for_plan(config: Config, pool: &PgPool) -> Result<Services, StartupError> {
+        Self::build_with(config, pool, true).await
+    }
+
+    async fn build_with(
+        mut config: Config,
+        pool: &PgPool,
+        dry_run: bool,
+    ) -> Result<Services, StartupError> {
         let secrets = SecretStore::new(pool.clone(), config.master_key);
-        secrets.verify_key().await?;
-        let authority = crate::tls::authority(&secrets).await?;
+        if dry_run {
+            secrets.verify_key_read_only().await?;
+        } else {
+            secrets.verify_key().await?;
+        }
+        let existing = crate::tls::existing_authority(&secrets).await?;
+        let authority_planned = existing.is_none() && dry_run;
+        let authority = match existing {
+            Some(authority) => authority,
+            None if dry_run => crate::tls::new_authority()?,
+            None => crate::tls::authority(&secrets).await?,
+        };
         config.runtimes.trust = Some(authority.trust());
         let instances = Instances::with_port_base(pool.clone(), config.port_base)?;
         let runtime = config
@@ -94,6 +120,7 @@ impl Services {
             runtimes: config.runtimes,
             trust: authority.trust(),
             authority,
+            authority_planned,
             cert_lifetime: config.cert_lifetime,
         })
     }
@@ -110,6 +137,11 @@ impl Services {
     /// The dive home's certificate authority.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// Whether the CA would be created by the run (a dry run on a new dive home).
+    pub fn authority_planned(&self) -> bool {
+        self.authority_planned
     }
 
     /// What dive's clients trust: the dive CA only.

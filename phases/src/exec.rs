@@ -4,7 +4,9 @@
 //! phase's stdout in `DIVE_PHASE_STDOUT`. The command's whole process group is killed when the
 //! phase is cancelled or times out, so nothing it started lingers.
 
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -96,6 +98,22 @@ impl Phase for Exec {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let (stdout, exit_code) = run_command(&self.command, &self.env, ctx).await?;
         Ok(json!({ "stdout": stdout, "exit_code": exit_code }))
+    }
+
+    /// A command's effects cannot be known without running it: it is listed as one that would
+    /// run, its output known after apply.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        Ok(PhasePlan::changes(
+            vec![
+                Change::new(
+                    None,
+                    format!("command {}", self.command.join(" ")),
+                    Action::Run,
+                )
+                .because(format!("phase {} runs it", ctx.phase_id)),
+            ],
+            Value::Null,
+        ))
     }
 
     fn has_compensation(&self) -> bool {

@@ -1,7 +1,7 @@
 //! `noop`: does nothing and succeeds. For plumbing, tests and benchmarks.
 //! Idempotent trivially; no compensation.
 
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -18,5 +18,9 @@ pub struct Noop {
 impl Phase for Noop {
     async fn run(&self, _ctx: &PhaseContext) -> Result<Value, PhaseError> {
         Ok(self.output.clone().unwrap_or_else(|| json!({})))
+    }
+
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        Ok(PhasePlan::unchanged(self.run(ctx).await?))
     }
 }

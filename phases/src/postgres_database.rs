@@ -12,7 +12,9 @@
 use crate::context::Services;
 use crate::late::Late;
 use crate::service::secret_value;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
@@ -55,6 +57,18 @@ fn classify(e: sqlx::Error, what: &str) -> PhaseError {
         sqlx::Error::Protocol(_) => PhaseError::retryable(format!("{what}: {e}")),
         e => crate::db::phase_error(&e, what),
     }
+}
+
+/// A session on the server's `postgres` database as `user`.
+async fn connect_as(port: u16, user: &str, password: &str) -> Result<PgConnection, sqlx::Error> {
+    let opts = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username(user)
+        .password(password)
+        .database("postgres")
+        .application_name("dive");
+    PgConnection::connect_with(&opts).await
 }
 
 impl PostgresDatabase {
@@ -109,14 +123,23 @@ impl PostgresDatabase {
     }
 
     async fn connect_with(&self, port: u16, password: &str) -> Result<PgConnection, sqlx::Error> {
-        let opts = PgConnectOptions::new()
-            .host("127.0.0.1")
-            .port(port)
-            .username(&self.admin_user)
-            .password(password)
-            .database("postgres")
-            .application_name("dive");
-        PgConnection::connect_with(&opts).await
+        connect_as(port, &self.admin_user, password).await
+    }
+
+    async fn role_exists(&self, conn: &mut PgConnection) -> Result<bool, PhaseError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(&self.owner)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| classify(e, "checking roles"))
+    }
+
+    async fn database_exists(&self, conn: &mut PgConnection) -> Result<bool, PhaseError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&self.database)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| classify(e, "checking databases"))
     }
 
     /// Runs a statement built server-side with format(%I/%L), so names and values are quoted by
@@ -150,12 +173,7 @@ impl Phase for PostgresDatabase {
         let owner_password =
             secret_value(Services::of(ctx)?.secrets(), &self.owner_password_secret).await?;
         let (mut conn, admin_password_set) = self.connect(ctx).await?;
-        let role_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(&self.owner)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| classify(e, "checking roles"))?;
+        let role_exists = self.role_exists(&mut conn).await?;
         if !role_exists {
             Self::run_formatted(
                 &mut conn,
@@ -172,12 +190,7 @@ impl Phase for PostgresDatabase {
             &format!("setting the password of role {}", self.owner),
         )
         .await?;
-        let db_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&self.database)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| classify(e, "checking databases"))?;
+        let db_exists = self.database_exists(&mut conn).await?;
         if !db_exists {
             Self::run_formatted(
                 &mut conn,
@@ -194,6 +207,88 @@ impl Phase for PostgresDatabase {
             "created_role": !role_exists,
             "admin_password_set": admin_password_set,
         }))
+    }
+
+    /// Reads the server as the admin (read-only): the role and the database that would be
+    /// created, and the owner's password that would be set when it does not log in. A server
+    /// that does not run yet (a new instance, or one the run would start first) is planned as
+    /// new, or known after apply.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let code = self.instance.to_ascii_uppercase();
+        let role = format!("role {} (PostgreSQL)", self.owner);
+        let database = format!("database {} (PostgreSQL)", self.database);
+        let output = |db: bool, role: bool| {
+            json!({ "database": self.database, "owner": self.owner, "created_database": db,
+                    "created_role": role, "admin_password_set": false })
+        };
+        let store = Services::of(ctx)?.secrets();
+        let admin = store.get(&self.admin_password_secret).await?;
+        let (Late::Now(port), Some((admin, _))) = (&self.port, admin) else {
+            // A new instance: its server and secrets are made by this run.
+            return Ok(PhasePlan::changes(
+                vec![
+                    Change::new(Some(&code), role, Action::Create).field(
+                        "password",
+                        Value::Null,
+                        SENSITIVE,
+                    ),
+                    Change::new(Some(&code), database, Action::Create).field(
+                        "owner",
+                        Value::Null,
+                        self.owner.as_str(),
+                    ),
+                ],
+                output(true, true),
+            ));
+        };
+        let mut conn = match self.connect_with(*port, admin.expose()).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Ok(PhasePlan::changes(
+                    vec![
+                        Change::new(Some(&code), database, Action::KnownAfterApply)
+                            .because(format!("PostgreSQL cannot be read now: {e}")),
+                    ],
+                    Value::Null,
+                ));
+            }
+        };
+        let role_exists = self.role_exists(&mut conn).await?;
+        let db_exists = self.database_exists(&mut conn).await?;
+        let mut changes = Vec::new();
+        if !role_exists {
+            changes.push(Change::new(Some(&code), &role, Action::Create).field(
+                "password",
+                Value::Null,
+                SENSITIVE,
+            ));
+        } else {
+            // The owner's password is set every run; it changes only when it does not log in.
+            let owner = store.get(&self.owner_password_secret).await?;
+            let logs_in = match &owner {
+                Some((password, _)) => connect_as(*port, &self.owner, password.expose())
+                    .await
+                    .is_ok(),
+                None => false,
+            };
+            if !logs_in {
+                changes.push(
+                    Change::new(Some(&code), &role, Action::Update)
+                        .field("password", SENSITIVE, SENSITIVE),
+                );
+            }
+        }
+        if !db_exists {
+            changes.push(Change::new(Some(&code), database, Action::Create).field(
+                "owner",
+                Value::Null,
+                self.owner.as_str(),
+            ));
+        }
+        Ok(PhasePlan::changes(
+            changes,
+            output(!db_exists, !role_exists),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

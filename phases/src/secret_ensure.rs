@@ -21,7 +21,9 @@
 //! reset ([`SecretStore::delete_prefix`]).
 
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use dive_secrets::{Alphabet, MAX_LENGTH, MIN_LENGTH};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
@@ -55,6 +57,15 @@ pub struct SecretEnsure {
     pub alphabet: Alphabet,
 }
 
+/// A planned change of secret `name`, under the instance its first segment names (`fra/…`).
+pub(crate) fn secret_change(name: &str, action: Action) -> Change {
+    let owner = name
+        .split('/')
+        .next()
+        .filter(|p| p.len() == 3 && p.bytes().all(|b| b.is_ascii_alphabetic()));
+    Change::new(owner, format!("secret {name}"), action)
+}
+
 #[typetag::serde(name = "secret.ensure")]
 #[async_trait]
 impl Phase for SecretEnsure {
@@ -62,5 +73,23 @@ impl Phase for SecretEnsure {
         let store = Services::of(ctx)?.secrets();
         let (version, created) = store.ensure(&self.name, self.length, self.alphabet).await?;
         Ok(json!({ "name": self.name, "version": version, "created": created }))
+    }
+
+    /// An existing secret stays; a missing one would be generated (its value is never shown).
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let store = Services::of(ctx)?.secrets();
+        Ok(match store.get(&self.name).await? {
+            Some((_, version)) => PhasePlan::unchanged(
+                json!({ "name": self.name, "version": version, "created": false }),
+            ),
+            None => PhasePlan::changes(
+                vec![secret_change(&self.name, Action::Create).field(
+                    "value",
+                    Value::Null,
+                    SENSITIVE,
+                )],
+                json!({ "name": self.name, "version": 1, "created": true }),
+            ),
+        })
     }
 }

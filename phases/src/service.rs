@@ -9,10 +9,14 @@
 
 use crate::context::Services;
 use crate::late::Late;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::dry_run::is_known_after_apply;
+use dive_engine::{
+    Action, Change, KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, async_trait,
+    typetag,
+};
 use dive_runtime::{
-    DataMount, Health, KeycloakTls, PortSpec, Runtime, ServiceFile, ServiceSpec, keycloak_template,
-    postgres_template,
+    DataMount, Ensured, Health, KeycloakTls, PortSpec, Runtime, ServiceFile, ServiceSpec,
+    keycloak_template, postgres_template,
 };
 use dive_secrets::SecretStore;
 use serde::{Deserialize, Serialize};
@@ -203,6 +207,34 @@ impl Service {
         Ok(())
     }
 
+    /// Whether the spec needs what the run decides before this phase: a port only known after
+    /// apply, or a secret that does not exist yet.
+    async fn waits_on_run(&self, ctx: &PhaseContext) -> Result<bool, PhaseError> {
+        let unknown =
+            |f: &Option<Late<u16>>| matches!(f, Some(Late::Text(t)) if is_known_after_apply(t));
+        if [&self.port, &self.management_port, &self.db_port]
+            .into_iter()
+            .any(unknown)
+        {
+            return Ok(true);
+        }
+        let store = Services::of(ctx)?.secrets();
+        let secrets = [
+            &self.password_secret,
+            &self.db_password_secret,
+            &self.tls_secret,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.secret_files.values());
+        for name in secrets {
+            if is_known_after_apply(name) || store.get(name).await?.is_none() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     async fn secret(
         &self,
         store: &SecretStore,
@@ -262,6 +294,56 @@ impl Phase for Service {
             "ensured": ensured,
             "ports": ports,
         }))
+    }
+
+    /// What the runtime would do with the spec ([`Runtime::plan_service`]): nothing, start it,
+    /// recreate it (its configuration changed), or create it. A spec that needs what the run
+    /// decides first (a new instance's ports, secrets it generates) is planned from whether the
+    /// service exists.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let rt = Services::of(ctx)?.runtime().clone();
+        let object = format!("service {} ({})", self.name, rt.kind());
+        let change = |action| Change::new(Some(&self.instance), object.clone(), action);
+        let output = |ensured: Value, ports: Value| {
+            json!({ "instance": self.code(), "name": self.name, "runtime": rt.kind().to_string(),
+                    "ensured": ensured, "ports": ports })
+        };
+        if self.waits_on_run(ctx).await? {
+            let exists = rt.status(&self.code(), &self.name).await?.state
+                != dive_runtime::ServiceState::Missing;
+            let action = if exists {
+                Action::KnownAfterApply
+            } else {
+                Action::Create
+            };
+            return Ok(PhasePlan::changes(
+                vec![change(action).because("its configuration uses what this run makes first")],
+                output(KNOWN_AFTER_APPLY.into(), KNOWN_AFTER_APPLY.into()),
+            ));
+        }
+        let spec = self.spec(ctx, &*rt).await?;
+        let ensured = rt.plan_service(&spec).await?;
+        let ports: BTreeMap<&str, u16> = spec
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.host))
+            .collect();
+        let changes = match ensured {
+            Ensured::Unchanged => vec![],
+            Ensured::Started => vec![change(Action::Start)],
+            Ensured::Created => vec![change(Action::Create).diff(
+                &Value::Null,
+                &json!({ "image": spec.image, "ports": ports }),
+            )],
+            Ensured::Recreated => vec![change(Action::Update).because(
+                "its configuration (image, command, environment, files or ports) differs from \
+                 the running one: it would be recreated",
+            )],
+        };
+        Ok(PhasePlan::changes(
+            changes,
+            output(json!(ensured), json!(ports)),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

@@ -1,7 +1,7 @@
 //! `sleep`: waits for `duration`. For tests and benchmarks of scheduling and timeouts.
 //! Idempotent trivially; no compensation.
 
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -19,5 +19,12 @@ impl Phase for Sleep {
     async fn run(&self, _ctx: &PhaseContext) -> Result<Value, PhaseError> {
         tokio::time::sleep(self.duration).await;
         Ok(json!({ "slept_ms": self.duration.as_millis() as u64 }))
+    }
+
+    /// Waiting changes nothing.
+    async fn plan(&self, _ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        Ok(PhasePlan::unchanged(
+            json!({ "slept_ms": self.duration.as_millis() as u64 }),
+        ))
     }
 }

@@ -20,7 +20,10 @@
 //! a Keycloak started with it must keep it; the secret goes when the instance is reset.
 
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE,
+    async_trait, typetag,
+};
 use dive_instances::{InstanceRecord, normalize_code};
 use dive_runtime::{KEYCLOAK_HTTPS_PORT, PortSpec};
 use dive_secrets::{Secret, SecretError, SecretStore};
@@ -44,15 +47,28 @@ pub enum CaError {
     Tls(#[from] TlsError),
 }
 
-/// The dive home's CA, created (and stored) on first use; concurrent first uses agree on one.
-pub async fn authority(store: &SecretStore) -> Result<Authority, CaError> {
-    if let Some((bundle, _)) = store.get(AUTHORITY_SECRET).await? {
-        return Ok(Authority::from_pem(bundle.expose())?);
+/// The dive home's CA, if it has one.
+pub async fn existing_authority(store: &SecretStore) -> Result<Option<Authority>, CaError> {
+    match store.get(AUTHORITY_SECRET).await? {
+        Some((bundle, _)) => Ok(Some(Authority::from_pem(bundle.expose())?)),
+        None => Ok(None),
     }
-    let fresh = Authority::generate(&format!(
+}
+
+/// A new CA, not stored.
+pub fn new_authority() -> Result<Authority, CaError> {
+    Ok(Authority::generate(&format!(
         "created {}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M")
-    ))?;
+    ))?)
+}
+
+/// The dive home's CA, created (and stored) on first use; concurrent first uses agree on one.
+pub async fn authority(store: &SecretStore) -> Result<Authority, CaError> {
+    if let Some(authority) = existing_authority(store).await? {
+        return Ok(authority);
+    }
+    let fresh = new_authority()?;
     let (bundle, _, created) = store
         .ensure_value(AUTHORITY_SECRET, || Secret::new(fresh.to_pem().as_str()))
         .await?;
@@ -140,5 +156,57 @@ impl Phase for TlsCertificate {
             "names": cert.names(),
             "not_after": cert.not_after(),
         }))
+    }
+
+    /// A certificate that still serves stays; otherwise one would be issued (for a new
+    /// instance, for names its registration decides). A CA that does not exist yet would be
+    /// created first.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let services = Services::of(ctx)?;
+        let code = normalize_code(&self.instance).map_err(|e| PhaseError::fatal(e.to_string()))?;
+        let name = certificate_secret(&code);
+        let lifetime = services.cert_lifetime();
+        let mut changes = Vec::new();
+        if services.authority_planned() {
+            changes.push(
+                Change::new(None, format!("secret {AUTHORITY_SECRET}"), Action::Create)
+                    .field("value", Value::Null, SENSITIVE)
+                    .because("the dive home's certificate authority"),
+            );
+        }
+        let rec = services.instances().get(&code).await?;
+        let current = certificate(services.secrets(), &code).await.ok().flatten();
+        let wanted = rec.as_ref().map(names);
+        if let (Some(names), Some((cert, version))) = (&wanted, &current)
+            && cert.serves(services.authority(), names, lifetime)
+        {
+            return Ok(PhasePlan::changes(
+                changes,
+                json!({ "name": name, "version": version, "issued": false,
+                        "names": cert.names(), "not_after": cert.not_after() }),
+            ));
+        }
+        let not_after =
+            chrono::Utc::now() + chrono::Duration::from_std(lifetime).unwrap_or_default();
+        let new = json!({
+            "names": wanted.clone().map_or(KNOWN_AFTER_APPLY.into(), Value::from),
+            "not_after": not_after.format("%Y-%m-%d").to_string(),
+        });
+        let object = format!("certificate {name}");
+        changes.push(match &current {
+            None => Change::new(Some(&code), object, Action::Create).diff(&Value::Null, &new),
+            Some((cert, _)) => Change::new(Some(&code), object, Action::Update)
+                .diff(
+                    &json!({ "names": cert.names(),
+                             "not_after": cert.not_after().format("%Y-%m-%d").to_string() }),
+                    &new,
+                )
+                .because("it no longer serves: another CA or other names, or under a third of its lifetime left"),
+        });
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "name": name, "version": KNOWN_AFTER_APPLY, "issued": true,
+                    "names": new["names"], "not_after": KNOWN_AFTER_APPLY }),
+        ))
     }
 }

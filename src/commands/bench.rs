@@ -267,6 +267,7 @@ async fn rotation(code: Option<&str>, kinds: &[String], grace: &str, workers: us
         json: false,
         concurrency: 8,
         runtime: Some(instances[0].runtime),
+        dry_run: false,
     };
     // One run per kind for an instance; one run of every kind for `--all`.
     let runs: Vec<String> = match &code {

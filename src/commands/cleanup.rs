@@ -72,6 +72,7 @@ async fn remove(instance: &str) -> Result<u8> {
         json: false,
         concurrency: 8,
         runtime: None,
+        dry_run: false,
     };
     let (engine, outcome) = start_named("cleanup", &params, true, &exec).await?;
     let run = engine.store().load_run(outcome.run_id).await?;

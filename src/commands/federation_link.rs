@@ -53,6 +53,7 @@ pub(crate) async fn federated(code: &str) -> Result<Federated> {
         json: false,
         concurrency: 8,
         runtime: None,
+        dry_run: false,
     };
     let (hub, spoke) = pair(code, &mut exec).await?;
     let params = params(&hub, &spoke);

@@ -398,6 +398,7 @@ async fn run_instance_workflow(
         json: false,
         concurrency: 1,
         runtime: Some(kind),
+        dry_run: false,
     };
     let params = BTreeMap::from([("code".to_string(), code.to_string())]);
     let (engine, outcome) = start_named(workflow, &params, true, &exec).await?;

@@ -5,6 +5,7 @@ mod bench_metrics;
 mod chaos;
 pub(crate) mod cleanup;
 mod db;
+mod dry_run;
 mod federation_drift;
 mod federation_link;
 pub(crate) mod federation_verify;

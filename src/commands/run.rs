@@ -28,6 +28,10 @@ pub async fn run_named(
     no_rollback: bool,
     exec: &ExecArgs,
 ) -> Result<u8> {
+    if exec.dry_run {
+        let (plan, kind) = load_plan(workflow, params, exec)?;
+        return crate::commands::dry_run::dry_run(&plan, kind, exec.json).await;
+    }
     let (engine, outcome) = start_named(workflow, params, no_rollback, exec).await?;
     finish(&engine, exec, outcome).await
 }
@@ -40,20 +44,45 @@ pub async fn start_named(
     no_rollback: bool,
     exec: &ExecArgs,
 ) -> Result<(Engine, RunOutcome)> {
-    // Everything is checked before the database is touched: invalid input writes nothing.
-    let mut plan = workflows::load(workflow)?.plan(params)?;
-    let kind = exec.runtime.unwrap_or_default();
-    plan.context.insert(RUNTIME.into(), kind.to_string());
+    if exec.dry_run {
+        return Err(InvalidInput(format!(
+            "{workflow} changes nothing to plan: --dry-run is for the commands that change \
+             something (deploy, link, unlink, rotate, run workflow)"
+        ))
+        .into());
+    }
+    let (plan, kind) = load_plan(workflow, params, exec)?;
     let store = database::open().await?;
     let engine = services::engine(&store, kind).await?;
     let outcome = execute(&engine, exec, no_rollback, Target::Start(&plan)).await?;
     Ok((engine, outcome))
 }
 
+/// The plan of a workflow on the runtime `exec` names. Everything is checked before the
+/// database is touched: invalid input writes nothing.
+fn load_plan(
+    workflow: &str,
+    params: &BTreeMap<String, String>,
+    exec: &ExecArgs,
+) -> Result<(Plan, dive_runtime::RuntimeKind)> {
+    let mut plan = workflows::load(workflow)?.plan(params)?;
+    let kind = exec.runtime.unwrap_or_default();
+    plan.context.insert(RUNTIME.into(), kind.to_string());
+    Ok((plan, kind))
+}
+
 /// The plan context key that records the runtime, so a resume uses the same one.
 const RUNTIME: &str = "runtime";
 
 pub async fn resume(run_id: Uuid, exec: ExecArgs) -> Result<u8> {
+    if exec.dry_run {
+        return Err(InvalidInput(
+            "--dry-run plans a new run; a resume finishes one that started (`dive runs show RUN` \
+             shows where it stopped)"
+                .into(),
+        )
+        .into());
+    }
     let store = database::open().await?;
     let record = store.load_run(run_id).await?;
     let kind = match record.plan.context.get(RUNTIME) {

@@ -572,17 +572,13 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn ensure_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError> {
+    async fn plan_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError> {
         check_name("instance", &spec.instance)?;
         check_name("service", &spec.name)?;
-        self.ensure_image(&spec.image).await?;
         let name = container_name(&spec.instance, &spec.name);
-        let outcome = match self.docker.inspect_container(&name, None).await {
-            Err(e) if not_found(&e) => {
-                self.create(spec).await?;
-                Ensured::Created
-            }
-            Err(e) => return Err(e.into()),
+        match self.docker.inspect_container(&name, None).await {
+            Err(e) if not_found(&e) => Ok(Ensured::Created),
+            Err(e) => Err(e.into()),
             Ok(existing) => {
                 let same = existing
                     .config
@@ -591,29 +587,32 @@ impl Runtime for DockerRuntime {
                     .and_then(|l| l.get("dive.spec"))
                     == Some(&spec.digest());
                 let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
-                match (same, running) {
-                    (true, true) => {
-                        self.upload_files(spec, &name, true).await?;
-                        Ensured::Unchanged
-                    }
-                    (true, false) => {
-                        self.upload_files(spec, &name, true).await?;
-                        self.docker.start_container(&name, None).await?;
-                        Ensured::Started
-                    }
-                    (false, _) => {
-                        self.docker
-                            .remove_container(
-                                &name,
-                                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-                            )
-                            .await?;
-                        self.create(spec).await?;
-                        Ensured::Recreated
-                    }
-                }
+                Ok(Ensured::decide(Some(same), running))
             }
-        };
+        }
+    }
+
+    async fn ensure_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError> {
+        let outcome = self.plan_service(spec).await?;
+        self.ensure_image(&spec.image).await?;
+        let name = container_name(&spec.instance, &spec.name);
+        match outcome {
+            Ensured::Created => self.create(spec).await?,
+            Ensured::Unchanged => self.upload_files(spec, &name, true).await?,
+            Ensured::Started => {
+                self.upload_files(spec, &name, true).await?;
+                self.docker.start_container(&name, None).await?;
+            }
+            Ensured::Recreated => {
+                self.docker
+                    .remove_container(
+                        &name,
+                        Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+                    )
+                    .await?;
+                self.create(spec).await?;
+            }
+        }
         let took = wait_ready(
             &spec.name,
             spec.ready_timeout,

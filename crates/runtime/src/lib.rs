@@ -381,6 +381,20 @@ pub enum Ensured {
     Started,
 }
 
+impl Ensured {
+    /// What ensuring a service does, from what is there: `same_spec` is `None` when no service
+    /// of that name exists, else whether its recorded digest is the spec's; `running`, whether
+    /// it runs. Both runtimes decide (and plan) with this.
+    pub fn decide(same_spec: Option<bool>, running: bool) -> Ensured {
+        match (same_spec, running) {
+            (None, _) => Ensured::Created,
+            (Some(true), true) => Ensured::Unchanged,
+            (Some(true), false) => Ensured::Started,
+            (Some(false), _) => Ensured::Recreated,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceState {
@@ -519,6 +533,9 @@ pub trait Runtime: sealed::Sealed + Send + Sync {
     async fn ensure_data(&self, instance: &str, volume: &str) -> Result<(), RuntimeError>;
     /// Makes `spec` run and be healthy; idempotent.
     async fn ensure_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError>;
+    /// What [`Runtime::ensure_service`] would do with `spec` now, without doing anything (a
+    /// dry run).
+    async fn plan_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError>;
     /// Stops a service, keeping it and its data.
     async fn stop(&self, instance: &str, name: &str) -> Result<(), RuntimeError>;
     /// Removes a service; its data volumes too when `data` is given.

@@ -548,35 +548,29 @@ impl Runtime for LocalRuntime {
             .map_err(|e| RuntimeError::io(dir.display().to_string(), e))
     }
 
-    async fn ensure_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError> {
+    async fn plan_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError> {
         check_name("instance", &spec.instance)?;
         check_name("service", &spec.name)?;
         let existing = self.read_pid(&spec.instance, &spec.name);
-        let live = self.live_pid(&spec.instance, &spec.name);
-        let outcome = match (&existing, live) {
-            (Some(pf), Some(_)) if pf.digest == spec.digest() => {
-                self.refresh_live_files(spec)?;
-                Ensured::Unchanged
-            }
-            (Some(_), Some(_)) => {
-                self.stop(&spec.instance, &spec.name).await?;
-                self.spawn(spec).await?;
-                Ensured::Recreated
-            }
-            (Some(pf), None) => {
-                let same = pf.digest == spec.digest();
-                self.spawn(spec).await?;
-                if same {
-                    Ensured::Started
-                } else {
-                    Ensured::Recreated
+        let running = self.live_pid(&spec.instance, &spec.name).is_some();
+        Ok(Ensured::decide(
+            existing.map(|pf| pf.digest == spec.digest()),
+            running,
+        ))
+    }
+
+    async fn ensure_service(&self, spec: &ServiceSpec) -> Result<Ensured, RuntimeError> {
+        let outcome = self.plan_service(spec).await?;
+        match outcome {
+            Ensured::Unchanged => self.refresh_live_files(spec)?,
+            Ensured::Recreated | Ensured::Started => {
+                if self.live_pid(&spec.instance, &spec.name).is_some() {
+                    self.stop(&spec.instance, &spec.name).await?;
                 }
-            }
-            (None, _) => {
                 self.spawn(spec).await?;
-                Ensured::Created
             }
-        };
+            Ensured::Created => self.spawn(spec).await?,
+        }
         let took = wait_ready(
             &spec.name,
             spec.ready_timeout,

@@ -117,13 +117,19 @@ impl MasterKey {
     /// the key file at `file`, which is created (mode 0600, parent directories 0700) with a fresh
     /// key when it does not exist.
     pub fn load_from(env: Option<&str>, file: &Path) -> Result<MasterKey, SecretError> {
-        if let Some(text) = env.filter(|t| !t.is_empty()) {
-            return MasterKey::from_base64(text, KeySource::Env);
-        }
-        match read_key_file(file)? {
+        match MasterKey::read(env, file)? {
             Some(key) => Ok(key),
             None => create_key_file(file),
         }
+    }
+
+    /// Like [`MasterKey::load_from`], but never creates the file: `None` when there is no key
+    /// yet (a dry run must not write one).
+    pub fn read(env: Option<&str>, file: &Path) -> Result<Option<MasterKey>, SecretError> {
+        if let Some(text) = env.filter(|t| !t.is_empty()) {
+            return MasterKey::from_base64(text, KeySource::Env).map(Some);
+        }
+        read_key_file(file)
     }
 }
 

@@ -175,6 +175,50 @@ impl SecretStore {
             .map(|_| ())
     }
 
+    /// Like [`SecretStore::verify_key`], but writes nothing: with no key check value stored
+    /// yet, the oldest secret (if any) must decrypt. For a dry run, whose key may exist in
+    /// memory only.
+    pub async fn verify_key_read_only(&self) -> Result<(), SecretError> {
+        self.read_only_key_check().await?;
+        // Reads after this one must not write the check value either.
+        let _ = self.key_checked.set(());
+        Ok(())
+    }
+
+    async fn read_only_key_check(&self) -> Result<(), SecretError> {
+        let wrong = || match &self.origin {
+            KeySource::Created(path) => SecretError::MissingKey { path: path.clone() },
+            origin => SecretError::WrongKey {
+                origin: origin.clone(),
+            },
+        };
+        let stored: Option<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT nonce, ciphertext FROM secret_keycheck")
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some((nonce, ciphertext)) = stored {
+            return match self.decrypt(&nonce, &ciphertext, KEYCHECK_AAD) {
+                Some(p) if p.as_slice() == KEYCHECK_PLAINTEXT => Ok(()),
+                _ => Err(wrong()),
+            };
+        }
+        let existing: Option<(String, i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT name, version, nonce, ciphertext FROM secrets ORDER BY created_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        match existing {
+            Some((name, version, nonce, ciphertext))
+                if self
+                    .decrypt(&nonce, &ciphertext, &aad(&name, version_from_db(version)))
+                    .is_none() =>
+            {
+                Err(wrong())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn check_key(&self) -> Result<(), SecretError> {
         let wrong = || match &self.origin {
             // The key file was missing and this process made a new one: take it back, so that

@@ -23,8 +23,12 @@
 //! purpose), then the registration itself, so a crash half-way leaves it to be compensated again.
 
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, async_trait,
+    typetag,
+};
 use dive_instances::{InstanceError, Instances, NO_HUB, Role, normalize_code};
+use dive_keycloak::default_realm;
 use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -93,6 +97,20 @@ impl InstanceRegister {
     }
 }
 
+/// The output of a registration: what later phases build on.
+fn output(rec: &dive_instances::InstanceRecord, created: bool) -> Value {
+    json!({
+        "code": rec.code,
+        "code_lower": rec.code_lower(),
+        "role": rec.role,
+        "runtime": rec.runtime,
+        "realm": rec.realm(),
+        "ports": rec.ports(),
+        "keycloak_url": rec.keycloak_url(),
+        "created": created,
+    })
+}
+
 #[typetag::serde(name = "instance.register")]
 #[async_trait]
 impl Phase for InstanceRegister {
@@ -107,17 +125,35 @@ impl Phase for InstanceRegister {
         let (rec, created) = reg
             .register_for_run(&code, self.role, kind, ctx.run_id)
             .await?;
-        let ports = rec.ports();
-        Ok(json!({
-            "code": rec.code,
-            "code_lower": rec.code_lower(),
-            "role": rec.role,
-            "runtime": rec.runtime,
-            "realm": rec.realm(),
-            "ports": ports,
-            "keycloak_url": rec.keycloak_url(),
-            "created": created,
-        }))
+        Ok(output(&rec, created))
+    }
+
+    /// A registered instance stays as it is; a new one would be registered, its port block
+    /// (and so its URL) decided by the run.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let reg = Services::of(ctx)?.instances();
+        let code = self.code()?;
+        let kind = runtime_kind(ctx)
+            .ok_or_else(|| PhaseError::fatal("no runtime configured for this run"))?;
+        if let Some(why) = self.refusal(reg, &code, Some(kind)).await? {
+            return Err(PhaseError::fatal(why));
+        }
+        if let Some(rec) = reg.get(&code).await? {
+            return Ok(PhasePlan::unchanged(output(&rec, false)));
+        }
+        let lower = code.to_ascii_lowercase();
+        let registration = Change::new(Some(&code), "registration", Action::Create).diff(
+            &Value::Null,
+            &json!({ "role": self.role, "runtime": kind, "ports": KNOWN_AFTER_APPLY }),
+        );
+        Ok(PhasePlan::changes(
+            vec![registration],
+            json!({
+                "code": code, "code_lower": lower, "role": self.role, "runtime": kind,
+                "realm": default_realm(&code), "ports": KNOWN_AFTER_APPLY,
+                "keycloak_url": KNOWN_AFTER_APPLY, "created": true,
+            }),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

@@ -24,8 +24,10 @@
 //! tolerates that it (or its realm) is already gone.
 
 use super::client_scope::SCOPE_NAME;
-use super::common::{Target, flag, instance_code, realm_name};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use super::common::{Live, Target, flag, instance_code, realm_name, to_json};
+use dive_engine::{
+    Action, KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use dive_keycloak::KeycloakAdmin;
 use dive_keycloak::types::ClientRep;
 use serde::{Deserialize, Serialize};
@@ -211,6 +213,75 @@ impl Phase for KeycloakClient {
             "scope_added": scope_added,
             "changed": changed,
         }))
+    }
+
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let (t, live) = Target::live(&self.instance, &self.url, self.realm.as_deref(), ctx).await?;
+        let want = wanted(&self.client_id);
+        let client = format!("client {}", self.client_id);
+        let scope = format!("default scope {SCOPE_NAME} of client {}", self.client_id);
+        let output = |id: Value, created: bool, fixed: &[&str], scope_added: bool| {
+            json!({ "instance": t.upper, "realm": t.realm, "client_id": self.client_id,
+                    "id": id, "created": created, "updated": !created && !fixed.is_empty(),
+                    "fixed": fixed, "scope_added": scope_added,
+                    "changed": created || !fixed.is_empty() || scope_added })
+        };
+        let admin = match live {
+            Live::Unknown(c) => return Ok(PhasePlan::changes(vec![c], Value::Null)),
+            Live::New => {
+                return Ok(PhasePlan::changes(
+                    vec![
+                        t.change(&client, Action::Create)
+                            .diff(&Value::Null, &to_json(&want)),
+                        t.change(&scope, Action::Create),
+                    ],
+                    output(KNOWN_AFTER_APPLY.into(), true, &[], true),
+                ));
+            }
+            Live::Admin(admin) => admin,
+        };
+        let mut changes = Vec::new();
+        let (id, created, fixed) =
+            match admin.client_by_client_id(&t.realm, &self.client_id).await? {
+                None => {
+                    changes.push(
+                        t.change(&client, Action::Create)
+                            .diff(&Value::Null, &to_json(&want)),
+                    );
+                    (None, true, Vec::new())
+                }
+                Some(have) => {
+                    let mut merged = have.clone();
+                    let fixed = merge_client(&mut merged, &want);
+                    if !fixed.is_empty() {
+                        changes.push(
+                            t.change(&client, Action::Update)
+                                .diff(&to_json(&have), &to_json(&merged)),
+                        );
+                    }
+                    (have.id, false, fixed)
+                }
+            };
+        let scope_id = admin
+            .client_scope_by_name(&t.realm, SCOPE_NAME)
+            .await?
+            .and_then(|s| s.id);
+        let scope_added = match (&id, &scope_id) {
+            (Some(id), Some(scope_id)) => !admin
+                .client_default_scopes(&t.realm, id)
+                .await?
+                .iter()
+                .any(|s| s.id.as_deref() == Some(scope_id)),
+            _ => true,
+        };
+        if scope_added {
+            changes.push(t.change(&scope, Action::Create));
+        }
+        let id = id.map_or(KNOWN_AFTER_APPLY.into(), Value::from);
+        Ok(PhasePlan::changes(
+            changes,
+            output(id, created, &fixed, scope_added),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

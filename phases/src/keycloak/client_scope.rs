@@ -23,8 +23,10 @@
 //! deletes it; when it only added the realm default, removes that. What was there before the
 //! run stays. Both tolerate that the scope (or the realm) is already gone.
 
-use super::common::{Target, flag, instance_code, realm_name};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use super::common::{Live, Target, flag, instance_code, realm_name, to_json};
+use dive_engine::{
+    Action, KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use dive_keycloak::DIVE_ATTRIBUTES;
 use dive_keycloak::KeycloakAdmin;
 use dive_keycloak::types::{ClientScopeRep, ProtocolMapperRep};
@@ -194,6 +196,85 @@ fn mapper_id(admin: &KeycloakAdmin, mapper: &ProtocolMapperRep) -> Result<String
 #[typetag::serde(name = "keycloak.client-scope")]
 #[async_trait]
 impl Phase for KeycloakClientScope {
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let (t, live) = Target::live(&self.instance, &self.url, self.realm.as_deref(), ctx).await?;
+        let scope = format!("client scope {SCOPE_NAME}");
+        let mapper = |name: &str| format!("mapper {name} of client scope {SCOPE_NAME}");
+        let default = format!("realm default client scope {SCOPE_NAME}");
+        let (have, mappers, is_default) = match live {
+            Live::Unknown(c) => return Ok(PhasePlan::changes(vec![c], Value::Null)),
+            Live::New => (None, Vec::new(), false),
+            Live::Admin(admin) => match admin.client_scope_by_name(&t.realm, SCOPE_NAME).await? {
+                None => (None, Vec::new(), false),
+                Some(have) => {
+                    let id = scope_id(&admin, &have)?;
+                    let mappers = admin.client_scope_mappers(&t.realm, &id).await?;
+                    let defaults = admin.default_default_client_scopes(&t.realm).await?;
+                    let is_default = defaults.iter().any(|s| s.id.as_deref() == Some(&id));
+                    (Some(have), mappers, is_default)
+                }
+            },
+        };
+        let mut changes = Vec::new();
+        let (created, mut updated) = (have.is_none(), false);
+        let id = match &have {
+            None => {
+                let want = json!({ "protocol": PROTOCOL, "attributes": scope_attributes() });
+                changes.push(t.change(&scope, Action::Create).diff(&Value::Null, &want));
+                Value::from(KNOWN_AFTER_APPLY)
+            }
+            Some(have) => {
+                let mut attributes = have.attributes.clone();
+                if merge_config(&mut attributes, &scope_attributes())
+                    || have.protocol.as_deref() != Some(PROTOCOL)
+                {
+                    updated = true;
+                    changes.push(t.change(&scope, Action::Update).diff(
+                        &json!({ "protocol": have.protocol, "attributes": have.attributes }),
+                        &json!({ "protocol": PROTOCOL, "attributes": attributes }),
+                    ));
+                }
+                Value::from(have.id.clone())
+            }
+        };
+        let (mut mappers_added, mut mappers_updated) = (Vec::new(), Vec::new());
+        for want in wanted_mappers() {
+            match mappers.iter().find(|m| m.name == want.name) {
+                None => {
+                    changes.push(
+                        t.change(mapper(&want.name), Action::Create)
+                            .diff(&Value::Null, &to_json(&want)),
+                    );
+                    mappers_added.push(want.name.clone());
+                }
+                Some(have) => {
+                    let mut merged = have.clone();
+                    if have.protocol_mapper != want.protocol_mapper {
+                        merged = want.clone();
+                    } else if !merge_config(&mut merged.config, &want.config) {
+                        continue;
+                    }
+                    changes.push(
+                        t.change(mapper(&want.name), Action::Update)
+                            .diff(&to_json(have), &to_json(&merged)),
+                    );
+                    mappers_updated.push(want.name.clone());
+                }
+            }
+        }
+        if !is_default {
+            changes.push(t.change(&default, Action::Create));
+        }
+        let changed = !changes.is_empty();
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "instance": t.upper, "realm": t.realm, "scope": SCOPE_NAME, "id": id,
+                    "created": created, "updated": updated, "mappers_added": mappers_added,
+                    "mappers_updated": mappers_updated, "realm_default_added": !is_default,
+                    "changed": changed }),
+        ))
+    }
+
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let t = self.target()?;
         let admin = t.admin(ctx).await?;

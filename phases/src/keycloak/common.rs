@@ -1,7 +1,8 @@
 //! What every `keycloak.*` phase shares: the instance code, the realm, the admin login.
 
 use crate::context::Services;
-use dive_engine::{PhaseContext, PhaseError};
+use dive_engine::dry_run::is_known_after_apply;
+use dive_engine::{Action, Change, PhaseContext, PhaseError};
 use dive_keycloak::{KeycloakAdmin, default_realm};
 use serde::{Deserialize, Deserializer};
 
@@ -101,6 +102,76 @@ impl Target {
         }
         Ok(())
     }
+}
+
+/// What a `keycloak.*` phase plans against (`--dry-run`).
+pub(crate) enum Live {
+    /// Nothing of it exists yet — its URL is only known after apply (the instance is new: the
+    /// run allocates its port block) or its realm does not exist (an earlier phase of the run
+    /// creates it) — so everything the phase ensures would be created.
+    New,
+    /// Keycloak cannot be read now (it is stopped, say, and the run would start it first):
+    /// what would change is known after apply.
+    Unknown(Change),
+    /// The live Keycloak, to compare with.
+    Admin(KeycloakAdmin),
+}
+
+impl Target {
+    /// The target and what to plan against: like [`Target::new`], but a URL that is only
+    /// known after apply means a new instance ([`Live::New`]).
+    pub async fn live(
+        instance: &str,
+        url: &str,
+        realm: Option<&str>,
+        ctx: &PhaseContext,
+    ) -> Result<(Target, Live), PhaseError> {
+        let placeholder = is_known_after_apply(url);
+        let t = Target::new(
+            instance,
+            if placeholder { "https://planned" } else { url },
+            realm,
+        )?;
+        if placeholder {
+            return Ok((t, Live::New));
+        }
+        let live = match t.admin(ctx).await {
+            Ok(admin) => match admin.realm(&t.realm).await {
+                Ok(Some(_)) => Live::Admin(admin),
+                Ok(None) => Live::New,
+                Err(e) => Live::Unknown(t.unreadable(&ctx.phase_id, e)),
+            },
+            Err(e) => Live::Unknown(t.unreadable(&ctx.phase_id, e)),
+        };
+        Ok((t, live))
+    }
+
+    /// What phase `phase` manages in the realm, when Keycloak cannot be read.
+    fn unreadable(&self, phase: &str, why: impl std::fmt::Display) -> Change {
+        self.change(
+            format!("what phase `{phase}` ensures"),
+            Action::KnownAfterApply,
+        )
+        .because(format!("Keycloak cannot be read now: {why}"))
+    }
+
+    /// A change of an object of this target's realm, e.g. `client dive-verify`.
+    pub fn change(&self, object: impl std::fmt::Display, action: Action) -> Change {
+        Change::new(
+            Some(&self.upper),
+            format!("{object} (realm {})", self.realm),
+            action,
+        )
+    }
+}
+
+/// A representation as JSON, for a plan's old and new values: a client's `secret` is masked.
+pub(crate) fn to_json(rep: &impl serde::Serialize) -> serde_json::Value {
+    let mut value = serde_json::to_value(rep).unwrap_or_default();
+    if let Some(secret) = value.get_mut("secret").filter(|s| !s.is_null()) {
+        *secret = dive_engine::SENSITIVE.into();
+    }
+    value
 }
 
 /// Whether a compensation's `output` says the run created or did something (`key: true`).

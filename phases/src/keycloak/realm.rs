@@ -17,8 +17,10 @@
 //! Compensation: deletes the realm only if this phase created it (output `created: true`), and
 //! tolerates that it is already gone. A realm that was there before is never deleted.
 
-use super::common::{Target, flag, instance_code, realm_name};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use super::common::{Live, Target, flag, instance_code, realm_name};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use dive_keycloak::types::RealmRep;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -93,6 +95,40 @@ impl Phase for KeycloakRealm {
             "updated": updated,
             "changed": created || updated,
         }))
+    }
+
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let (t, live) = Target::live(&self.instance, &self.url, self.realm.as_deref(), ctx).await?;
+        let display_name = format!("DIVE {}", t.upper);
+        let output = |created: bool, updated: bool| {
+            json!({ "instance": t.upper, "realm": t.realm, "created": created,
+                    "updated": updated, "changed": created || updated })
+        };
+        let realm = format!("realm {}", t.realm);
+        let change = |action| Change::new(Some(&t.upper), realm.clone(), action);
+        Ok(match live {
+            Live::Unknown(c) => PhasePlan::changes(vec![c], Value::Null),
+            Live::New => PhasePlan::changes(
+                vec![change(Action::Create).diff(
+                    &Value::Null,
+                    &json!({ "displayName": display_name, "enabled": true }),
+                )],
+                output(true, false),
+            ),
+            Live::Admin(admin) => {
+                let rep = admin.realm(&t.realm).await?.unwrap_or_default();
+                let have = json!({ "displayName": rep.display_name, "enabled": rep.enabled });
+                let want = json!({ "displayName": display_name, "enabled": true });
+                if have == want {
+                    PhasePlan::unchanged(output(false, false))
+                } else {
+                    PhasePlan::changes(
+                        vec![change(Action::Update).diff(&have, &want)],
+                        output(false, true),
+                    )
+                }
+            }
+        })
     }
 
     fn has_compensation(&self) -> bool {

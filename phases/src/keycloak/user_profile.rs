@@ -27,8 +27,8 @@
 //! were created by another run), which is worse than leaving four declared attributes behind.
 //! Deleting a realm this workflow created (`keycloak.realm`'s compensation) removes them anyway.
 
-use super::common::{Target, instance_code, realm_name};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use super::common::{Live, Target, instance_code, realm_name};
+use dive_engine::{Action, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use dive_keycloak::DIVE_ATTRIBUTES;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -187,6 +187,45 @@ impl Phase for KeycloakUserProfile {
             "updated": updated,
             "changed": changed,
         }))
+    }
+
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let (t, live) = Target::live(&self.instance, &self.url, self.realm.as_deref(), ctx).await?;
+        let before = match live {
+            Live::Unknown(c) => return Ok(PhasePlan::changes(vec![c], Value::Null)),
+            Live::New => json!({ "attributes": [] }),
+            Live::Admin(admin) => admin.user_profile(&t.realm).await?,
+        };
+        let mut after = before.clone();
+        let (added, updated) = merge_profile(&mut after).map_err(|e| {
+            PhaseError::fatal(format!("keycloak {}: realm {}: {e}", t.upper, t.realm))
+        })?;
+        let attribute = |config: &Value, name: &str| {
+            config["attributes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["name"] == name))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let mut changes = Vec::new();
+        for name in &added {
+            changes.push(
+                t.change(format!("user-profile attribute {name}"), Action::Create)
+                    .diff(&Value::Null, &attribute(&after, name)),
+            );
+        }
+        for name in &updated {
+            changes.push(
+                t.change(format!("user-profile attribute {name}"), Action::Update)
+                    .diff(&attribute(&before, name), &attribute(&after, name)),
+            );
+        }
+        let changed = !changes.is_empty();
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "instance": t.upper, "realm": t.realm, "attributes": DIVE_ATTRIBUTES,
+                    "added": added, "updated": updated, "changed": changed }),
+        ))
     }
 
     fn breaker_key(&self) -> Option<String> {

@@ -28,10 +28,12 @@
 //! were there before stay. The password secrets stay (secrets have no compensation; see the
 //! secrets module), so a later run gives re-created users the same passwords.
 
-use super::common::{Target, instance_code, realm_name};
+use super::common::{Live, Target, instance_code, realm_name, to_json};
 use crate::context::Services;
 use crate::service::secret_value;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use dive_error::Classify;
 use dive_keycloak::DIVE_ATTRIBUTES;
 use dive_keycloak::KeycloakAdmin;
@@ -252,6 +254,92 @@ impl Phase for KeycloakUsers {
             "unchanged": unchanged,
             "changed": changed,
         }))
+    }
+
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let (t, live) = Target::live(&self.instance, &self.url, self.realm.as_deref(), ctx).await?;
+        let store = Services::of(ctx)?.secrets();
+        let admin = match live {
+            Live::Unknown(c) => return Ok(PhasePlan::changes(vec![c], Value::Null)),
+            Live::New => None,
+            Live::Admin(admin) => Some(admin),
+        };
+        let mut changes = Vec::new();
+        let mut users = Vec::new();
+        for want in test_users(&t.lower) {
+            let secret = user_password_secret(&t.lower, &want.username);
+            let password = store.get(&secret).await.map_err(|e| {
+                PhaseError::fatal(e.to_string()).context(format!("secret {secret}"))
+            })?;
+            if password.is_none() {
+                changes.push(
+                    crate::secret_ensure::secret_change(&secret, Action::Create).field(
+                        "value",
+                        Value::Null,
+                        SENSITIVE,
+                    ),
+                );
+            }
+            let user = format!("user {}", want.username);
+            let have = match &admin {
+                Some(admin) => admin.user_by_username(&t.realm, &want.username).await?,
+                None => None,
+            };
+            let (created, updated) = match &have {
+                None => {
+                    changes.push(
+                        t.change(&user, Action::Create)
+                            .diff(&Value::Null, &to_json(&new_user(&want))),
+                    );
+                    (true, false)
+                }
+                Some(have) => {
+                    let mut merged = have.clone();
+                    let updated = merge_user(&mut merged, &want);
+                    if updated {
+                        changes.push(
+                            t.change(&user, Action::Update)
+                                .diff(&to_json(have), &to_json(&merged)),
+                        );
+                    }
+                    (false, updated)
+                }
+            };
+            let password_set = match (&admin, &password, created) {
+                (Some(admin), Some((password, _)), false) => {
+                    !admin
+                        .check_password(&t.realm, &want.username, password.expose())
+                        .await?
+                }
+                _ => true,
+            };
+            if password_set && !created {
+                changes.push(
+                    t.change(
+                        format!("password of user {}", want.username),
+                        Action::Update,
+                    )
+                    .field("password", SENSITIVE, SENSITIVE),
+                );
+            }
+            users.push(json!({ "username": want.username, "created": created,
+                               "updated": updated, "password_set": password_set }));
+        }
+        let count = |k: &str| users.iter().filter(|u| u[k] == true).count();
+        let unchanged = users
+            .iter()
+            .filter(|u| {
+                u["created"] == false && u["updated"] == false && u["password_set"] == false
+            })
+            .count();
+        let output = json!({
+            "instance": t.upper, "realm": t.realm,
+            "usernames": users.iter().map(|u| u["username"].clone()).collect::<Vec<_>>(),
+            "created": count("created"), "updated": count("updated"),
+            "password_set": count("password_set"), "unchanged": unchanged,
+            "changed": unchanged < users.len(), "users": users,
+        });
+        Ok(PhasePlan::changes(changes, output))
     }
 
     fn has_compensation(&self) -> bool {
