@@ -68,6 +68,13 @@ pub enum Command {
         /// Do not ask.
         #[arg(long)]
         force: bool,
+        /// List what would be removed and remove nothing (exit 0: nothing to remove, 4: there
+        /// is something).
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print the plan as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Link the hub and a spoke with bidirectional OIDC federation, verify it by real logins,
     /// and show its state.

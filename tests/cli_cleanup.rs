@@ -52,6 +52,47 @@ phases:
         "true"
     ]));
 
+    // --dry-run: the plan of the `cleanup` workflow lists what would go, and nothing goes.
+    let runs = env.runs_count();
+    let out = env.dive(&["cleanup", "--all", "--dry-run", "--json"]);
+    out.assert_code(4);
+    let plan = out.json();
+    let changes: Vec<&serde_json::Value> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["changes"].as_array().unwrap().iter())
+        .collect();
+    let objects: Vec<&str> = changes
+        .iter()
+        .map(|c| c["object"].as_str().unwrap())
+        .collect();
+    assert!(
+        objects.contains(&format!("container dive-{code}-pg-docker (docker)").as_str()),
+        "{objects:#?}"
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.contains("pg-local") && o.ends_with("(local)")),
+        "{objects:#?}"
+    );
+    assert!(
+        !objects.iter().any(|o| o.contains("stranger")),
+        "{objects:#?}"
+    );
+    assert!(changes.iter().all(|c| c["action"] == "delete"));
+    assert!(docker(&["inspect", &format!("dive-{code}-pg-docker")]));
+    assert_eq!(env.runs_count(), runs, "a dry run records no run");
+    let text = env.dive(&["cleanup", "--all", "--dry-run"]);
+    text.assert_code(4);
+    assert!(
+        text.stdout
+            .contains(&format!("  - container dive-{code}-pg-docker (docker)")),
+        "{}",
+        text.stdout
+    );
+
     // Without --force and without a terminal: lists, refuses, removes nothing.
     let refused = env.dive(&["cleanup", "--all"]);
     refused.assert_code(2);

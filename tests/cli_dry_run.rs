@@ -83,10 +83,10 @@ fn a_dry_run_plans_a_hub_changes_nothing_and_the_deploy_does_what_it_planned() {
         "database keycloak (PostgreSQL)",
         "service keycloak (local)",
         "realm dive-che",
-        "user-profile attribute acpCOI (realm dive-che)",
-        "client scope dive-attributes (realm dive-che)",
-        "client dive-verify (realm dive-che)",
-        "user testuser-che-1 (realm dive-che)",
+        "user-profile attribute acpCOI in realm dive-che",
+        "client scope dive-attributes in realm dive-che",
+        "client dive-verify in realm dive-che",
+        "user testuser-che-1 in realm dive-che",
     ] {
         assert_eq!(change(&planned, object)["action"], "create", "{object}");
     }
@@ -185,10 +185,10 @@ fn a_dry_run_plans_a_hub_changes_nothing_and_the_deploy_does_what_it_planned() {
         json!([{"field": "displayName", "old": "Tampered", "new": "DIVE CHE"}])
     );
     assert_eq!(
-        change(&planned, "user-profile attribute acpCOI (realm dive-che)")["action"],
+        change(&planned, "user-profile attribute acpCOI in realm dive-che")["action"],
         "create"
     );
-    let client = change(&planned, "client dive-verify (realm dive-che)");
+    let client = change(&planned, "client dive-verify in realm dive-che");
     assert_eq!(client["action"], "update");
     assert!(
         client["fields"].as_array().unwrap().contains(&json!({

@@ -79,19 +79,78 @@ fn has_finding(findings: &[Value], layer: &str, instance: &str, object: &str, di
     );
 }
 
-/// `link` repairs, `drift` finds nothing left, and `verify` passes in both directions.
+/// The configuration findings of `drift`.
+fn config_findings(env: &TestEnv, code: &str) -> Vec<Value> {
+    drift(env, code)
+        .into_iter()
+        .filter(|f| f["layer"] == "config")
+        .collect()
+}
+
+/// A dry run of `link` shows every configuration finding of `drift` as a planned change (with
+/// the same old and new values) and changes nothing; `link` then does exactly what was planned
+/// (a link phase changed something if and only if its plan had changes), `drift` finds nothing
+/// left, and `verify` passes in both directions.
 #[track_caller]
 fn repaired(env: &TestEnv, code: &str) {
+    let findings = config_findings(env, code);
+    let out = env.dive(&["federation", "link", code, "--dry-run", "--json"]);
+    let plan = out.json();
+    assert_eq!(
+        out.code,
+        Some(if plan["would_change"] == true { 4 } else { 0 }),
+        "{}",
+        out.stderr
+    );
+    let steps = plan["steps"].as_array().unwrap().clone();
+    let planned: Vec<&Value> = steps
+        .iter()
+        .flat_map(|s| s["changes"].as_array().unwrap().iter())
+        .collect();
+    for f in &findings {
+        assert!(
+            planned.iter().any(|c| c["instance"] == f["instance"]
+                && c["object"] == f["object"]
+                && f["fields"]
+                    .as_array()
+                    .is_none_or(|fields| c["fields"].as_array() == Some(fields))),
+            "drift finding {f:#} is not a planned change: {planned:#?}"
+        );
+    }
+    assert_eq!(
+        config_findings(env, code),
+        findings,
+        "a dry run changes nothing"
+    );
     let started = std::time::Instant::now();
-    env.spawn(&["federation", "link", code])
-        .wait(VERIFY_TIMEOUT)
-        .assert_code(0);
+    let out = env
+        .spawn(&["federation", "link", code, "--json"])
+        .wait(VERIFY_TIMEOUT);
+    out.assert_code(0);
     eprintln!("repairing link {code}: {:?}", started.elapsed());
+    let run = out.json();
+    for step in steps
+        .iter()
+        .filter(|s| s["type"].as_str().unwrap().starts_with("federation."))
+    {
+        let changes = step["changes"].as_array().unwrap();
+        if changes.iter().any(|c| c["action"] == "known_after_apply") {
+            continue;
+        }
+        let id = step["phase"].as_str().unwrap();
+        assert_eq!(
+            common::phase(&run, id)["output"]["changed"],
+            !changes.is_empty(),
+            "phase {id}: planned {changes:#?}"
+        );
+    }
     assert_eq!(
         drift(env, code),
         Vec::<Value>::new(),
         "nothing left to repair"
     );
+    env.dive(&["federation", "link", code, "--dry-run"])
+        .assert_code(0);
     verify(env, &["federation", "verify", code]).assert_code(0);
 }
 
@@ -265,6 +324,17 @@ fn hub_and_two_spokes_verified_then_tampered_found_by_drift_and_repaired_by_link
         a.delete(&format!("{path}/{}", clearance["id"].as_str().unwrap()))
             .await
             .unwrap();
+        // And another one changed: its claim renamed.
+        let mut country = mappers
+            .iter()
+            .find(|m| m["name"] == "countryOfAffiliation")
+            .unwrap()
+            .clone();
+        country["config"]["claim"] = json!("country");
+        let id = country["id"].as_str().unwrap().to_string();
+        a.put(&format!("{path}/{id}"), Some(&country))
+            .await
+            .unwrap();
     });
     let findings = drift(&env, "FRA");
     has_finding(
@@ -273,6 +343,80 @@ fn hub_and_two_spokes_verified_then_tampered_found_by_drift_and_repaired_by_link
         "USA",
         "mapper clearance of fra-idp in realm dive-usa",
         "missing",
+    );
+    let changed = findings
+        .iter()
+        .find(|f| f["object"] == "mapper countryOfAffiliation of fra-idp in realm dive-usa")
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert_eq!(
+        changed["fields"],
+        json!([{"field": "config.claim", "old": "country", "new": "countryOfAffiliation"}]),
+        "{changed:#}"
+    );
+    repaired(&env, "FRA");
+
+    // 3b. The identity provider disabled, and a user-profile attribute removed at FRA.
+    rt.block_on(async {
+        let a = admin(&env, &fra, "FRA").await;
+        let path = "/admin/realms/dive-fra/identity-provider/instances/usa-idp";
+        let mut idp: Value = a.get(path).await.unwrap();
+        idp["enabled"] = json!(false);
+        a.put(path, Some(&idp)).await.unwrap();
+        let mut profile = a.user_profile("dive-fra").await.unwrap();
+        profile["attributes"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|x| x["name"] != "acpCOI");
+        a.update_user_profile("dive-fra", &profile).await.unwrap();
+    });
+    let findings = drift(&env, "FRA");
+    let disabled = findings
+        .iter()
+        .find(|f| f["object"] == "identity provider usa-idp in realm dive-fra")
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert_eq!(
+        disabled["fields"],
+        json!([{"field": "enabled", "old": false, "new": true}]),
+        "{disabled:#}"
+    );
+    has_finding(
+        &findings,
+        "config",
+        "FRA",
+        "user-profile attribute acpCOI in realm dive-fra",
+        "missing",
+    );
+    repaired(&env, "FRA");
+
+    // 3c. The provider's issuer changed: the live login fails, and drift names the setting as
+    //     its cause (not a client secret).
+    rt.block_on(async {
+        let a = admin(&env, &fra, "FRA").await;
+        let path = "/admin/realms/dive-fra/identity-provider/instances/usa-idp";
+        let mut idp: Value = a.get(path).await.unwrap();
+        idp["config"]["issuer"] = json!("https://elsewhere.example/realms/dive-usa");
+        a.put(path, Some(&idp)).await.unwrap();
+    });
+    let findings = drift(&env, "FRA");
+    let issuer = findings
+        .iter()
+        .find(|f| f["object"] == "identity provider usa-idp in realm dive-fra")
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert!(
+        issuer["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["field"] == "config.issuer"
+                && f["old"] == "https://elsewhere.example/realms/dive-usa"),
+        "{issuer:#}"
+    );
+    has_finding(
+        &findings,
+        "live",
+        "FRA",
+        "login of a USA user at FRA",
+        "cause: identity provider usa-idp in realm dive-fra",
     );
     repaired(&env, "FRA");
 

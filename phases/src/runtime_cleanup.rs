@@ -21,7 +21,9 @@
 //! brought back.
 
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use dive_runtime::RuntimeKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -37,20 +39,30 @@ pub struct RuntimeCleanup {
     pub instance: Option<String>,
 }
 
+impl RuntimeCleanup {
+    /// The instance code to clean (lower case), or `None` for everything dive created.
+    fn instance(&self) -> Option<String> {
+        self.instance
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_ascii_lowercase)
+    }
+
+    fn kinds(&self) -> Vec<RuntimeKind> {
+        match self.runtime {
+            Some(kind) => vec![kind],
+            None => RuntimeKind::all().collect(),
+        }
+    }
+}
+
 #[typetag::serde(name = "runtime.cleanup")]
 #[async_trait]
 impl Phase for RuntimeCleanup {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let instance = self
-            .instance
-            .as_deref()
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_ascii_lowercase);
-        let kinds: Vec<RuntimeKind> = match self.runtime {
-            Some(kind) => vec![kind],
-            None => RuntimeKind::all().collect(),
-        };
+        let instance = self.instance();
+        let kinds = self.kinds();
         let mut removed = Vec::new();
         let mut failed = Vec::new();
         let mut skipped = serde_json::Map::new();
@@ -95,5 +107,35 @@ impl Phase for RuntimeCleanup {
             "removed": removed,
             "skipped": skipped,
         }))
+    }
+
+    /// Every resource that would be removed, by runtime; a runtime that cannot be reached is
+    /// skipped (as `run` skips it). Only reads.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let instance = self.instance();
+        let mut changes = Vec::new();
+        let mut removed = Vec::new();
+        for kind in self.kinds() {
+            let Ok(rt) = Services::of(ctx)?.connect(kind).await else {
+                continue;
+            };
+            let mut found = match &instance {
+                Some(code) => rt.owned_by(code).await?,
+                None => rt.managed().await?,
+            };
+            found.sort_by_key(|r| r.kind.removal_rank());
+            for r in found {
+                removed.push(format!("{kind} {} {}", r.kind, r.name));
+                changes.push(Change::new(
+                    r.instance.as_deref(),
+                    format!("{} {} ({kind})", r.kind, r.name),
+                    Action::Delete,
+                ));
+            }
+        }
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "instance": instance, "removed": removed, "skipped": {} }),
+        ))
     }
 }

@@ -57,12 +57,16 @@ pub struct SecretEnsure {
     pub alphabet: Alphabet,
 }
 
-/// A planned change of secret `name`, under the instance its first segment names (`fra/…`).
+/// A planned change of secret `name`, under the instance it belongs to: `fra/…` to FRA,
+/// `federation/usa/fra/…` to USA (the side whose client holds it).
 pub(crate) fn secret_change(name: &str, action: Action) -> Change {
-    let owner = name
-        .split('/')
-        .next()
-        .filter(|p| p.len() == 3 && p.bytes().all(|b| b.is_ascii_alphabetic()));
+    let is_code = |p: &&str| p.len() == 3 && p.bytes().all(|b| b.is_ascii_alphabetic());
+    let mut parts = name.split('/');
+    let owner = match parts.next() {
+        Some("federation") => parts.next(),
+        first => first,
+    }
+    .filter(is_code);
     Change::new(owner, format!("secret {name}"), action)
 }
 

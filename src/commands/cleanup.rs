@@ -5,14 +5,20 @@
 //! and resumable. `--all` then removes stale lock holder rows.
 
 use crate::cli::ExecArgs;
-use crate::commands::run::{report_unfinished, start_named};
+use crate::commands::run::{report_unfinished, run_named, start_named};
 use crate::{InvalidInput, database, exit, services};
 use anyhow::Result;
 use dive_runtime::{Resource, RuntimeKind};
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
-pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result<u8> {
+pub async fn cleanup(
+    all: bool,
+    instance: Option<String>,
+    force: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<u8> {
     let code = match (all, instance) {
         (true, None) => None,
         (false, Some(c)) => Some(c.to_ascii_lowercase()),
@@ -20,6 +26,19 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
             return Err(InvalidInput("say what to clean: --all, or --instance CODE".into()).into());
         }
     };
+    if dry_run {
+        // The `cleanup` workflow planned: what its `runtime.cleanup` phase would remove.
+        let exec = ExecArgs {
+            json,
+            concurrency: 8,
+            runtime: None,
+            dry_run: true,
+        };
+        return run_named("cleanup", &params(code.as_deref()), true, &exec).await;
+    }
+    if json {
+        return Err(InvalidInput("--json goes with --dry-run".into()).into());
+    }
     let mut found: Vec<(RuntimeKind, Resource)> = Vec::new();
     for kind in RuntimeKind::all() {
         match services::runtime(kind).await {
@@ -67,7 +86,7 @@ pub async fn cleanup(all: bool, instance: Option<String>, force: bool) -> Result
 
 /// Runs the `cleanup` workflow (`instance` empty: everything) and prints what it removed.
 async fn remove(instance: &str) -> Result<u8> {
-    let params = BTreeMap::from([("instance".to_string(), instance.to_string())]);
+    let params = params(Some(instance));
     let exec = ExecArgs {
         json: false,
         concurrency: 8,
@@ -89,6 +108,14 @@ async fn remove(instance: &str) -> Result<u8> {
     } else {
         exit::RUN_FAILED
     })
+}
+
+/// The `cleanup` workflow's parameters (`instance` empty or `None`: everything).
+fn params(instance: Option<&str>) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "instance".to_string(),
+        instance.unwrap_or_default().to_string(),
+    )])
 }
 
 /// Asks a yes/no question on the terminal; anything but yes is no.

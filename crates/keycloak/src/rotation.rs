@@ -122,6 +122,14 @@ impl KeycloakAdmin {
         Ok(profile_changed || policy_changed)
     }
 
+    /// Whether [`KeycloakAdmin::ensure_rotation_policy`] would change anything. Only reads.
+    pub async fn rotation_policy_differs(&self, realm: &str) -> Result<bool, KeycloakError> {
+        let mut profiles: Value = self.get(&profiles_path(realm)).await?;
+        let mut policies: Value = self.get(&policies_path(realm)).await?;
+        Ok(upsert_named(&mut profiles, "profiles", wanted_profile())
+            || upsert_named(&mut policies, "policies", wanted_policy()))
+    }
+
     /// The primary secret of client `id` (compared, never shown).
     pub async fn client_secret(
         &self,

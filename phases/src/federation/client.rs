@@ -37,7 +37,11 @@ use super::{
 use crate::context::Services;
 use crate::keycloak::SCOPE_NAME;
 use crate::keycloak::client::merge_client;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use crate::keycloak::to_json;
+use dive_engine::{
+    Action, Change, KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE,
+    async_trait, typetag,
+};
 use dive_instances::InstanceRecord;
 use dive_keycloak::types::ClientRep;
 use dive_keycloak::{KeycloakAdmin, ROTATION_ATTRIBUTE};
@@ -161,6 +165,100 @@ pub(crate) async fn diff_client(
     }))
 }
 
+/// What ensuring client `federation-<p>` in X's realm would change, compared with
+/// [`diff_client`] like `run` does: the secret generated when the store has none (`stored`:
+/// its value and version), the client created or corrected (each setting's old and new value;
+/// the secret only as differing), the default scope added. Shared by the plan and `federation
+/// drift`, so the two never disagree. Only reads.
+pub(crate) struct ClientChanges {
+    pub changes: Vec<Change>,
+    pub want: ClientRep,
+    /// The client's id, `None` when it would be created.
+    pub id: Option<String>,
+    pub fixed: Vec<&'static str>,
+    pub scope_added: bool,
+    pub secret_version: u32,
+}
+
+pub(crate) async fn client_changes(
+    admin: &KeycloakAdmin,
+    x: &InstanceRecord,
+    p: &InstanceRecord,
+    stored: Option<(&str, u32)>,
+) -> Result<ClientChanges, PhaseError> {
+    let secret_name = client_secret_name(&x.code, &p.code);
+    let mut changes = Vec::new();
+    if stored.is_none() {
+        changes.push(
+            crate::secret_ensure::secret_change(&secret_name, Action::Create).field(
+                "value",
+                Value::Null,
+                SENSITIVE,
+            ),
+        );
+    }
+    let (secret, secret_version) = stored.unwrap_or(("", 1));
+    let realm = x.realm();
+    let want = wanted_for(x, p, secret_version);
+    let cid = want.client_id.clone();
+    let change = |what: String, action| {
+        Change::new(Some(&x.code), format!("{what} in realm {realm}"), action)
+    };
+    let scope_id = attributes_scope_id(admin, &realm)
+        .await?
+        .unwrap_or_default();
+    let (id, fixed, scope_added) =
+        match diff_client(admin, &realm, &want, secret, &scope_id).await? {
+            None => {
+                changes.push(
+                    change(format!("client {cid}"), Action::Create)
+                        .diff(&Value::Null, &to_json(&want))
+                        .field("secret", Value::Null, SENSITIVE),
+                );
+                (None, Vec::new(), true)
+            }
+            Some(diff) => {
+                let mut fixed = diff.fixed.clone();
+                if diff.secret_differs {
+                    fixed.push("secret");
+                }
+                if !fixed.is_empty() {
+                    let mut have = admin
+                        .client_by_client_id(&realm, &cid)
+                        .await?
+                        .unwrap_or_else(|| diff.corrected.clone());
+                    have.extra.remove("secret");
+                    let mut update = change(format!("client {cid}"), Action::Update)
+                        .diff(&to_json(&have), &to_json(&diff.corrected));
+                    if diff.secret_differs {
+                        update = update
+                            .field("secret", SENSITIVE, SENSITIVE)
+                            .because(format!(
+                                "its secret is not version {secret_version} of {secret_name} \
+                             (changed outside dive)"
+                            ));
+                    }
+                    changes.push(update);
+                }
+                (Some(diff.id), fixed, diff.scope_missing)
+            }
+        };
+    if scope_added {
+        changes.push(change(
+            format!("default scope {SCOPE_NAME} of client {cid}"),
+            Action::Create,
+        ));
+    }
+    Ok(ClientChanges {
+        changes,
+        want,
+        id,
+        fixed,
+        scope_added,
+        secret_version,
+    })
+}
+
 /// The id of client scope `dive-attributes` in `realm`, if it exists.
 pub(crate) async fn attributes_scope_id(
     admin: &KeycloakAdmin,
@@ -268,6 +366,53 @@ impl Phase for FederationClient {
             "secret_created": secret_created,
             "changed": changed,
         }))
+    }
+
+    /// What `run` would do ([`client_changes`]), and the rotation policy it would install.
+    /// Only reads.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let (x, p) = resolve(ctx, &self.from, &self.to).await?;
+        let store = Services::of(ctx)?.secrets();
+        let secret_name = client_secret_name(&x.code, &p.code);
+        let stored = store.get(&secret_name).await?;
+        let realm = x.realm();
+        let admin = match admin(ctx, &x).await {
+            Ok(admin) => admin,
+            Err(e) => {
+                let change = Change::new(
+                    Some(&x.code),
+                    format!("client {} in realm {realm}", client_id(&p.code)),
+                    Action::KnownAfterApply,
+                )
+                .because(format!("Keycloak cannot be read now: {e}"));
+                return Ok(PhasePlan::changes(vec![change], Value::Null));
+            }
+        };
+        let stored = stored.as_ref().map(|(s, v)| (s.expose(), *v));
+        let planned = client_changes(&admin, &x, &p, stored).await?;
+        let mut changes = planned.changes;
+        if admin.rotation_policy_differs(&realm).await? {
+            changes.push(Change::new(
+                Some(&x.code),
+                format!("client secret rotation policy in realm {realm}"),
+                Action::Update,
+            ));
+        }
+        let changed = !changes.is_empty();
+        let created = planned.id.is_none();
+        Ok(PhasePlan::changes(
+            changes,
+            json!({
+                "from": x.code, "to": p.code, "realm": realm,
+                "client_id": planned.want.client_id,
+                "id": planned.id.map_or(Value::from(KNOWN_AFTER_APPLY), Value::from),
+                "redirect_uri": planned.want.redirect_uris.clone().unwrap_or_default().join(" "),
+                "created": created, "updated": !created && !planned.fixed.is_empty(),
+                "fixed": planned.fixed, "scope_added": planned.scope_added,
+                "secret": secret_name, "secret_version": planned.secret_version,
+                "secret_created": stored.is_none(), "changed": changed,
+            }),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

@@ -13,11 +13,13 @@
 //! Every finding names its layer, the instance, the object and how it differs. Nothing is
 //! changed: `dive federation link CODE` repairs what is found.
 
-use super::client::{attributes_scope_id, diff_client};
-use super::idp::{FIRST_BROKER_LOGIN, diff_idp, diff_mappers, unlinked_users};
-use super::{SECRET_VERSION_KEY, admin_with, client_secret_name};
-use crate::keycloak::SCOPE_NAME;
+use super::client::client_changes;
+use super::idp::{FIRST_BROKER_LOGIN, provider_changes};
+use super::{admin_with, client_secret_name};
 use crate::keycloak::client_scope::mapper_differences;
+use crate::keycloak::{SCOPE_NAME, profile_changes};
+use dive_engine::dry_run::FieldChange;
+use dive_engine::{Action, Change};
 use dive_instances::InstanceRecord;
 use dive_instances::health::service_health;
 use dive_keycloak::KeycloakAdmin;
@@ -47,6 +49,42 @@ pub struct Finding {
     pub object: String,
     /// How it differs.
     pub difference: String,
+    /// The settings that differ, with the value found and the one `federation link` would set
+    /// (secrets only as `(sensitive)`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldChange>,
+}
+
+impl Finding {
+    /// A configuration finding from what the link would change (its plan: the same
+    /// computation, so every finding is a planned change).
+    fn planned(change: Change) -> Finding {
+        let difference = match change.action {
+            Action::Create => "missing".to_string(),
+            Action::Delete => "should not be there".to_string(),
+            _ if !change.fields.is_empty() => format!(
+                "differs: {}",
+                change
+                    .fields
+                    .iter()
+                    .map(|f| f.field.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => "differs".to_string(),
+        };
+        let difference = match &change.reason {
+            Some(reason) => format!("{difference} ({reason})"),
+            None => difference,
+        };
+        Finding {
+            layer: Layer::Config,
+            instance: change.instance.unwrap_or_default(),
+            object: change.object,
+            difference,
+            fields: change.fields,
+        }
+    }
 }
 
 /// One direction's live check.
@@ -79,6 +117,9 @@ pub async fn detect(secrets: &SecretStore, trust: &Trust, hub: &Side, spoke: &Si
     for side in [hub, spoke] {
         findings.extend(runtime_layer(trust, side).await);
     }
+    for side in [hub, spoke] {
+        findings.extend(profile_side(secrets, trust, &side.rec).await);
+    }
     for (x, p) in [(&hub.rec, &spoke.rec), (&spoke.rec, &hub.rec)] {
         findings.extend(config_layer(secrets, trust, x, p).await);
     }
@@ -87,9 +128,23 @@ pub async fn detect(secrets: &SecretStore, trust: &Trust, hub: &Side, spoke: &Si
         live(secrets, trust, &spoke.rec, &hub.rec)
     );
     let mut checks = Vec::new();
+    let mut failed = Vec::new();
     for (check, finding) in [a, b] {
         checks.push(check);
-        findings.extend(finding);
+        failed.extend(finding);
+    }
+    // A failed login is explained by what the configuration layer found, when it found
+    // anything: the login's own symptom (an error page, a refused code) only hints at it.
+    let causes: Vec<String> = findings
+        .iter()
+        .filter(|f| f.layer != Layer::Live)
+        .map(|f| format!("{} on {}", f.object, f.instance))
+        .collect();
+    for mut f in failed {
+        if !causes.is_empty() {
+            f.difference = format!("failed; cause: {}", causes.join("; "));
+        }
+        findings.push(f);
     }
     // An instance that cannot be reached is reported once, not once per direction.
     let mut seen = std::collections::HashSet::new();
@@ -119,6 +174,7 @@ async fn runtime_layer(trust: &Trust, side: &Side) -> Vec<Finding> {
                 s.health,
                 s.error.map(|e| format!(": {e}")).unwrap_or_default()
             ),
+            fields: Vec::new(),
         })
         .collect()
 }
@@ -156,26 +212,26 @@ async fn config_layer(
     let Some((secret, version)) = stored else {
         return out;
     };
-    match admin_with(secrets, trust, x).await {
-        Ok(admin) => out.extend(client_side(&admin, x, p, &secret, version).await),
+    let (home, partner) = (
+        admin_with(secrets, trust, x).await,
+        admin_with(secrets, trust, p).await,
+    );
+    match &home {
+        Ok(admin) => out.extend(client_side(admin, x, p, &secret, version).await),
         Err(e) => out.push(config(
             x,
             &format!("realm {}", x.realm()),
             format!("could not be checked: {e}"),
         )),
     }
-    match admin_with(secrets, trust, p).await {
-        Ok(admin) => {
-            out.extend(provider_side(&admin, x, p, version).await);
-            if let Ok(home) = admin_with(secrets, trust, x).await {
-                out.extend(links(&home, &admin, x, p).await);
-            }
-        }
-        Err(e) => out.push(config(
+    match (&partner, &home) {
+        (Ok(admin), Ok(home)) => out.extend(provider_side(admin, home, x, p, version).await),
+        (Err(e), _) => out.push(config(
             p,
             &format!("realm {}", p.realm()),
             format!("could not be checked: {e}"),
         )),
+        (Ok(_), Err(_)) => {}
     }
     out
 }
@@ -186,6 +242,7 @@ fn config(on: &InstanceRecord, object: &str, difference: String) -> Finding {
         instance: on.code.clone(),
         object: object.to_string(),
         difference,
+        fields: Vec::new(),
     }
 }
 
@@ -209,140 +266,33 @@ async fn client_side(
         Ok(None) => out.push(config(x, &scope, "missing".into())),
         Err(e) => out.push(config(x, &scope, format!("could not be read: {e}"))),
     }
-    let want = super::client::wanted_for(x, p, version);
-    let object = format!("client {} in realm {realm}", want.client_id);
-    let scope_id = match attributes_scope_id(admin, &realm).await {
-        Ok(id) => id.unwrap_or_default(),
-        Err(e) => {
-            out.push(config(x, &object, format!("could not be read: {e}")));
-            return out;
-        }
-    };
-    match diff_client(admin, &realm, &want, secret, &scope_id).await {
-        Ok(None) => out.push(config(x, &object, "missing".into())),
-        Ok(Some(d)) => {
-            let marker = d
-                .corrected
-                .attributes
-                .as_ref()
-                .and_then(|a| a.get(SECRET_VERSION_KEY).cloned());
-            if d.secret_differs {
-                out.push(config(
-                    x,
-                    &object,
-                    format!(
-                        "its secret is not version {version} of {} (changed outside dive)",
-                        client_secret_name(&x.code, &p.code)
-                    ),
-                ));
-            }
-            let settings: Vec<&str> = d
-                .fixed
-                .iter()
-                .copied()
-                .filter(|f| *f != "attributes")
-                .collect();
-            if !settings.is_empty() {
-                out.push(config(
-                    x,
-                    &object,
-                    format!("settings differ: {}", settings.join(", ")),
-                ));
-            }
-            if d.fixed.contains(&"attributes") {
-                out.push(config(
-                    x,
-                    &object,
-                    format!(
-                        "attributes differ ({SECRET_VERSION_KEY} {}; the store has version {version})",
-                        marker.as_deref().unwrap_or("absent")
-                    ),
-                ));
-            }
-            if d.scope_missing {
-                out.push(config(
-                    x,
-                    &object,
-                    format!("{SCOPE_NAME} is not a default client scope"),
-                ));
-            }
-        }
+    let object = format!("client {} in realm {realm}", super::client_id(&p.code));
+    match client_changes(admin, x, p, Some((secret, version))).await {
+        Ok(planned) => out.extend(planned.changes.into_iter().map(Finding::planned)),
         Err(e) => out.push(config(x, &object, format!("could not be read: {e}"))),
     }
     out
 }
 
-/// In P's realm: provider `<x>-idp`, its mappers and its first-broker-login flow.
+/// In P's realm: provider `<x>-idp`, its mappers, the links of X's users to it (`home` is X's
+/// Keycloak), and its first-broker-login flow.
 async fn provider_side(
     admin: &KeycloakAdmin,
+    home: &KeycloakAdmin,
     x: &InstanceRecord,
     p: &InstanceRecord,
     version: u32,
 ) -> Vec<Finding> {
     let realm = p.realm();
-    let (alias, top, cfg) = super::idp::wanted_for(x, p, version);
-    let object = format!("identity provider {alias} in realm {realm}");
-    let mut out = Vec::new();
-    match diff_idp(admin, &realm, &alias, &top, &cfg).await {
-        Ok(None) => {
-            out.push(config(p, &object, "missing".into()));
-            return out;
-        }
-        Ok(Some(d)) => {
-            if d.stale_secret {
-                out.push(config(
-                    p,
-                    &object,
-                    format!(
-                        "was given secret version {}; the store has version {version}",
-                        d.corrected["config"][SECRET_VERSION_KEY]
-                            .as_str()
-                            .unwrap_or("(none)")
-                    ),
-                ));
-            }
-            let settings: Vec<&str> = d
-                .fixed
-                .iter()
-                .map(String::as_str)
-                .filter(|f| *f != format!("config.{SECRET_VERSION_KEY}"))
-                .collect();
-            if !settings.is_empty() {
-                out.push(config(
-                    p,
-                    &object,
-                    format!("settings differ: {}", settings.join(", ")),
-                ));
-            }
-        }
-        Err(e) => {
-            out.push(config(p, &object, format!("could not be read: {e}")));
-            return out;
-        }
-    }
-    match diff_mappers(admin, &realm, &alias).await {
-        Ok(m) => {
-            for a in m.missing {
-                out.push(config(
-                    p,
-                    &format!("mapper {a} of {alias} in realm {realm}"),
-                    "missing".into(),
-                ));
-            }
-            for (a, _, _) in m.differing {
-                out.push(config(
-                    p,
-                    &format!("mapper {a} of {alias} in realm {realm}"),
-                    "settings differ (type, claim, user attribute or sync mode)".into(),
-                ));
-            }
-        }
-        Err(e) => out.push(config(
+    let alias = super::idp_alias(&x.code);
+    let mut out = match provider_changes(admin, home, x, p, version).await {
+        Ok(planned) => planned.changes.into_iter().map(Finding::planned).collect(),
+        Err(e) => vec![config(
             p,
-            &object,
-            format!("mappers could not be read: {e}"),
-        )),
-    }
+            &format!("identity provider {alias} in realm {realm}"),
+            format!("could not be read: {e}"),
+        )],
+    };
     let flows: Result<Vec<Value>, _> = admin
         .get(&super::realm_path(&realm, "/authentication/flows"))
         .await;
@@ -355,26 +305,21 @@ async fn provider_side(
     out
 }
 
-/// Copies of X's users in P's realm that lost their link to `<x>-idp`.
-async fn links(
-    home: &KeycloakAdmin,
-    admin: &KeycloakAdmin,
-    x: &InstanceRecord,
-    p: &InstanceRecord,
-) -> Vec<Finding> {
-    let alias = super::idp_alias(&x.code);
-    match unlinked_users(home, x, admin, &p.realm()).await {
-        Ok(users) => users
-            .into_iter()
-            .map(|u| {
-                config(
-                    p,
-                    &format!("user {} in realm {}", u.username, p.realm()),
-                    format!("not linked to {alias} (its link went with a deleted provider): its logins from {} fail", x.code),
-                )
-            })
-            .collect(),
-        Err(e) => vec![config(p, &format!("users of {} in realm {}", x.code, p.realm()), format!("could not be read: {e}"))],
+/// The DIVE attributes of the instance's user profile: a removed or changed declaration makes
+/// Keycloak drop the attribute from every user, so it never reaches a token.
+async fn profile_side(secrets: &SecretStore, trust: &Trust, rec: &InstanceRecord) -> Vec<Finding> {
+    let realm = rec.realm();
+    let object = format!("user profile of realm {realm}");
+    let admin = match admin_with(secrets, trust, rec).await {
+        Ok(admin) => admin,
+        Err(e) => return vec![config(rec, &object, format!("could not be checked: {e}"))],
+    };
+    match admin.user_profile(&realm).await {
+        Ok(profile) => match profile_changes(&rec.code, &realm, &profile) {
+            Ok((changes, _, _)) => changes.into_iter().map(Finding::planned).collect(),
+            Err(e) => vec![config(rec, &object, e)],
+        },
+        Err(e) => vec![config(rec, &object, format!("could not be read: {e}"))],
     }
 }
 
@@ -406,6 +351,7 @@ async fn live(
             instance: p.code.clone(),
             object: format!("login of a {} user at {}", x.code, p.code),
             difference: format!("failed: {why}"),
+            fields: Vec::new(),
         }
     });
     (check, finding)

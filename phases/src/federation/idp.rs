@@ -38,7 +38,9 @@ use super::{
     enc, flag, idp_alias, realm_path, resolve,
 };
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use dive_instances::InstanceRecord;
 use dive_keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin};
 use serde::{Deserialize, Serialize};
@@ -330,14 +332,29 @@ async fn relink(
     Ok(done)
 }
 
+/// `change` with the fields that differ between a provider's (or mapper's) representation
+/// `have` and `corrected`: top-level settings, and those under `config` one by one
+/// (`config.issuer`); the client secret, which Keycloak shows masked, is never compared.
+fn config_diff(change: Change, have: &Value, corrected: &Value) -> Change {
+    let mut change = change.diff(have, corrected);
+    change.fields.retain(|f| f.field != "config");
+    let empty = Map::new();
+    let old = have["config"].as_object().unwrap_or(&empty);
+    for (k, v) in corrected["config"].as_object().into_iter().flatten() {
+        if old.get(k) != Some(v) && k != "clientSecret" {
+            let before = old.get(k).cloned().unwrap_or(Value::Null);
+            change = change.field(&format!("config.{k}"), before, v.clone());
+        }
+    }
+    change
+}
+
 /// How provider `<x>-idp` in P's realm differs from what dive wants.
 pub(crate) struct IdpDiff {
     /// The provider as Keycloak has it, corrected towards what dive wants (secret masked).
     pub corrected: Value,
     /// Settings that differ (`config.` prefix for the config map).
     pub fixed: Vec<String>,
-    /// The secret version the provider was given is not the store's latest.
-    pub stale_secret: bool,
 }
 
 /// The provider dive wants in P's realm for users of X: `(alias, top-level settings, config)`.
@@ -370,13 +387,116 @@ pub(crate) async fn diff_idp(
     let Some(mut have) = admin.get_opt::<Value>(&idp_path(realm, alias)).await? else {
         return Ok(None);
     };
-    let stale_secret = have["config"][SECRET_VERSION_KEY] != config[SECRET_VERSION_KEY];
     let fixed = merge_idp(&mut have, top, config);
     Ok(Some(IdpDiff {
         corrected: have,
         fixed,
-        stale_secret,
     }))
+}
+
+/// What ensuring provider `<x>-idp` in P's realm would change, compared like `run` does
+/// ([`diff_idp`], [`diff_mappers`], [`unlinked_users`]): the provider created or corrected (each
+/// setting's old and new value), its mappers, the users linked to it again. `admin` is P's
+/// Keycloak, `home` X's. Shared by the plan and `federation drift`. Only reads.
+pub(crate) struct ProviderChanges {
+    pub changes: Vec<Change>,
+    pub created: bool,
+    pub fixed: Vec<String>,
+    pub mappers_added: Vec<&'static str>,
+    pub mappers_fixed: Vec<&'static str>,
+    pub relinked: Vec<String>,
+}
+
+pub(crate) async fn provider_changes(
+    admin: &KeycloakAdmin,
+    home: &KeycloakAdmin,
+    x: &InstanceRecord,
+    p: &InstanceRecord,
+    secret_version: u32,
+) -> Result<ProviderChanges, PhaseError> {
+    let realm = p.realm();
+    let (alias, top, config) = wanted_for(x, p, secret_version);
+    let change = |what: String, action| {
+        Change::new(Some(&p.code), format!("{what} in realm {realm}"), action)
+    };
+    let provider = format!("identity provider {alias}");
+    let mut wanted = Value::Object(top.clone());
+    wanted["config"] = Value::Object(config.clone());
+    let mut changes = Vec::new();
+    let diff = diff_idp(admin, &realm, &alias, &top, &config).await?;
+    let created = diff.is_none();
+    let mut fixed = Vec::new();
+    let (mappers_added, mappers_fixed): (Vec<&'static str>, Vec<&'static str>) = match diff {
+        None => {
+            changes.push(
+                change(provider.clone(), Action::Create)
+                    .diff(&Value::Null, &wanted)
+                    .field("clientSecret", Value::Null, SENSITIVE),
+            );
+            for attribute in DIVE_ATTRIBUTES {
+                changes.push(
+                    change(format!("mapper {attribute} of {alias}"), Action::Create)
+                        .diff(&Value::Null, &wanted_mapper(&alias, attribute)),
+                );
+            }
+            (DIVE_ATTRIBUTES.to_vec(), Vec::new())
+        }
+        Some(diff) => {
+            fixed = diff.fixed.clone();
+            if !fixed.is_empty() {
+                let have: Value = admin.get(&idp_path(&realm, &alias)).await?;
+                changes.push(config_diff(
+                    change(provider.clone(), Action::Update),
+                    &have,
+                    &diff.corrected,
+                ));
+            }
+            let mappers = diff_mappers(admin, &realm, &alias).await?;
+            let existing: Vec<Value> = admin.get(&mappers_path(&realm, &alias)).await?;
+            for attribute in &mappers.missing {
+                changes.push(
+                    change(format!("mapper {attribute} of {alias}"), Action::Create)
+                        .diff(&Value::Null, &wanted_mapper(&alias, attribute)),
+                );
+            }
+            for (attribute, id, corrected) in &mappers.differing {
+                let have = existing
+                    .iter()
+                    .find(|m| m["id"] == id.as_str())
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                changes.push(config_diff(
+                    change(format!("mapper {attribute} of {alias}"), Action::Update),
+                    &have,
+                    corrected,
+                ));
+            }
+            let differing = mappers.differing.iter().map(|(a, _, _)| *a).collect();
+            (mappers.missing, differing)
+        }
+    };
+    let relinked: Vec<String> = unlinked_users(home, x, admin, &realm)
+        .await?
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    for user in &relinked {
+        changes.push(
+            change(format!("user {user}"), Action::Update).because(format!(
+                "not linked to {alias} (its link went with a deleted provider): its logins \
+                 from {} fail; the link would be made again",
+                x.code
+            )),
+        );
+    }
+    Ok(ProviderChanges {
+        changes,
+        created,
+        fixed,
+        mappers_added,
+        mappers_fixed,
+        relinked,
+    })
 }
 
 #[typetag::serde(name = "federation.idp")]
@@ -459,6 +579,43 @@ impl Phase for FederationIdp {
             "secret_version": secret_version,
             "changed": changed,
         }))
+    }
+
+    /// What `run` would do ([`provider_changes`]). Only reads.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let (x, p) = resolve(ctx, &self.from, &self.to).await?;
+        let store = Services::of(ctx)?.secrets();
+        let secret_name = client_secret_name(&x.code, &p.code);
+        // Made by the link's `federation.client` phase first when it does not exist yet.
+        let secret_version = store.get(&secret_name).await?.map_or(1, |(_, v)| v);
+        let admins = match (admin(ctx, &p).await, admin(ctx, &x).await) {
+            (Ok(admin), Ok(home)) => (admin, home),
+            (Err(e), _) | (_, Err(e)) => {
+                let change = Change::new(
+                    Some(&p.code),
+                    format!(
+                        "identity provider {} in realm {}",
+                        idp_alias(&x.code),
+                        p.realm()
+                    ),
+                    Action::KnownAfterApply,
+                )
+                .because(format!("Keycloak cannot be read now: {e}"));
+                return Ok(PhasePlan::changes(vec![change], Value::Null));
+            }
+        };
+        let planned = provider_changes(&admins.0, &admins.1, &x, &p, secret_version).await?;
+        let changed = !planned.changes.is_empty();
+        Ok(PhasePlan::changes(
+            planned.changes,
+            json!({
+                "from": x.code, "to": p.code, "realm": p.realm(), "alias": idp_alias(&x.code),
+                "created": planned.created, "updated": !planned.created && !planned.fixed.is_empty(),
+                "fixed": planned.fixed, "mappers_added": planned.mappers_added,
+                "mappers_fixed": planned.mappers_fixed, "users_relinked": planned.relinked,
+                "secret_version": secret_version, "changed": changed,
+            }),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

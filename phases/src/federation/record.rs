@@ -20,7 +20,9 @@
 
 use super::{code, code_field, flag};
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -72,6 +74,38 @@ impl Phase for FederationRecord {
             tracing::info!(hub = %hub, spoke = %spoke, "recorded federation link");
         }
         Ok(json!({"hub": hub, "spoke": spoke, "created": created, "changed": created}))
+    }
+
+    /// The recorded pair that would be added or removed.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let hub = code(&self.hub)?;
+        let spoke = code(&self.spoke)?;
+        let recorded: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM federation_links WHERE hub = $1 AND spoke = $2)",
+        )
+        .bind(&hub)
+        .bind(&spoke)
+        .fetch_one(ctx.store.pool())
+        .await
+        .map_err(db_error)?;
+        let object = format!("federation link {hub} ↔ {spoke}");
+        let change = |action| vec![Change::new(Some(&spoke), object.clone(), action)];
+        Ok(match (self.remove, recorded) {
+            (true, true) => PhasePlan::changes(
+                change(Action::Delete),
+                json!({"hub": hub, "spoke": spoke, "removed": true, "changed": true}),
+            ),
+            (true, false) => PhasePlan::unchanged(
+                json!({"hub": hub, "spoke": spoke, "removed": false, "changed": false}),
+            ),
+            (false, true) => PhasePlan::unchanged(
+                json!({"hub": hub, "spoke": spoke, "created": false, "changed": false}),
+            ),
+            (false, false) => PhasePlan::changes(
+                change(Action::Create),
+                json!({"hub": hub, "spoke": spoke, "created": true, "changed": true}),
+            ),
+        })
     }
 
     fn has_compensation(&self) -> bool {

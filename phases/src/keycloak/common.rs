@@ -159,7 +159,7 @@ impl Target {
     pub fn change(&self, object: impl std::fmt::Display, action: Action) -> Change {
         Change::new(
             Some(&self.upper),
-            format!("{object} (realm {})", self.realm),
+            format!("{object} in realm {}", self.realm),
             action,
         )
     }

@@ -34,7 +34,8 @@ mod users;
 
 pub use client::KeycloakClient;
 pub use client_scope::{KeycloakClientScope, SCOPE_NAME};
-pub(crate) use common::flag;
+pub(crate) use common::{flag, to_json};
 pub use realm::KeycloakRealm;
+pub(crate) use user_profile::profile_changes;
 pub use user_profile::{CLEARANCES, KeycloakUserProfile};
 pub use users::{KeycloakUsers, PASSWORD_LENGTH};

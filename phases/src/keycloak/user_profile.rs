@@ -28,7 +28,9 @@
 //! Deleting a realm this workflow created (`keycloak.realm`'s compensation) removes them anyway.
 
 use super::common::{Live, Target, instance_code, realm_name};
-use dive_engine::{Action, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use dive_keycloak::DIVE_ATTRIBUTES;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -163,6 +165,40 @@ pub(crate) fn merge_profile(config: &mut Value) -> Result<(Vec<String>, Vec<Stri
     Ok((added, updated))
 }
 
+/// What merging the DIVE declarations into the user profile `before` of `realm` on instance
+/// `code` would change: each attribute added or corrected, with old and new values; and the
+/// names added and updated. Shared by the plan and `federation drift`.
+pub(crate) fn profile_changes(
+    code: &str,
+    realm: &str,
+    before: &Value,
+) -> Result<(Vec<Change>, Vec<String>, Vec<String>), String> {
+    let mut after = before.clone();
+    let (added, updated) = merge_profile(&mut after)?;
+    let attribute = |config: &Value, name: &str| {
+        config["attributes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let object = |name: &str| format!("user-profile attribute {name} in realm {realm}");
+    let mut changes = Vec::new();
+    for name in &added {
+        changes.push(
+            Change::new(Some(code), object(name), Action::Create)
+                .diff(&Value::Null, &attribute(&after, name)),
+        );
+    }
+    for name in &updated {
+        changes.push(
+            Change::new(Some(code), object(name), Action::Update)
+                .diff(&attribute(before, name), &attribute(&after, name)),
+        );
+    }
+    Ok((changes, added, updated))
+}
+
 #[typetag::serde(name = "keycloak.user-profile")]
 #[async_trait]
 impl Phase for KeycloakUserProfile {
@@ -196,30 +232,10 @@ impl Phase for KeycloakUserProfile {
             Live::New => json!({ "attributes": [] }),
             Live::Admin(admin) => admin.user_profile(&t.realm).await?,
         };
-        let mut after = before.clone();
-        let (added, updated) = merge_profile(&mut after).map_err(|e| {
-            PhaseError::fatal(format!("keycloak {}: realm {}: {e}", t.upper, t.realm))
-        })?;
-        let attribute = |config: &Value, name: &str| {
-            config["attributes"]
-                .as_array()
-                .and_then(|a| a.iter().find(|a| a["name"] == name))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
-        let mut changes = Vec::new();
-        for name in &added {
-            changes.push(
-                t.change(format!("user-profile attribute {name}"), Action::Create)
-                    .diff(&Value::Null, &attribute(&after, name)),
-            );
-        }
-        for name in &updated {
-            changes.push(
-                t.change(format!("user-profile attribute {name}"), Action::Update)
-                    .diff(&attribute(&before, name), &attribute(&after, name)),
-            );
-        }
+        let (changes, added, updated) =
+            profile_changes(&t.upper, &t.realm, &before).map_err(|e| {
+                PhaseError::fatal(format!("keycloak {}: realm {}: {e}", t.upper, t.realm))
+            })?;
         let changed = !changes.is_empty();
         Ok(PhasePlan::changes(
             changes,
