@@ -316,7 +316,7 @@ async fn profile_side(secrets: &SecretStore, trust: &Trust, rec: &InstanceRecord
     };
     match admin.user_profile(&realm).await {
         Ok(profile) => match profile_changes(&rec.code, &realm, &profile) {
-            Ok((changes, _, _)) => changes.into_iter().map(Finding::planned).collect(),
+            Ok(planned) => planned.changes.into_iter().map(Finding::planned).collect(),
             Err(e) => vec![config(rec, &object, e)],
         },
         Err(e) => vec![config(rec, &object, format!("could not be read: {e}"))],

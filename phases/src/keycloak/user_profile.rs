@@ -168,11 +168,17 @@ pub(crate) fn merge_profile(config: &mut Value) -> Result<(Vec<String>, Vec<Stri
 /// What merging the DIVE declarations into the user profile `before` of `realm` on instance
 /// `code` would change: each attribute added or corrected, with old and new values; and the
 /// names added and updated. Shared by the plan and `federation drift`.
+pub(crate) struct ProfileChanges {
+    pub changes: Vec<Change>,
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+}
+
 pub(crate) fn profile_changes(
     code: &str,
     realm: &str,
     before: &Value,
-) -> Result<(Vec<Change>, Vec<String>, Vec<String>), String> {
+) -> Result<ProfileChanges, String> {
     let mut after = before.clone();
     let (added, updated) = merge_profile(&mut after)?;
     let attribute = |config: &Value, name: &str| {
@@ -196,7 +202,11 @@ pub(crate) fn profile_changes(
                 .diff(&attribute(before, name), &attribute(&after, name)),
         );
     }
-    Ok((changes, added, updated))
+    Ok(ProfileChanges {
+        changes,
+        added,
+        updated,
+    })
 }
 
 #[typetag::serde(name = "keycloak.user-profile")]
@@ -232,10 +242,13 @@ impl Phase for KeycloakUserProfile {
             Live::New => json!({ "attributes": [] }),
             Live::Admin(admin) => admin.user_profile(&t.realm).await?,
         };
-        let (changes, added, updated) =
-            profile_changes(&t.upper, &t.realm, &before).map_err(|e| {
-                PhaseError::fatal(format!("keycloak {}: realm {}: {e}", t.upper, t.realm))
-            })?;
+        let ProfileChanges {
+            changes,
+            added,
+            updated,
+        } = profile_changes(&t.upper, &t.realm, &before).map_err(|e| {
+            PhaseError::fatal(format!("keycloak {}: realm {}: {e}", t.upper, t.realm))
+        })?;
         let changed = !changes.is_empty();
         Ok(PhasePlan::changes(
             changes,
