@@ -403,10 +403,7 @@ pub fn secret_delete(world: &World, name: &str) -> Result<usize, String> {
 /// The state database's server killed with SIGKILL (the postmaster only: its backends notice and
 /// exit, as after a crash); healed by starting it again (crash recovery).
 pub fn state_db_postmaster_kill(world: &World) -> Result<Heal<'_>, String> {
-    let pid = world
-        .state
-        .postmaster_pid()
-        .ok_or("the state database is not running")?;
+    let pid = postmaster(world)?;
     signal_pid(pid, libc::SIGKILL)?;
     Ok(Heal::new(move || {
         // A new postmaster refuses to start while a backend of the old one still holds its
@@ -424,10 +421,7 @@ pub fn state_db_postmaster_kill(world: &World) -> Result<Heal<'_>, String> {
 /// backends and workers): connections open but nothing answers. Healed by SIGCONT, backends
 /// first.
 pub fn state_db_freeze(world: &World) -> Result<Heal<'_>, String> {
-    let pid = world
-        .state
-        .postmaster_pid()
-        .ok_or("the state database is not running")?;
+    let pid = postmaster(world)?;
     signal_pid(pid, libc::SIGSTOP)?;
     // The postmaster, frozen, forks no new backend: the list is complete.
     let children = children_of(pid);
@@ -440,6 +434,14 @@ pub fn state_db_freeze(world: &World) -> Result<Heal<'_>, String> {
         }
         signal_pid(pid, libc::SIGCONT)
     }))
+}
+
+/// The state database's postmaster.
+fn postmaster(world: &World) -> Result<i32, String> {
+    world
+        .state
+        .postmaster_pid()
+        .ok_or_else(|| "the state database is not running".to_string())
 }
 
 /// Pids whose parent is `parent` (from /proc).

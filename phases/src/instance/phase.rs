@@ -49,6 +49,21 @@ impl InstanceRegister {
         normalize_code(&self.code).map_err(PhaseError::fatal)
     }
 
+    /// The registry, the code and the run's runtime, once nothing refuses the registration.
+    async fn allowed<'c>(
+        &self,
+        ctx: &'c PhaseContext,
+    ) -> Result<(&'c Instances, String, RuntimeKind), PhaseError> {
+        let reg = Services::of(ctx)?.instances();
+        let code = self.code()?;
+        let kind = runtime_kind(ctx)
+            .ok_or_else(|| PhaseError::fatal("no runtime configured for this run"))?;
+        if let Some(why) = self.refusal(reg, &code, Some(kind)).await? {
+            return Err(PhaseError::fatal(why));
+        }
+        Ok((reg, code, kind))
+    }
+
     /// What makes this registration impossible now, if anything (None when it can go ahead).
     async fn refusal(
         &self,
@@ -115,13 +130,7 @@ fn output(rec: &dive_instances::InstanceRecord, created: bool) -> Value {
 #[async_trait]
 impl Phase for InstanceRegister {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
-        let reg = Services::of(ctx)?.instances();
-        let code = self.code()?;
-        let kind = runtime_kind(ctx)
-            .ok_or_else(|| PhaseError::fatal("no runtime configured for this run"))?;
-        if let Some(why) = self.refusal(reg, &code, Some(kind)).await? {
-            return Err(PhaseError::fatal(why));
-        }
+        let (reg, code, kind) = self.allowed(ctx).await?;
         let (rec, created) = reg
             .register_for_run(&code, self.role, kind, ctx.run_id)
             .await?;
@@ -131,13 +140,7 @@ impl Phase for InstanceRegister {
     /// A registered instance stays as it is; a new one would be registered, its port block
     /// (and so its URL) decided by the run.
     async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
-        let reg = Services::of(ctx)?.instances();
-        let code = self.code()?;
-        let kind = runtime_kind(ctx)
-            .ok_or_else(|| PhaseError::fatal("no runtime configured for this run"))?;
-        if let Some(why) = self.refusal(reg, &code, Some(kind)).await? {
-            return Err(PhaseError::fatal(why));
-        }
+        let (reg, code, kind) = self.allowed(ctx).await?;
         if let Some(rec) = reg.get(&code).await? {
             return Ok(PhasePlan::unchanged(output(&rec, false)));
         }
