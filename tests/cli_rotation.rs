@@ -24,7 +24,7 @@ mod common;
 use common::{Reset, TestEnv};
 use dive_verify::Endpoint;
 use dive_verify::probe::{Login, Password, Probe, ProbeReport};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
@@ -319,6 +319,39 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     assert_eq!(before.len(), 4, "{before:?}");
     assert!(before.iter().all(|(_, v)| *v == 1), "{before:?}");
     let old_usa_fra = secret(&env, "federation/usa/fra/client-secret", None);
+
+    // 0. Planned first: the new version of each secret, and nothing minted.
+    let out = env.dive(&[
+        "secrets",
+        "rotate",
+        "fra",
+        "--only",
+        "federation",
+        "--dry-run",
+        "--json",
+    ]);
+    out.assert_code(4);
+    let plan = out.json();
+    let minted: Vec<&Value> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["type"] == "rotation.mint")
+        .flat_map(|s| s["changes"].as_array().unwrap().iter())
+        .collect();
+    assert_eq!(minted.len(), 2, "both directions of FRA: {minted:#?}");
+    for m in &minted {
+        assert_eq!(m["action"], "update");
+        assert!(
+            m["fields"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"field": "version", "old": 1, "new": 2})),
+            "{m:#}"
+        );
+    }
+    assert!(!out.stdout.contains(&old_usa_fra), "no secret in a plan");
+    assert_eq!(versions(&env), before, "a dry run mints nothing");
 
     // 1. FRA's secrets, with the probe running throughout.
     let (out, report) = probed(

@@ -22,7 +22,9 @@ use super::{
     default_only, directions, needed_secrets, origin, parse_older_than, selected, zero_duration,
 };
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use dive_secrets::Alphabet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -123,6 +125,42 @@ impl Phase for RotationMint {
             skipped.len()
         ));
         Ok(json!({ "minted": minted, "skipped": skipped }))
+    }
+
+    /// Each secret that would get a new version (or be skipped, younger than `older_than`).
+    /// What the later phases do with the new versions is known after apply. Only reads.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let older_than = self.older_than()?;
+        let store = Services::of(ctx)?.secrets();
+        let mut changes = Vec::new();
+        let (mut minted, mut skipped) = (Vec::new(), Vec::new());
+        for (name, _) in self.secrets(ctx).await? {
+            let info = store.info(&name).await?.ok_or_else(|| {
+                PhaseError::fatal(format!(
+                    "secret `{name}` does not exist: run `dive secrets ensure {}` or link again",
+                    self.code
+                ))
+            })?;
+            let age = (chrono::Utc::now() - info.updated_at)
+                .to_std()
+                .unwrap_or_default();
+            if age < older_than {
+                skipped
+                    .push(json!({"secret": name, "version": info.latest, "age_s": age.as_secs()}));
+                continue;
+            }
+            let version = info.latest + 1;
+            changes.push(
+                crate::secret_ensure::secret_change(&name, Action::Update)
+                    .field("version", info.latest, version)
+                    .field("value", SENSITIVE, SENSITIVE),
+            );
+            minted.push(json!({"secret": name, "version": version, "previous": info.latest}));
+        }
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "minted": minted, "skipped": skipped }),
+        ))
     }
 
     fn has_compensation(&self) -> bool {
