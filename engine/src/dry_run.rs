@@ -291,3 +291,37 @@ fn instantiate_planned(
     })?;
     crate::plan::typed(&spec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_diff_lists_the_fields_that_differ_with_both_values() {
+        let created = Change::new(Some("fra"), "realm dive-fra", Action::Create).diff(
+            &Value::Null,
+            &json!({"enabled": true, "displayName": "DIVE FRA"}),
+        );
+        assert_eq!(created.instance.as_deref(), Some("FRA"));
+        assert_eq!(created.fields.len(), 2);
+        assert!(created.fields.iter().all(|f| f.old.is_null()));
+
+        let updated = Change::new(None, "x", Action::Update).diff(
+            &json!({"enabled": false, "displayName": "DIVE FRA", "extra": 1}),
+            &json!({"enabled": true, "displayName": "DIVE FRA"}),
+        );
+        assert_eq!(
+            updated.fields,
+            vec![FieldChange {
+                field: "enabled".into(),
+                old: json!(false),
+                new: json!(true)
+            }]
+        );
+        let same = Change::new(None, "x", Action::Update).diff(&json!(1), &json!(1));
+        assert!(same.fields.is_empty());
+        assert!(is_known_after_apply(&format!("port {KNOWN_AFTER_APPLY}")));
+        assert_eq!(Action::Delete.mark(), "-");
+    }
+}

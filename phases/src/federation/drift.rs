@@ -356,3 +356,31 @@ async fn live(
     });
     (check, finding)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_planned_change_becomes_a_finding_with_its_values() {
+        let f = Finding::planned(
+            Change::new(
+                Some("FRA"),
+                "identity provider usa-idp in realm dive-fra",
+                Action::Update,
+            )
+            .field("enabled", false, true),
+        );
+        assert_eq!(f.layer, Layer::Config);
+        assert_eq!(f.instance, "FRA");
+        assert_eq!(f.difference, "differs: enabled");
+        assert_eq!(f.fields[0].old, json!(false));
+        let missing = Finding::planned(Change::new(Some("USA"), "client x", Action::Create));
+        assert_eq!(missing.difference, "missing");
+        let why = Finding::planned(
+            Change::new(Some("FRA"), "user u", Action::Update).because("not linked to usa-idp"),
+        );
+        assert_eq!(why.difference, "differs (not linked to usa-idp)");
+    }
+}
