@@ -413,6 +413,41 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
     let again = ok(&env, &["federation", "link", "FRA", "--json"], LINK_TIMEOUT);
     nothing_changed(&again.json());
 
+    // A dry run of unlink lists both directions' objects, the secrets and the record, and
+    // removes nothing (it needs no confirmation).
+    let out = env.dive(&["federation", "unlink", "FRA", "--dry-run", "--json"]);
+    out.assert_code(4);
+    let plan = out.json();
+    let mut planned: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["changes"].as_array().unwrap().iter())
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["action"].as_str().unwrap(),
+                c["object"].as_str().unwrap()
+            )
+        })
+        .collect();
+    planned.sort();
+    assert_eq!(
+        planned,
+        [
+            "delete client federation-fra in realm dive-usa",
+            "delete client federation-usa in realm dive-fra",
+            "delete federation link USA ↔ FRA",
+            "delete identity provider fra-idp in realm dive-usa",
+            "delete identity provider usa-idp in realm dive-fra",
+            "delete secret federation/fra/usa/client-secret",
+            "delete secret federation/usa/fra/client-secret",
+        ]
+    );
+    assert_eq!(links(&env), "1");
+    assert_eq!(federation_secrets(&env), "2");
+    direction_is_linked(&env, ("USA", &usa), ("FRA", &fra));
+
     // Unlink without --yes and without a terminal: refused.
     env.dive(&["federation", "unlink", "FRA"]).assert_code(2);
     assert_eq!(links(&env), "1");

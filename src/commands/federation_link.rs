@@ -79,6 +79,8 @@ pub async fn link(code: &str, mut exec: ExecArgs) -> Result<u8> {
 
 pub async fn unlink(code: &str, yes: bool, mut exec: ExecArgs) -> Result<u8> {
     let upper = normalize_code(code).map_err(InvalidInput)?;
+    // A plan removes nothing: nothing to confirm.
+    let yes = yes || exec.dry_run;
     if !yes && !std::io::stdin().is_terminal() {
         return Err(InvalidInput(format!(
             "unlink removes the federation between the hub and {upper} and its secrets: add \
