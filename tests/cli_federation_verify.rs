@@ -107,7 +107,14 @@ fn repaired(env: &TestEnv, code: &str) {
         .iter()
         .flat_map(|s| s["changes"].as_array().unwrap().iter())
         .collect();
-    for f in &findings {
+    // What could not be read (a stopped Keycloak) is no difference: the plan has it as known
+    // after apply.
+    for f in findings.iter().filter(|f| {
+        !f["difference"]
+            .as_str()
+            .unwrap()
+            .starts_with("could not be")
+    }) {
         assert!(
             planned.iter().any(|c| c["instance"] == f["instance"]
                 && c["object"] == f["object"]

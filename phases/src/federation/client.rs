@@ -31,8 +31,8 @@
 //! tolerates that either is already gone.
 
 use super::{
-    SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field, enc, flag,
-    realm_path, resolve,
+    CREATED_BY_KEY, SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field,
+    enc, flag, realm_path, resolve,
 };
 use crate::context::Services;
 use crate::keycloak::SCOPE_NAME;
@@ -313,6 +313,9 @@ impl Phase for FederationClient {
             let mut rep = want.clone();
             rep.extra
                 .insert("secret".into(), json!(secret.expose().to_string()));
+            rep.attributes
+                .get_or_insert_with(BTreeMap::new)
+                .insert(CREATED_BY_KEY.into(), ctx.run_id.to_string());
             match admin.create_client(&realm, &rep).await {
                 Ok(_) => created = true,
                 Err(e) if e.is_conflict() => {}
@@ -419,9 +422,31 @@ impl Phase for FederationClient {
         true
     }
 
+    /// A failed attempt may have created the client (then failed correcting it or adding its
+    /// scope): rollback removes it when the run created it ([`CREATED_BY_KEY`]).
+    fn compensates_failure(&self) -> bool {
+        true
+    }
+
     async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
         let from = super::code(&self.from)?;
         let to = super::code(&self.to)?;
+        if output.is_null() {
+            let Ok(x) = super::instance(Services::of(ctx)?.instances(), &from).await else {
+                return Ok(());
+            };
+            let admin = admin(ctx, &x).await?;
+            let ours = admin.realm(&x.realm()).await?.is_some()
+                && admin
+                    .client_by_client_id(&x.realm(), &client_id(&to))
+                    .await?
+                    .and_then(|c| c.attributes)
+                    .is_some_and(|a| a.get(CREATED_BY_KEY) == Some(&ctx.run_id.to_string()));
+            if ours && super::delete_client(&admin, &x, &to).await? {
+                tracing::info!(from = %from, to = %to, "deleted the client a failed attempt created (compensation)");
+            }
+            return Ok(());
+        }
         if flag(output, "created") {
             let reg = Services::of(ctx)?.instances();
             // An instance reset since is already clean.

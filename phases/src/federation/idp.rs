@@ -34,8 +34,8 @@
 //! otherwise deletes only the mappers it added. Changes to an existing provider are not undone.
 
 use super::{
-    SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id, client_secret_name, code_field,
-    enc, flag, idp_alias, realm_path, resolve,
+    CREATED_BY_KEY, SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id,
+    client_secret_name, code_field, enc, flag, idp_alias, realm_path, resolve,
 };
 use crate::context::Services;
 use dive_engine::{
@@ -499,6 +499,28 @@ pub(crate) async fn provider_changes(
     })
 }
 
+impl FederationIdp {
+    /// Compensation of a failed attempt: the provider goes if this run created it.
+    async fn undo_failed_attempt(&self, ctx: &PhaseContext) -> Result<(), PhaseError> {
+        let (from, to) = (super::code(&self.from)?, super::code(&self.to)?);
+        let Ok(p) = super::instance(Services::of(ctx)?.instances(), &to).await else {
+            return Ok(());
+        };
+        let admin = admin(ctx, &p).await?;
+        let path = idp_path(&p.realm(), &idp_alias(&from));
+        let ours = admin.realm(&p.realm()).await?.is_some()
+            && admin
+                .get_opt::<Value>(&path)
+                .await?
+                .is_some_and(|idp| idp["config"][CREATED_BY_KEY] == ctx.run_id.to_string());
+        if ours {
+            admin.delete(&path).await?;
+            tracing::info!(from = %from, to = %to, "deleted the identity provider a failed attempt created (compensation)");
+        }
+        Ok(())
+    }
+}
+
 #[typetag::serde(name = "federation.idp")]
 #[async_trait]
 impl Phase for FederationIdp {
@@ -535,6 +557,7 @@ impl Phase for FederationIdp {
             None => {
                 let mut rep = Value::Object(top.clone());
                 rep["config"] = Value::Object(config.clone());
+                rep["config"][CREATED_BY_KEY] = json!(ctx.run_id.to_string());
                 let instances = realm_path(&realm, "/identity-provider/instances");
                 match admin.post(&instances, &with_secret(rep)).await {
                     Ok(_) => created = true,
@@ -622,7 +645,16 @@ impl Phase for FederationIdp {
         true
     }
 
+    /// A failed attempt may have created the provider (then failed on its mappers or users):
+    /// rollback removes it when the run created it ([`CREATED_BY_KEY`]).
+    fn compensates_failure(&self) -> bool {
+        true
+    }
+
     async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
+        if output.is_null() {
+            return self.undo_failed_attempt(ctx).await;
+        }
         let added: Vec<&str> = output["mappers_added"]
             .as_array()
             .into_iter()

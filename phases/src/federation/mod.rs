@@ -87,6 +87,11 @@ pub fn idp_alias(from: &str) -> String {
 /// Client attribute (and IdP config key) recording the secret version Keycloak was given.
 pub const SECRET_VERSION_KEY: &str = "dive.secret.version";
 
+/// Set on a client or identity provider when a link creates it: the run that did. A link
+/// phase that fails after creating its object (`compensates_failure`) removes it on rollback
+/// only when this says the rolled-back run made it, never one that was there before.
+pub const CREATED_BY_KEY: &str = "dive.created.run";
+
 /// Where P's server reaches X's Keycloak on the back channel (as the runtime of X addresses
 /// one instance's service from another's).
 pub fn backchannel_url(rec: &InstanceRecord) -> String {
