@@ -119,17 +119,24 @@ pub enum Partition {
     Reject,
 }
 
+impl Partition {
+    /// The iptables target of a rule.
+    fn target(self) -> Vec<String> {
+        match self {
+            Partition::Drop => vec!["-j".into(), "DROP".into()],
+            Partition::Reject => ["-j", "REJECT", "--reject-with", "tcp-reset"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
 /// Loopback traffic to `port` partitioned away, established connections included.
 pub fn partition_port(port: u16, how: Partition) -> Result<Heal<'static>, String> {
     let mut rule: Vec<String> = ["-o", "lo", "-p", "tcp", "--dport", &port.to_string()]
         .map(String::from)
         .to_vec();
-    match how {
-        Partition::Drop => rule.extend(["-j", "DROP"].map(String::from)),
-        Partition::Reject => {
-            rule.extend(["-j", "REJECT", "--reject-with", "tcp-reset"].map(String::from))
-        }
-    }
+    rule.extend(how.target());
     add_rule("filter", rule)
 }
 
@@ -563,12 +570,7 @@ pub fn netns_partition(
     ]
     .map(String::from)
     .to_vec();
-    match how {
-        Partition::Drop => rule.extend(["-j", "DROP"].map(String::from)),
-        Partition::Reject => {
-            rule.extend(["-j", "REJECT", "--reject-with", "tcp-reset"].map(String::from))
-        }
-    }
+    rule.extend(how.target());
     let apply = move |op: &str| {
         let mut args: Vec<String> = ["-t", pid.as_str(), "-n", "iptables", "-w", op]
             .map(String::from)

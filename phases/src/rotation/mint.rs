@@ -63,6 +63,24 @@ impl RotationMint {
         Ok(out)
     }
 
+    /// A secret's metadata and the age of its latest version; it must exist.
+    async fn age(
+        &self,
+        store: &dive_secrets::SecretStore,
+        name: &str,
+    ) -> Result<(dive_secrets::SecretInfo, Duration), PhaseError> {
+        let info = store.info(name).await?.ok_or_else(|| {
+            PhaseError::fatal(format!(
+                "secret `{name}` does not exist: run `dive secrets ensure {}` or link again",
+                self.code
+            ))
+        })?;
+        let age = (chrono::Utc::now() - info.updated_at)
+            .to_std()
+            .unwrap_or_default();
+        Ok((info, age))
+    }
+
     async fn mint_all(
         &self,
         ctx: &PhaseContext,
@@ -74,15 +92,7 @@ impl RotationMint {
         let store = Services::of(ctx)?.secrets();
         let origin = origin(ctx);
         for (name, length) in names {
-            let info = store.info(name).await?.ok_or_else(|| {
-                PhaseError::fatal(format!(
-                    "secret `{name}` does not exist: run `dive secrets ensure {}` or link again",
-                    self.code
-                ))
-            })?;
-            let age = (chrono::Utc::now() - info.updated_at)
-                .to_std()
-                .unwrap_or_default();
+            let (info, age) = self.age(store, name).await?;
             let mine = store.minted_by(name, &origin).await?;
             if mine.is_none() && age < older_than {
                 skipped
@@ -135,15 +145,7 @@ impl Phase for RotationMint {
         let mut changes = Vec::new();
         let (mut minted, mut skipped) = (Vec::new(), Vec::new());
         for (name, _) in self.secrets(ctx).await? {
-            let info = store.info(&name).await?.ok_or_else(|| {
-                PhaseError::fatal(format!(
-                    "secret `{name}` does not exist: run `dive secrets ensure {}` or link again",
-                    self.code
-                ))
-            })?;
-            let age = (chrono::Utc::now() - info.updated_at)
-                .to_std()
-                .unwrap_or_default();
+            let (info, age) = self.age(store, &name).await?;
             if age < older_than {
                 skipped
                     .push(json!({"secret": name, "version": info.latest, "age_s": age.as_secs()}));
