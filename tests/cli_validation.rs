@@ -447,3 +447,28 @@ fn hub_and_spoke_deploy_are_instance_deploy_with_the_role_fixed() {
         &["parameter `role`: value `boss` does not match"],
     );
 }
+
+/// A closed stdout (`dive … | head`) ends a command quietly with 0 — without SIGPIPE's default
+/// action, which would also kill a run whenever a peer resets a connection.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let env = env();
+    let mut child = env
+        .command(&["workflow", "show", "quickstart", "--format", "json"])
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
