@@ -166,15 +166,16 @@ impl Engine {
 
     /// `plan` with its lock keys expanded, once its prechecks passed: what a run starts from
     /// (and a dry run plans).
-    pub(crate) async fn checked_plan(
+    pub(crate) async fn checked_plan<'p>(
         &self,
-        plan: &Plan,
+        plan: &'p Plan,
         opts: &RunOptions,
-    ) -> Result<Plan, EngineError> {
-        let plan = self
-            .expand_lock_keys(plan)
-            .await?
-            .unwrap_or_else(|| plan.clone());
+    ) -> Result<std::borrow::Cow<'p, Plan>, EngineError> {
+        // Copied only when its lock keys change.
+        let plan = match self.expand_lock_keys(plan).await? {
+            Some(expanded) => std::borrow::Cow::Owned(expanded),
+            None => std::borrow::Cow::Borrowed(plan),
+        };
         if plan.lock_keys.is_empty() {
             return Err(crate::workflow::InvalidWorkflow {
                 file: plan.source.clone(),

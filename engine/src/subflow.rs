@@ -52,6 +52,15 @@ pub struct SubWorkflow {
     pub params: BTreeMap<String, String>,
 }
 
+/// The engine a child run (or its dry run) uses: the parent's store, catalog, services and
+/// lock expander.
+fn child_engine(ctx: &PhaseContext) -> Engine {
+    Engine::new(ctx.store.clone())
+        .with_catalog(ctx.catalog.clone())
+        .with_services(ctx.services.clone())
+        .with_lock_expander(ctx.lock_expander.clone())
+}
+
 impl SubWorkflow {
     fn child_plan(&self, ctx: &PhaseContext) -> Result<crate::plan::Plan, String> {
         let workflow = ctx.catalog.load(&self.workflow)?;
@@ -65,10 +74,7 @@ impl SubWorkflow {
     /// again: a succeeded one is reused, an unfinished one resumed; only one that rolled back
     /// or was cancelled is replaced by a new run. Fails unless the child succeeds.
     pub async fn run_child(&self, ctx: &PhaseContext, key: &str) -> Result<Value, PhaseError> {
-        let engine = Engine::new(ctx.store.clone())
-            .with_catalog(ctx.catalog.clone())
-            .with_services(ctx.services.clone())
-            .with_lock_expander(ctx.lock_expander.clone());
+        let engine = child_engine(ctx);
         let opts = RunOptions {
             events: ctx.events.scoped(key),
             cancel: ctx.cancel.child_token(),
@@ -141,10 +147,7 @@ impl Phase for SubWorkflow {
             ));
         }
         let plan = self.child_plan(ctx).map_err(PhaseError::fatal)?;
-        let engine = Engine::new(ctx.store.clone())
-            .with_catalog(ctx.catalog.clone())
-            .with_services(ctx.services.clone())
-            .with_lock_expander(ctx.lock_expander.clone());
+        let engine = child_engine(ctx);
         let opts = RunOptions {
             held_lock_keys: ctx.held_lock_keys.clone(),
             ..RunOptions::default()
