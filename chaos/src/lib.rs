@@ -138,6 +138,22 @@ impl ScenarioReport {
     pub fn passed(&self) -> bool {
         self.outcome != Outcome::Failed && self.invariants.iter().all(|c| c.ok)
     }
+
+    /// Why it FAILED (its error and each broken invariant), for a progress line.
+    pub fn why_failed(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .error
+            .iter()
+            .cloned()
+            .chain(
+                self.invariants
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| format!("{}: {}", c.invariant, c.detail)),
+            )
+            .collect();
+        (!self.passed()).then(|| reasons.join("; "))
+    }
 }
 
 /// Selects scenarios from the catalogue, in catalogue order.

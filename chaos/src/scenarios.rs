@@ -104,22 +104,46 @@ impl<'w> Ctx<'w> {
     ) -> Result<String, String> {
         let since = self.since.clone();
         let world = self.world;
-        let run = wait_for(
+        // A short `running` window can fall between two polls: any state the phase can only
+        // reach through the wanted one also triggers, and the note says the trigger was late.
+        let reached = match state {
+            "running" => {
+                "'running','succeeded','failed','compensating','compensated','compensation_failed'"
+            }
+            "succeeded" => "'succeeded','compensating','compensated','compensation_failed'",
+            _ => "",
+        };
+        let states = if reached.is_empty() {
+            format!("'{state}'")
+        } else {
+            reached.to_string()
+        };
+        let (run, seen) = wait_for(
             &format!("phase `{phase}` of `{workflow}` is {state}"),
             TRIGGER_TIMEOUT,
             || {
                 world
                     .sql(&format!(
-                        "SELECT p.run_id FROM phases p JOIN runs r ON r.id = p.run_id \
+                        "SELECT p.run_id || ' ' || p.state FROM phases p \
+                         JOIN runs r ON r.id = p.run_id \
                          WHERE r.workflow = '{workflow}' AND r.started_at >= '{since}' \
-                         AND p.phase_id = '{phase}' AND p.state = '{state}' LIMIT 1"
+                         AND p.phase_id = '{phase}' AND p.state IN ({states}) LIMIT 1"
                     ))
                     .ok()
-                    .filter(|id| !id.is_empty())
+                    .and_then(|row| {
+                        row.split_once(' ')
+                            .map(|(run, seen)| (run.to_string(), seen.to_string()))
+                    })
             },
         )?;
         std::thread::sleep(Duration::from_millis(extra_ms));
-        self.note(format!("at `{phase}` {state} +{extra_ms}ms"));
+        if seen == state {
+            self.note(format!("at `{phase}` {state} +{extra_ms}ms"));
+        } else {
+            self.note(format!(
+                "at `{phase}` {state} +{extra_ms}ms (late: first seen {seen})"
+            ));
+        }
         Ok(run)
     }
 

@@ -70,14 +70,14 @@ impl Instrument for Recorder {
     }
 }
 
-/// Only failures a retry could fix count against a breaker; a fatal error says nothing about
-/// the dependency's health.
+/// Only failures a retry could fix count against a breaker; a fatal error, or the state
+/// database being unavailable, says nothing about the dependency's health.
 #[derive(Clone, Copy)]
 struct RetryableOnly;
 
 impl FailurePredicate<PhaseError> for RetryableOnly {
     fn is_err(&self, err: &PhaseError) -> bool {
-        err.is_retryable()
+        err.is_retryable() && !err.is_state_db_unavailable()
     }
 }
 

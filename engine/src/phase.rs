@@ -95,6 +95,7 @@ pub struct PhaseError {
     retryable: bool,
     message: String,
     retry_after: Option<Duration>,
+    state_db_unavailable: bool,
 }
 
 impl PhaseError {
@@ -104,6 +105,17 @@ impl PhaseError {
             retryable: true,
             message: msg.into(),
             retry_after: None,
+            state_db_unavailable: false,
+        }
+    }
+
+    /// dive's own state database could not serve (see
+    /// [`Classify::is_state_db_unavailable`]): the phase is tried again, and the attempt does
+    /// not count against its retry policy or a breaker.
+    pub fn state_db_unavailable(msg: impl Into<String>) -> Self {
+        PhaseError {
+            state_db_unavailable: true,
+            ..PhaseError::retryable(msg)
         }
     }
 
@@ -114,6 +126,7 @@ impl PhaseError {
             retryable: false,
             message: msg.into(),
             retry_after: None,
+            state_db_unavailable: false,
         }
     }
 
@@ -125,6 +138,11 @@ impl PhaseError {
     /// retry policy's delay is used when it is longer.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// Whether the failure is the state database being unavailable, not the phase's target.
+    pub fn is_state_db_unavailable(&self) -> bool {
+        self.state_db_unavailable
     }
 
     /// The same error with `what` in front of its message (`what: message`).
@@ -145,9 +163,10 @@ impl std::error::Error for PhaseError {}
 impl<E: Classify> From<E> for PhaseError {
     fn from(e: E) -> Self {
         PhaseError {
-            retryable: e.is_retryable(),
+            retryable: e.is_retryable() || e.is_state_db_unavailable(),
             message: dive_error::chain(&e),
             retry_after: e.retry_after(),
+            state_db_unavailable: e.is_state_db_unavailable(),
         }
     }
 }

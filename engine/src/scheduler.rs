@@ -94,6 +94,9 @@ pub enum Action {
     },
 }
 
+/// How soon a phase that failed because the state database was unavailable is tried again.
+const STATE_DB_RETRY: Duration = Duration::from_secs(1);
+
 /// Per-phase bookkeeping.
 struct Slot {
     state: PhaseState,
@@ -473,10 +476,16 @@ impl<'p> Scheduler<'p> {
     /// error, the run already failing or cancelled, or no attempts left. A server's
     /// `Retry-After` lengthens the policy's delay.
     fn retry_delay(&mut self, i: usize, error: &PhaseError) -> Option<Duration> {
-        let may_retry = error.is_retryable()
-            && self.failure.is_none()
-            && self.cancelled.is_none()
-            && self.slots[i].tries < self.retry[i].max_attempts;
+        if self.failure.is_some() || self.cancelled.is_some() {
+            return None;
+        }
+        // The state database being down is waited out, as the checkpoints wait for it: the
+        // attempt is given back and the phase tried again once a second.
+        if error.is_state_db_unavailable() {
+            self.slots[i].tries = self.slots[i].tries.saturating_sub(1);
+            return Some(STATE_DB_RETRY);
+        }
+        let may_retry = error.is_retryable() && self.slots[i].tries < self.retry[i].max_attempts;
         if !may_retry {
             return None;
         }

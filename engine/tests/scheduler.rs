@@ -655,6 +655,57 @@ fn a_result_and_the_next_start_share_one_checkpoint() {
     assert!(write < start);
 }
 
+/// A failure because the state database is unavailable does not spend an attempt: the phase
+/// is tried again every second for as long as it lasts, then the policy applies as before.
+#[test]
+fn a_state_database_outage_does_not_spend_attempts() {
+    let specs = chain(&[Kind::Ok], false);
+    let mut sched = scheduler(&specs, 1, false);
+    sched.begin();
+    sched.actions(now()).unwrap();
+    let fail = |sched: &mut Scheduler, error: PhaseError| {
+        sched
+            .handle(
+                Input::Finished {
+                    phase: 0,
+                    result: Err(error),
+                    elapsed: Duration::ZERO,
+                },
+                now(),
+            )
+            .unwrap();
+        let actions = sched.actions(now()).unwrap();
+        let retry = actions.iter().find_map(|a| match a {
+            Action::RetryAfter { phase: 0, delay } => Some(*delay),
+            _ => None,
+        });
+        if retry.is_some() {
+            sched.handle(Input::RetryDue { phase: 0 }, now()).unwrap();
+            let actions = sched.actions(now()).unwrap();
+            assert!(
+                actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Start { phase: 0, .. })),
+                "{actions:?}"
+            );
+        }
+        retry
+    };
+    let outages = MAX_ATTEMPTS + 2;
+    for _ in 0..outages {
+        let retry = fail(
+            &mut sched,
+            PhaseError::state_db_unavailable("secret store: pool timed out"),
+        );
+        assert_eq!(retry, Some(Duration::from_secs(1)));
+    }
+    for try_no in 1..=MAX_ATTEMPTS {
+        let retry = fail(&mut sched, PhaseError::retryable("keycloak busy"));
+        assert_eq!(retry.is_some(), try_no < MAX_ATTEMPTS, "try {try_no}");
+    }
+    assert_eq!(sched.attempt(0), outages + MAX_ATTEMPTS);
+}
+
 /// A domain error that says "try again in 3 s", with a cause.
 #[derive(Debug, thiserror::Error)]
 #[error("throttled")]

@@ -66,12 +66,9 @@ pub async fn chaos(cmd: ChaosCommand) -> Result<u8> {
                 dive_chaos::run(
                     &options,
                     |name| eprintln!("chaos: {name} …"),
-                    |r| {
-                        eprintln!(
-                            "chaos: {} {}",
-                            r.scenario,
-                            if r.passed() { "passed" } else { "FAILED" }
-                        )
+                    |r| match r.why_failed() {
+                        None => eprintln!("chaos: {} passed", r.scenario),
+                        Some(why) => eprintln!("chaos: {} FAILED: {why}", r.scenario),
                     },
                 )
             })

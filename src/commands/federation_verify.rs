@@ -52,6 +52,7 @@ pub async fn verify_pair(code: &str) -> Result<PairVerification> {
             latency_ms: 0,
             users: Vec::new(),
             error: Some(format!("not verified: {}", why_not(&run, &outcome))),
+            state_db_unavailable: false,
         };
         verify::record(&pool, Some(outcome.run_id), &report)
             .await

@@ -18,6 +18,15 @@ pub trait Classify: Error + Send + Sync + 'static {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether the failure is dive's own state database being unavailable (a secret or a
+    /// registry row could not be read), not the phase's target. The engine waits for that
+    /// database as long as it takes for its checkpoints, so such a failure neither spends one
+    /// of the phase's attempts nor counts against a breaker: a one-attempt login check must not
+    /// fail because the state database restarted.
+    fn is_state_db_unavailable(&self) -> bool {
+        false
+    }
 }
 
 /// The error's message followed by each cause that adds something to it, joined by `: ` —

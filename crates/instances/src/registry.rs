@@ -234,6 +234,11 @@ impl dive_error::Classify for InstanceError {
             _ => false,
         }
     }
+
+    /// The registry lives in the state database.
+    fn is_state_db_unavailable(&self) -> bool {
+        matches!(self, InstanceError::Database(e) if dive_error::is_db_unavailable(e))
+    }
 }
 
 fn code_of(code: &str) -> Result<String, InstanceError> {

@@ -107,4 +107,9 @@ impl dive_error::Classify for SecretError {
             _ => false,
         }
     }
+
+    /// The store lives in the state database.
+    fn is_state_db_unavailable(&self) -> bool {
+        matches!(self, SecretError::Database(e) if dive_error::is_db_unavailable(e))
+    }
 }

@@ -35,6 +35,10 @@ impl Classify for AdminLoginError {
             _ => None,
         }
     }
+
+    fn is_state_db_unavailable(&self) -> bool {
+        matches!(self, AdminLoginError::Secret(e) if e.is_state_db_unavailable())
+    }
 }
 
 /// The admin API of instance `code` at `url`, logged in as `admin` (errors start with `name`).

@@ -3,6 +3,7 @@
 
 use crate::{Endpoint, VerifyError, brokered_login};
 use chrono::{DateTime, Utc};
+use dive_error::Classify;
 use dive_keycloak::{DIVE_ATTRIBUTES, KeycloakAdmin, test_users, user_password_secret};
 use dive_secrets::SecretStore;
 use dive_tls::Trust;
@@ -40,6 +41,9 @@ pub struct UserReport {
     /// Why the login failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The login was not tried because dive's state database could not serve its password.
+    #[serde(skip)]
+    pub state_db_unavailable: bool,
 }
 
 /// One direction: users of `from` logging in at `to`.
@@ -54,6 +58,10 @@ pub struct DirectionReport {
     /// A failure before any login (admin API of `from`, a missing secret).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Part of the direction was not tried because dive's state database could not serve a
+    /// secret: the failure says nothing about the federation.
+    #[serde(skip)]
+    pub state_db_unavailable: bool,
 }
 
 impl DirectionReport {
@@ -132,11 +140,19 @@ fn dive_claims(claims: &Value) -> Value {
     )
 }
 
-async fn secret(secrets: &SecretStore, name: &str) -> Result<zeroize::Zeroizing<String>, String> {
+/// A secret's value, or why it could not be read and whether the state database was
+/// unavailable.
+async fn secret(
+    secrets: &SecretStore,
+    name: &str,
+) -> Result<zeroize::Zeroizing<String>, (String, bool)> {
     match secrets.get(name).await {
         Ok(Some((s, _))) => Ok(zeroize::Zeroizing::new(s.expose().to_string())),
-        Ok(None) => Err(format!("secret `{name}` is not in the store")),
-        Err(e) => Err(format!("reading secret `{name}`: {e}")),
+        Ok(None) => Err((format!("secret `{name}` is not in the store"), false)),
+        Err(e) => Err((
+            format!("reading secret `{name}`: {e}"),
+            e.is_state_db_unavailable(),
+        )),
     }
 }
 
@@ -157,6 +173,7 @@ pub async fn verify_direction(
         latency_ms: 0,
         users: Vec::new(),
         error: None,
+        state_db_unavailable: false,
     };
     let admin = crate::admin_login(
         secrets,
@@ -165,8 +182,7 @@ pub async fn verify_direction(
         &from.code,
         &from.url,
     )
-    .await
-    .map_err(|e| format!("reading the users' attributes: {e}"));
+    .await;
     match admin {
         Ok(admin) => {
             let users = test_users(&from.code);
@@ -178,8 +194,12 @@ pub async fn verify_direction(
             )
             .await;
             report.ok = !report.users.is_empty() && report.users.iter().all(|u| u.ok);
+            report.state_db_unavailable = report.users.iter().any(|u| u.state_db_unavailable);
         }
-        Err(e) => report.error = Some(e),
+        Err(e) => {
+            report.state_db_unavailable = e.is_state_db_unavailable();
+            report.error = Some(format!("reading the users' attributes: {e}"));
+        }
     }
     report.latency_ms = started.elapsed().as_millis() as u64;
     report
@@ -202,6 +222,7 @@ async fn verify_user(
         latency_ms: 0,
         attempts: 0,
         error: None,
+        state_db_unavailable: false,
     };
     let realm = from.realm();
     let attributes = match admin.user_by_username(&realm, username).await {
@@ -228,8 +249,9 @@ async fn verify_user(
     };
     let password = match secret(secrets, &user_password_secret(&from.code, username)).await {
         Ok(p) => p,
-        Err(e) => {
+        Err((e, state_db_unavailable)) => {
             u.error = Some(e);
+            u.state_db_unavailable = state_db_unavailable;
             return u;
         }
     };
@@ -281,7 +303,7 @@ pub async fn record(
     .bind(error)
     .execute(pool)
     .await
-    .map_err(|e| VerifyError::Setup(format!("recording the verification: {e}")))?;
+    .map_err(|e| VerifyError::setup_db("recording the verification", &e))?;
     Ok(())
 }
 
@@ -297,7 +319,7 @@ pub async fn for_run(
     .bind(run_id)
     .fetch_all(pool)
     .await
-    .map_err(|e| VerifyError::Setup(format!("reading verifications: {e}")))?;
+    .map_err(|e| VerifyError::setup_db("reading verifications", &e))?;
     let mut out = Vec::new();
     for (from, to, ok, latency_ms, users, error) in rows {
         let users: Vec<UserReport> = serde_json::from_value(users)
@@ -311,6 +333,7 @@ pub async fn for_run(
             latency_ms: latency_ms.max(0) as u64,
             users,
             error,
+            state_db_unavailable: false,
         });
     }
     Ok(out)

@@ -144,6 +144,9 @@ pub enum VerifyError {
     /// A problem before or outside the login: a missing secret, the database, an admin call.
     #[error("{0}")]
     Setup(String),
+    /// dive's state database could not serve (down, restarting, out of connection slots).
+    #[error("{0}")]
+    StateDbUnavailable(String),
 }
 
 fn detail(message: &str) -> String {
@@ -155,13 +158,23 @@ fn detail(message: &str) -> String {
 }
 
 impl VerifyError {
+    /// `what: error` for a query on the state database.
+    pub fn setup_db(what: &str, e: &sqlx::Error) -> Self {
+        let message = format!("{what}: {e}");
+        if dive_error::is_db_unavailable(e) {
+            VerifyError::StateDbUnavailable(message)
+        } else {
+            VerifyError::Setup(message)
+        }
+    }
+
     /// The side that failed, if the failure was in the login.
     pub fn side(&self) -> Option<Side> {
         match self {
             VerifyError::Unreachable { side, .. }
             | VerifyError::Status { side, .. }
             | VerifyError::Flow { side, .. } => Some(*side),
-            VerifyError::Setup(_) => None,
+            VerifyError::Setup(_) | VerifyError::StateDbUnavailable(_) => None,
         }
     }
 
@@ -185,7 +198,12 @@ impl dive_error::Classify for VerifyError {
             VerifyError::Unreachable { .. } => true,
             VerifyError::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
             VerifyError::Flow { .. } | VerifyError::Setup(_) => false,
+            VerifyError::StateDbUnavailable(_) => true,
         }
+    }
+
+    fn is_state_db_unavailable(&self) -> bool {
+        matches!(self, VerifyError::StateDbUnavailable(_))
     }
 }
 

@@ -48,7 +48,7 @@ impl Phase for FederationForget {
         .bind(&code)
         .fetch_all(pool)
         .await
-        .map_err(|e| crate::db::phase_error(&e, "federation_links"))?;
+        .map_err(|e| crate::db::state_db_error(&e, "federation_links"))?;
         let services = Services::of(ctx)?;
         let mut unlinked = Vec::new();
         for (hub, spoke) in pairs {
@@ -63,7 +63,7 @@ impl Phase for FederationForget {
                 .bind(&spoke)
                 .execute(pool)
                 .await
-                .map_err(|e| crate::db::phase_error(&e, "federation_links"))?;
+                .map_err(|e| crate::db::state_db_error(&e, "federation_links"))?;
             unlinked.push(partner.clone());
         }
         let store = services.secrets();

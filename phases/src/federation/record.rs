@@ -38,7 +38,7 @@ pub struct FederationRecord {
 }
 
 fn db_error(e: sqlx::Error) -> PhaseError {
-    crate::db::phase_error(&e, "federation_links")
+    crate::db::state_db_error(&e, "federation_links")
 }
 
 #[typetag::serde(name = "federation.record")]

@@ -49,16 +49,19 @@ impl Phase for FederationVerify {
             None,
         )
         .await;
-        record(services.pool(), Some(ctx.run_id), &report)
-            .await
-            .map_err(|e| PhaseError::retryable(e.to_string()))?;
+        record(services.pool(), Some(ctx.run_id), &report).await?;
         if !report.ok {
-            return Err(PhaseError::retryable(format!(
+            let message = format!(
                 "federation logins {} → {} failed: {}",
                 report.from,
                 report.to,
                 report.failure().unwrap_or_default()
-            )));
+            );
+            return Err(if report.state_db_unavailable {
+                PhaseError::state_db_unavailable(message)
+            } else {
+                PhaseError::retryable(message)
+            });
         }
         Ok(json!({
             "from": report.from,
