@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Reset, TestEnv};
+use common::{Reset, TestEnv, processes_under};
 use dive_keycloak::KeycloakAdmin;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -31,21 +31,6 @@ fn change<'a>(changes: &'a [Value], object: &str) -> &'a Value {
     let found: Vec<&Value> = changes.iter().filter(|c| c["object"] == object).collect();
     assert_eq!(found.len(), 1, "one change of `{object}` in {changes:#?}");
     found[0]
-}
-
-/// Live processes whose command line names a path under `dir`.
-fn processes_under(dir: &std::path::Path) -> Vec<String> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(&needle).then_some(cmdline)
-        })
-        .collect()
 }
 
 fn admin(env: &TestEnv, url: &str) -> KeycloakAdmin {

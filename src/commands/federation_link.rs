@@ -16,7 +16,7 @@ pub(crate) async fn pair(
     exec: &mut ExecArgs,
 ) -> Result<(InstanceRecord, InstanceRecord)> {
     let code = normalize_code(code).map_err(InvalidInput)?;
-    let store = database::open().await?;
+    let store = database::open_for(exec.dry_run).await?;
     let registry = config::get().instances(&store);
     let hub = registry
         .hub()

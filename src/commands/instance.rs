@@ -154,7 +154,9 @@ async fn instance(role: Role, code: Option<String>, action: Action) -> Result<u8
         )
         .into());
     }
-    let store = database::open().await?;
+    let dry_run =
+        matches!(&action, Action::Deploy { exec, .. } | Action::Up { exec, .. } if exec.dry_run);
+    let store = database::open_for(dry_run).await?;
     let registry = config::get().instances(&store);
     let code = match given {
         Some(code) => code,

@@ -72,10 +72,12 @@ pub async fn ca_show(json: bool) -> Result<u8> {
 }
 
 pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
-    let store = database::open().await?;
-    let secrets = secret_store(&store)?;
+    // A plan reads the store under the key it has, and creates neither.
+    let dry_run = matches!(&cmd, SecretsCommand::Rotate { exec, .. } if exec.dry_run);
+    let store = database::open_for(dry_run).await?;
     match cmd {
         SecretsCommand::List { json } => {
+            let secrets = secret_store(&store)?;
             let list = secrets.list().await.map_err(classify)?;
             if json {
                 let now = chrono::Utc::now();
@@ -99,6 +101,7 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
             reveal,
             secret_version: version,
         } => {
+            let secrets = secret_store(&store)?;
             let missing = || InvalidInput(format!("no secret named `{name}`"));
             if !reveal {
                 let info = secrets.info(&name).await.map_err(classify)?;
@@ -123,6 +126,7 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
             println!("{}", value.expose());
         }
         SecretsCommand::Ensure { code, json } => {
+            let secrets = secret_store(&store)?;
             let code = normalize_code(&code).map_err(InvalidInput)?;
             registered(&store, &code).await?;
             let partners = rotation::partners(store.pool(), &code)
@@ -163,6 +167,9 @@ pub async fn secrets(cmd: SecretsCommand) -> Result<u8> {
             grace,
             exec,
         } => {
+            if !dry_run {
+                secret_store(&store)?;
+            }
             let opts = RotateOptions {
                 older_than,
                 keep,
