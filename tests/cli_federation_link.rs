@@ -313,10 +313,17 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
     let injected = format!(
         "{builtin}  - id: injected-failure\n    type: exec\n    after: [record]\n    retry: {{ max_attempts: 1 }}\n    command: [\"sh\", \"-c\", \"echo injected >&2; exit 1\"]\n"
     );
-    let wf = env.workflow("federation-link-injected.yaml", &injected);
+    let injected_wf = env.workflow("federation-link-injected.yaml", &injected);
     let out = env
         .spawn(&[
-            "run", "workflow", &wf, "--param", "code=fra", "--param", "hub=usa", "--json",
+            "run",
+            "workflow",
+            &injected_wf,
+            "--param",
+            "code=fra",
+            "--param",
+            "hub=usa",
+            "--json",
         ])
         .wait(LINK_TIMEOUT);
     out.assert_code(1);
@@ -412,6 +419,57 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
     // Again: nothing changes.
     let again = ok(&env, &["federation", "link", "FRA", "--json"], LINK_TIMEOUT);
     nothing_changed(&again.json());
+
+    // A rollback on an existing link undoes only what its run added: a mapper deleted behind
+    // dive's back is added again by the link and removed again by its rollback; the provider,
+    // the clients and the link stay.
+    let acp = side(&env, &fra, "FRA", "USA")
+        .mappers
+        .into_iter()
+        .find(|m| m["name"] == "acpCOI")
+        .unwrap();
+    let password = secret(&env, "fra/keycloak/admin-password");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin = KeycloakAdmin::connect(&env.trust(), &fra, "admin", &password)
+            .await
+            .unwrap();
+        admin
+            .delete(&format!(
+                "/admin/realms/dive-fra/identity-provider/instances/usa-idp/mappers/{}",
+                acp["id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+    });
+    let out = env
+        .spawn(&[
+            "run",
+            "workflow",
+            &injected_wf,
+            "--param",
+            "code=fra",
+            "--param",
+            "hub=usa",
+            "--json",
+        ])
+        .wait(LINK_TIMEOUT);
+    out.assert_code(1);
+    assert_eq!(out.json()["state"], "rolled_back", "{}", out.stdout);
+    let at_fra = side(&env, &fra, "FRA", "USA");
+    assert!(at_fra.idp.is_some() && at_fra.client.is_some());
+    let mut names: Vec<&str> = at_fra
+        .mappers
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["clearance", "countryOfAffiliation", "uniqueID"]);
+    assert_eq!(links(&env), "1");
+    assert_eq!(federation_secrets(&env), "2");
+    ok(&env, &["federation", "link", "FRA"], LINK_TIMEOUT);
+    direction_is_linked(&env, ("USA", &usa), ("FRA", &fra));
+    direction_is_linked(&env, ("FRA", &fra), ("USA", &usa));
 
     // A dry run of unlink lists both directions' objects, the secrets and the record, and
     // removes nothing (it needs no confirmation).

@@ -30,12 +30,14 @@
 //! behind dive's back can only be overwritten, not seen); each mapper is created when missing
 //! and corrected when it differs. A second run changes nothing and reports `changed: false`.
 //!
-//! Compensation: deletes the provider (and with it its mappers) if this phase created it;
-//! otherwise deletes only the mappers it added. Changes to an existing provider are not undone.
+//! Compensation: deletes the provider (and with it its mappers) if this run created it;
+//! otherwise deletes only the mappers it added. Both are found in the live state by the run's
+//! mark (config `dive.created.run`), so a failed attempt is undone too. Changes to an existing
+//! provider are not undone.
 
 use super::{
     CREATED_BY_KEY, SECRET_VERSION_KEY, admin, backchannel_url, breaker, client_id,
-    client_secret_name, code_field, enc, flag, idp_alias, realm_path, resolve,
+    client_secret_name, code_field, enc, idp_alias, realm_path, resolve,
 };
 use crate::context::Services;
 use dive_engine::{
@@ -226,16 +228,20 @@ pub(crate) async fn diff_mappers(
     Ok(out)
 }
 
-/// Creates the missing mappers and corrects the differing ones.
+/// Creates the missing mappers (marked with the run, [`CREATED_BY_KEY`], so that a rollback
+/// finds them even after a failed attempt) and corrects the differing ones.
 async fn ensure_mappers(
     admin: &KeycloakAdmin,
     realm: &str,
     alias: &str,
+    run: &str,
 ) -> Result<MapperDiff, PhaseError> {
     let diff = diff_mappers(admin, realm, alias).await?;
     let path = mappers_path(realm, alias);
     for attribute in &diff.missing {
-        admin.post(&path, &wanted_mapper(alias, attribute)).await?;
+        let mut mapper = wanted_mapper(alias, attribute);
+        mapper["config"][CREATED_BY_KEY] = json!(run);
+        admin.post(&path, &mapper).await?;
     }
     for (_, id, rep) in &diff.differing {
         admin.put(&format!("{path}/{}", enc(id)), Some(rep)).await?;
@@ -501,21 +507,37 @@ pub(crate) async fn provider_changes(
 
 impl FederationIdp {
     /// Compensation of a failed attempt: the provider goes if this run created it.
-    async fn undo_failed_attempt(&self, ctx: &PhaseContext) -> Result<(), PhaseError> {
+    /// Undoes what this run did, read from the live state: the provider when this run created
+    /// it, otherwise the mappers it added (both carry the run's [`CREATED_BY_KEY`]).
+    async fn undo(&self, ctx: &PhaseContext) -> Result<(), PhaseError> {
         let (from, to) = (super::code(&self.from)?, super::code(&self.to)?);
         let Ok(p) = super::instance(Services::of(ctx)?.instances(), &to).await else {
             return Ok(());
         };
         let admin = admin(ctx, &p).await?;
-        let path = idp_path(&p.realm(), &idp_alias(&from));
-        let ours = admin.realm(&p.realm()).await?.is_some()
-            && admin
-                .get_opt::<Value>(&path)
-                .await?
-                .is_some_and(|idp| idp["config"][CREATED_BY_KEY] == ctx.run_id.to_string());
-        if ours {
+        let realm = p.realm();
+        if admin.realm(&realm).await?.is_none() {
+            return Ok(());
+        }
+        let path = idp_path(&realm, &idp_alias(&from));
+        let Some(idp) = admin.get_opt::<Value>(&path).await? else {
+            return Ok(());
+        };
+        let run = json!(ctx.run_id.to_string());
+        if idp["config"][CREATED_BY_KEY] == run {
             admin.delete(&path).await?;
-            tracing::info!(from = %from, to = %to, "deleted the identity provider a failed attempt created (compensation)");
+            tracing::info!(from = %from, to = %to, "deleted federation identity provider (compensation)");
+            return Ok(());
+        }
+        let mappers: Vec<Value> = admin.get(&format!("{path}/mappers")).await?;
+        for m in mappers {
+            if m["config"][CREATED_BY_KEY] == run
+                && let Some(id) = m["id"].as_str()
+            {
+                admin.delete(&format!("{path}/mappers/{}", enc(id))).await?;
+                tracing::info!(from = %from, to = %to, mapper = %m["name"],
+                    "deleted a mapper this run added (compensation)");
+            }
         }
         Ok(())
     }
@@ -573,7 +595,7 @@ impl Phase for FederationIdp {
                 admin.put(&path, Some(&with_secret(diff.corrected))).await?;
             }
         }
-        let mappers = ensure_mappers(&admin, &realm, &alias).await?;
+        let mappers = ensure_mappers(&admin, &realm, &alias, &ctx.run_id.to_string()).await?;
         let home = super::admin(ctx, &x).await?;
         let relinked = relink(&home, &x, &admin, &realm, &alias).await?;
         let updated = !created && !fixed.is_empty();
@@ -645,59 +667,14 @@ impl Phase for FederationIdp {
         true
     }
 
-    /// A failed attempt may have created the provider (then failed on its mappers or users):
-    /// rollback removes it when the run created it ([`CREATED_BY_KEY`]).
+    /// A failed attempt may have created the provider or some of its mappers (then failed on
+    /// the others, or on its users): rollback removes what carries the run's mark.
     fn compensates_failure(&self) -> bool {
         true
     }
 
-    async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
-        if output.is_null() {
-            return self.undo_failed_attempt(ctx).await;
-        }
-        let added: Vec<&str> = output["mappers_added"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let created = flag(output, "created");
-        if !created && added.is_empty() {
-            return Ok(());
-        }
-        let from = super::code(&self.from)?;
-        let to = super::code(&self.to)?;
-        let reg = Services::of(ctx)?.instances();
-        let Ok(p) = super::instance(reg, &to).await else {
-            return Ok(());
-        };
-        let admin = admin(ctx, &p).await?;
-        let realm = p.realm();
-        if admin.realm(&realm).await?.is_none() {
-            return Ok(());
-        }
-        let alias = idp_alias(&from);
-        let path = idp_path(&realm, &alias);
-        if created {
-            admin.delete(&path).await?;
-            tracing::info!(from = %from, to = %to, alias = %alias,
-                "deleted federation identity provider (compensation)");
-            return Ok(());
-        }
-        let Some(mappers) = admin
-            .get_opt::<Vec<Value>>(&format!("{path}/mappers"))
-            .await?
-        else {
-            return Ok(());
-        };
-        for m in mappers {
-            if let (Some(name), Some(id)) = (m["name"].as_str(), m["id"].as_str())
-                && added.contains(&name)
-            {
-                admin.delete(&format!("{path}/mappers/{}", enc(id))).await?;
-            }
-        }
-        Ok(())
+    async fn compensate(&self, ctx: &PhaseContext, _output: &Value) -> Result<(), PhaseError> {
+        self.undo(ctx).await
     }
 
     async fn precheck(&self, ctx: &PhaseContext) -> Result<(), String> {
