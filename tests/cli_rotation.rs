@@ -350,6 +350,38 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
             "{m:#}"
         );
     }
+    // The later phases plan on what mint would mint: exactly the two clients and the two
+    // providers, the clients' previous secrets dropped at the end; nothing else, nothing left
+    // to "known after apply".
+    let mut planned: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["type"] != "rotation.mint")
+        .flat_map(|s| {
+            let kind = s["type"].as_str().unwrap().to_string();
+            s["changes"].as_array().unwrap().iter().map(move |c| {
+                format!(
+                    "{kind}: {} {}",
+                    c["action"].as_str().unwrap(),
+                    c["object"].as_str().unwrap()
+                )
+            })
+        })
+        .collect();
+    planned.sort();
+    assert_eq!(
+        planned,
+        [
+            "rotation.federation_client: update client federation-fra in realm dive-usa",
+            "rotation.federation_client: update client federation-usa in realm dive-fra",
+            "rotation.federation_provider: update identity provider fra-idp in realm dive-usa",
+            "rotation.federation_provider: update identity provider usa-idp in realm dive-fra",
+            "rotation.finish: update client federation-fra in realm dive-usa",
+            "rotation.finish: update client federation-usa in realm dive-fra",
+        ],
+        "{plan:#}"
+    );
     assert!(!out.stdout.contains(&old_usa_fra), "no secret in a plan");
     assert_eq!(versions(&env), before, "a dry run mints nothing");
 
@@ -697,7 +729,19 @@ fn rotation_of_federation_secrets_without_a_failed_login() {
     env.dive(&["federation", "verify", "GBR"]).assert_code(0);
     let before = latest_versions(&env, "");
 
-    // 6. --older-than skips young secrets (everything was just rotated).
+    // 6. --older-than skips young secrets (everything was just rotated): planned, nothing
+    //    would change (exit 0), and the run agrees.
+    let out = env.dive(&[
+        "secrets",
+        "rotate",
+        "GBR",
+        "--older-than",
+        "1h",
+        "--dry-run",
+        "--json",
+    ]);
+    out.assert_code(0);
+    assert_eq!(out.json()["would_change"], false, "{}", out.stdout);
     let out = env
         .spawn(&["secrets", "rotate", "GBR", "--older-than", "1h", "--json"])
         .wait(ROTATE_TIMEOUT);

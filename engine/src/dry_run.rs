@@ -17,6 +17,7 @@ use crate::runner::{Engine, RunOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -233,6 +234,7 @@ impl Engine {
                 lock_expander: self.lock_expander(),
                 events: EventSink::none(),
                 held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
+                planned_outputs: Arc::new(outputs.clone()),
             };
             let planned = match instantiate_planned(p, &outputs) {
                 Ok(phase) => phase.plan(&ctx).await.map_err(|e| {

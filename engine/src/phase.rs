@@ -22,6 +22,7 @@ use async_trait::async_trait;
 pub use dive_error::Classify;
 use serde_json::Value;
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,10 @@ pub struct PhaseContext {
     /// Every lock key the run runs under (sorted): its own and those its ancestor runs hold. A
     /// child run started by this phase gets them as [`crate::RunOptions::held_lock_keys`].
     pub held_lock_keys: Vec<String>,
+    /// In a dry run ([`Phase::plan`]): the planned outputs of the phases planned before this
+    /// one, by phase id, for a phase whose work depends on what an earlier one would decide
+    /// (which secrets a rotation mints, say). Empty in a run, where phases read the live state.
+    pub planned_outputs: Arc<HashMap<String, Value>>,
 }
 
 impl PhaseContext {

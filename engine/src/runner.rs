@@ -238,6 +238,7 @@ impl Engine {
                 lock_expander: self.lock_expander.clone(),
                 events: EventSink::none(),
                 held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
+                planned_outputs: Arc::default(),
             };
             if let Err(e) = phase.precheck(&ctx).await {
                 problems.push(format!("{}: phase `{}`: {e}", plan.source, p.id));
@@ -567,6 +568,7 @@ impl<'a> Runner<'a> {
             lock_expander: self.lock_expander.clone(),
             events: self.opts.events.clone(),
             held_lock_keys: self.held_lock_keys.clone(),
+            planned_outputs: Arc::default(),
         }
     }
 

@@ -54,6 +54,7 @@ pub use idp::{FederationIdp, MAPPER_TYPE};
 pub use record::FederationRecord;
 pub use unlink::FederationUnlink;
 pub use verify::FederationVerify;
+pub(crate) use verify::login_failure;
 pub use versions::{SecretVersions, secret_versions};
 
 use crate::context::Services;

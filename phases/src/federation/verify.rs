@@ -30,6 +30,16 @@ pub struct FederationVerify {
     pub to: String,
 }
 
+/// Failed logins as a phase error: retryable, and not spending an attempt when the cause was
+/// dive's state database (a password it could not read), not the federation.
+pub(crate) fn login_failure(message: String, state_db_unavailable: bool) -> PhaseError {
+    if state_db_unavailable {
+        PhaseError::state_db_unavailable(message)
+    } else {
+        PhaseError::retryable(message)
+    }
+}
+
 #[typetag::serde(name = "federation.verify")]
 #[async_trait]
 impl Phase for FederationVerify {
@@ -57,11 +67,7 @@ impl Phase for FederationVerify {
                 report.to,
                 report.failure().unwrap_or_default()
             );
-            return Err(if report.state_db_unavailable {
-                PhaseError::state_db_unavailable(message)
-            } else {
-                PhaseError::retryable(message)
-            });
+            return Err(login_failure(message, report.state_db_unavailable));
         }
         Ok(json!({
             "from": report.from,

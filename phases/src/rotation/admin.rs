@@ -16,10 +16,10 @@
 //! Idempotency: when Keycloak already accepts the new password nothing is written.
 //! Compensation: the previous password is set again (dive's admin login accepts either).
 
-use super::{default_only, minted, origin, selected, set_password};
+use super::{default_only, minted, origin, password_change, planned_mints, selected, set_password};
 use crate::context::Services;
 use crate::federation::{admin, breaker, code, instance};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use dive_keycloak::{ADMIN_USER, KeycloakAdmin, admin_password_secret};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -80,6 +80,27 @@ impl Phase for RotateAdmin {
             tracing::info!(instance = %code, version = m.version, "admin password rotated");
         }
         Ok(json!({ "rotated": true, "version": m.version, "changed": changed }))
+    }
+
+    /// The admin's password, when mint would mint it.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let code = code(&self.code)?;
+        let Some(versions) = planned_mints(ctx)
+            .get(&admin_password_secret(&code))
+            .copied()
+        else {
+            return Ok(PhasePlan::unchanged(
+                json!({ "rotated": false, "changed": false }),
+            ));
+        };
+        Ok(PhasePlan::changes(
+            vec![password_change(
+                &code,
+                format!("user {ADMIN_USER} in realm {MASTER}"),
+                versions,
+            )],
+            json!({ "rotated": true, "version": versions.1, "changed": true }),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

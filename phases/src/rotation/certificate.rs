@@ -26,7 +26,9 @@ use super::{converge, default_only, origin, selected, zero_duration};
 use crate::context::Services;
 use crate::federation::{breaker, code, instance};
 use crate::tls::{certificate, certificate_secret, names};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use dive_instances::InstanceRecord;
 use dive_secrets::Secret;
 use dive_tls::Certificate;
@@ -119,6 +121,39 @@ impl Phase for RotateCertificate {
             "not_after": cert.not_after(),
             "served_after_ms": took.as_millis() as u64,
         }))
+    }
+
+    /// A new certificate, unless the kind is not selected or the current one is younger than
+    /// `older_than`.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        if !selected(&self.only, "certificate")? {
+            return Ok(PhasePlan::unchanged(json!({ "rotated": false })));
+        }
+        let code = code(&self.code)?;
+        let services = Services::of(ctx)?;
+        let name = certificate_secret(&code);
+        if let Some(age) =
+            super::too_young(services.secrets(), &name, &origin(ctx), &self.older_than).await?
+        {
+            return Ok(PhasePlan::unchanged(
+                json!({ "rotated": false, "skipped_age_s": age.as_secs() }),
+            ));
+        }
+        let current = certificate(services.secrets(), &code)
+            .await
+            .map_err(|e| PhaseError::fatal(e.to_string()))?;
+        let not_after = chrono::Utc::now()
+            + chrono::Duration::from_std(services.cert_lifetime()).unwrap_or_default();
+        let not_after = not_after.format("%Y-%m-%d").to_string();
+        let old = current.map(|(cert, _)| cert.not_after().format("%Y-%m-%d").to_string());
+        Ok(PhasePlan::changes(
+            vec![
+                Change::new(Some(&code), format!("certificate {name}"), Action::Update)
+                    .field("not_after", old, not_after.clone())
+                    .because("renewed in place: Keycloak rereads it, no restart"),
+            ],
+            json!({ "rotated": true, "not_after": not_after }),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

@@ -18,10 +18,12 @@
 //! (the deploy is a no-op). Compensation: the minted versions are removed from the store first,
 //! then the instance converges again — to the previous passwords, with one more restart.
 
-use super::{default_only, needed_secrets, origin, selected};
+use super::{default_only, needed_secrets, origin, password_change, planned_mints, selected};
 use crate::context::Services;
 use crate::federation::{breaker, code, instance};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -78,6 +80,45 @@ impl Phase for RotateDatabase {
         let (child, took) = self.converge(ctx).await?;
         tracing::info!(instance = %self.code, converge_ms = took as u64, "database passwords rotated");
         Ok(json!({ "rotated": true, "run_id": child["run_id"], "converge_ms": took as u64 }))
+    }
+
+    /// Each PostgreSQL role whose password mint would mint, and Keycloak's restart.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let code = code(&self.code)?;
+        let mints = planned_mints(ctx);
+        let mut changes = Vec::new();
+        for s in needed_secrets(&code, &[]) {
+            let Some(versions) = mints.get(&s.name).filter(|_| s.kind == "database") else {
+                continue;
+            };
+            // The superuser's secret is `<code>/postgres/password`, Keycloak's role's
+            // `<code>/keycloak/db-password`.
+            let role = if s.name.ends_with("/postgres/password") {
+                "postgres"
+            } else {
+                "keycloak"
+            };
+            changes.push(password_change(
+                &code,
+                format!("role {role} (PostgreSQL)"),
+                *versions,
+            ));
+        }
+        if changes.is_empty() {
+            return Ok(PhasePlan::unchanged(json!({ "rotated": false })));
+        }
+        let rec = instance(Services::of(ctx)?.instances(), &code)
+            .await
+            .map_err(PhaseError::fatal)?;
+        changes.push(
+            Change::new(
+                Some(&code),
+                format!("service keycloak ({})", rec.runtime),
+                Action::Start,
+            )
+            .because("restarted with its new database password"),
+        );
+        Ok(PhasePlan::changes(changes, json!({ "rotated": true })))
     }
 
     fn has_compensation(&self) -> bool {

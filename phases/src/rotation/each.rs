@@ -21,7 +21,9 @@
 use super::{KINDS, parse_kinds};
 use crate::context::Services;
 use dive_engine::subflow::SubWorkflow;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag,
+};
 use dive_instances::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -37,6 +39,33 @@ pub struct RotationEach {
 }
 
 impl RotationEach {
+    /// The children, each `(code, kinds)`: the spokes (run side by side), then the hub
+    /// (without `federation` when there are spokes: their runs rotate both directions).
+    async fn children(
+        &self,
+        ctx: &PhaseContext,
+    ) -> Result<(Vec<(String, String)>, Vec<(String, String)>), PhaseError> {
+        let kinds = parse_kinds(&self.only).map_err(PhaseError::fatal)?;
+        let instances = Services::of(ctx)?.instances().list().await?;
+        let (hubs, spokes): (Vec<_>, Vec<_>) =
+            instances.into_iter().partition(|i| i.role == Role::Hub);
+        let hub_kinds: Vec<&str> = kinds
+            .iter()
+            .copied()
+            .filter(|k| spokes.is_empty() || *k != "federation")
+            .collect();
+        let spokes = spokes
+            .into_iter()
+            .map(|s| (s.code, kinds.join(",")))
+            .collect();
+        let hubs = hubs
+            .into_iter()
+            .filter(|_| !hub_kinds.is_empty())
+            .map(|h| (h.code, hub_kinds.join(",")))
+            .collect();
+        Ok((spokes, hubs))
+    }
+
     fn child(&self, code: &str, only: &str) -> SubWorkflow {
         SubWorkflow {
             workflow: "secret-rotation".into(),
@@ -56,50 +85,52 @@ impl RotationEach {
 impl Phase for RotationEach {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let kinds = parse_kinds(&self.only).map_err(PhaseError::fatal)?;
-        let instances = Services::of(ctx)?.instances().list().await?;
-        let (hubs, spokes): (Vec<_>, Vec<_>) =
-            instances.into_iter().partition(|i| i.role == Role::Hub);
+        let (spokes, hubs) = self.children(ctx).await?;
         let key = |code: &str| format!("{}/{code}", ctx.phase_id);
-        let only = kinds.join(",");
         ctx.note(format!(
             "{} spoke(s) side by side, then {} hub",
             spokes.len(),
             hubs.len()
         ));
-        let results = futures::future::join_all(spokes.iter().map(|s| {
-            let child = self.child(&s.code, &only);
-            let key = key(&s.code);
+        let results = futures::future::join_all(spokes.iter().map(|(code, only)| {
+            let child = self.child(code, only);
+            let key = key(code);
             async move { child.run_child(ctx, &key).await }
         }))
         .await;
         let mut children = Vec::new();
         let mut failures = Vec::new();
-        for (s, r) in spokes.iter().zip(results) {
+        for ((code, _), r) in spokes.iter().zip(results) {
             match r {
-                Ok(out) => children.push(json!({ "code": s.code, "run_id": out["run_id"] })),
-                Err(e) => failures.push(format!("{}: {e}", s.code)),
+                Ok(out) => children.push(json!({ "code": code, "run_id": out["run_id"] })),
+                Err(e) => failures.push(format!("{code}: {e}")),
             }
         }
         if !failures.is_empty() {
             return Err(PhaseError::fatal(failures.join("; ")));
         }
-        for h in &hubs {
-            let hub_kinds: Vec<&str> = kinds
-                .iter()
-                .copied()
-                .filter(|k| spokes.is_empty() || *k != "federation")
-                .collect();
-            if hub_kinds.is_empty() {
-                continue;
-            }
-            let out = self
-                .child(&h.code, &hub_kinds.join(","))
-                .run_child(ctx, &key(&h.code))
-                .await?;
-            children.push(json!({ "code": h.code, "run_id": out["run_id"] }));
+        for (code, only) in &hubs {
+            let out = self.child(code, only).run_child(ctx, &key(code)).await?;
+            children.push(json!({ "code": code, "run_id": out["run_id"] }));
         }
         Ok(
             json!({ "children": children, "kinds": KINDS.iter().filter(|k| kinds.contains(k)).collect::<Vec<_>>() }),
         )
+    }
+
+    /// Each child's own plan, in the order they would run.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let kinds = parse_kinds(&self.only).map_err(PhaseError::fatal)?;
+        let (spokes, hubs) = self.children(ctx).await?;
+        let mut changes = Vec::new();
+        let mut children = Vec::new();
+        for (code, only) in spokes.iter().chain(&hubs) {
+            changes.extend(self.child(code, only).plan(ctx).await?.changes);
+            children.push(json!({ "code": code, "run_id": KNOWN_AFTER_APPLY }));
+        }
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "children": children, "kinds": KINDS.iter().filter(|k| kinds.contains(k)).collect::<Vec<_>>() }),
+        ))
     }
 }

@@ -23,9 +23,11 @@
 //! It reads the live clients, so it also undoes a failed attempt that changed one direction and
 //! not the other (`compensates_failure`).
 
-use super::{default_only, rotated_directions};
+use super::{default_only, planned_directions, rotated_directions};
 use crate::federation::{SECRET_VERSION_KEY, admin, breaker, client_id};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use dive_keycloak::{KeycloakAdmin, ROTATION_ATTRIBUTE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -122,6 +124,29 @@ impl Phase for RotateFederationClient {
             }));
         }
         Ok(json!({ "clients": out }))
+    }
+
+    /// Each client whose secret mint would mint.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let mut changes = Vec::new();
+        let mut out = Vec::new();
+        for (d, (previous, version)) in planned_directions(ctx, &self.code).await? {
+            changes.push(
+                Change::new(
+                    Some(&d.x.code),
+                    format!("client {} in realm {}", client_id(&d.p.code), d.x.realm()),
+                    Action::Update,
+                )
+                .field("secret", SENSITIVE, SENSITIVE)
+                .field(SECRET_VERSION_KEY, previous, version)
+                .because("the previous secret stays accepted until the rotation finishes"),
+            );
+            out.push(json!({
+                "from": d.x.code, "to": d.p.code, "client_id": client_id(&d.p.code),
+                "version": version, "changed": true,
+            }));
+        }
+        Ok(PhasePlan::changes(changes, json!({ "clients": out })))
     }
 
     fn has_compensation(&self) -> bool {

@@ -20,9 +20,11 @@
 //! accepts both until its own compensation runs next). It reads the live providers, so it also
 //! undoes a failed attempt that changed some of them (`compensates_failure`).
 
-use super::{default_only, rotated_directions};
+use super::{default_only, planned_directions, rotated_directions};
 use crate::federation::{SECRET_VERSION_KEY, admin, breaker, idp_alias, idp_path};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use dive_instances::InstanceRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -81,6 +83,29 @@ impl Phase for RotateFederationProvider {
             }));
         }
         Ok(json!({ "providers": out }))
+    }
+
+    /// Each partner's provider whose secret mint would mint.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let mut changes = Vec::new();
+        let mut out = Vec::new();
+        for (d, (previous, version)) in planned_directions(ctx, &self.code).await? {
+            let alias = idp_alias(&d.x.code);
+            changes.push(
+                Change::new(
+                    Some(&d.p.code),
+                    format!("identity provider {alias} in realm {}", d.p.realm()),
+                    Action::Update,
+                )
+                .field("clientSecret", SENSITIVE, SENSITIVE)
+                .field(SECRET_VERSION_KEY, previous, version),
+            );
+            out.push(json!({
+                "from": d.x.code, "to": d.p.code, "alias": alias,
+                "version": version, "changed": true,
+            }));
+        }
+        Ok(PhasePlan::changes(changes, json!({ "providers": out })))
     }
 
     fn has_compensation(&self) -> bool {

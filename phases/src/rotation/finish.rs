@@ -16,10 +16,16 @@
 //! Idempotency: dropping a rotated secret that is gone and pruning to `keep` again change
 //! nothing. Compensation: none; it is the last phase, and what it drops is no longer used.
 
-use super::{DEFAULT_KEEP, default_only, needed_secrets, origin, rotated_directions};
+use super::{
+    DEFAULT_KEEP, default_only, needed_secrets, origin, planned_directions, planned_mints,
+    rotated_directions,
+};
 use crate::context::Services;
-use crate::federation::{admin, breaker};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use crate::federation::{admin, breaker, client_id};
+use crate::secret_ensure::secret_change;
+use dive_engine::{
+    Action, Change, Phase, PhaseContext, PhaseError, PhasePlan, SENSITIVE, async_trait, typetag,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -80,6 +86,47 @@ impl Phase for RotationFinish {
             }
         }
         Ok(json!({ "dropped": dropped, "pruned": pruned }))
+    }
+
+    /// Each client's previous secret dropped, and the versions beyond `keep` of each secret
+    /// mint would mint.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let keep = parse_keep(&self.keep).map_err(PhaseError::fatal)?;
+        let mut changes = Vec::new();
+        let mut dropped = Vec::new();
+        for (d, _) in planned_directions(ctx, &self.code).await? {
+            changes.push(
+                Change::new(
+                    Some(&d.x.code),
+                    format!("client {} in realm {}", client_id(&d.p.code), d.x.realm()),
+                    Action::Update,
+                )
+                .field("rotated secret", SENSITIVE, Value::Null)
+                .because("the previous secret is no longer accepted"),
+            );
+            dropped.push(json!({ "from": d.x.code, "to": d.p.code }));
+        }
+        let store = Services::of(ctx)?.secrets();
+        let mut pruned = 0;
+        for name in planned_mints(ctx).keys() {
+            let Some(info) = store.info(name).await? else {
+                continue;
+            };
+            // Versions are kept oldest-first contiguous: after the new one, the oldest go.
+            let after_mint = info.versions + 1;
+            if after_mint > keep {
+                pruned += after_mint - keep;
+                changes.push(
+                    secret_change(name, Action::Update)
+                        .field("versions stored", after_mint, keep)
+                        .because(format!("only the latest {keep} versions are kept")),
+                );
+            }
+        }
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "dropped": dropped, "pruned": pruned }),
+        ))
     }
 
     async fn precheck(&self, _ctx: &PhaseContext) -> Result<(), String> {

@@ -59,7 +59,7 @@ pub use verify::RotationVerify;
 use crate::context::Services;
 use crate::federation::{client_secret_name, code};
 use dive_engine::subflow::SubWorkflow;
-use dive_engine::{Phase, PhaseContext, PhaseError};
+use dive_engine::{Action, Change, Phase, PhaseContext, PhaseError, SENSITIVE};
 use dive_instances::{InstanceRecord, lock_key, normalize_code};
 use dive_secrets::{Secret, SecretStore};
 use serde_json::Value;
@@ -287,6 +287,49 @@ async fn version_value(
             "secret `{name}` has no version {version}: it was pruned or removed during the rotation"
         ))
     })
+}
+
+/// In a dry run: the secrets `rotation.mint` would mint, each with its current and its new
+/// version, read from mint's planned output (`minted`) — so that the later phases plan exactly
+/// what mint decided (kinds, `older_than`) instead of guessing. Empty in a run.
+pub(crate) fn planned_mints(ctx: &PhaseContext) -> BTreeMap<String, (u32, u32)> {
+    ctx.planned_outputs
+        .values()
+        .filter_map(|o| o["minted"].as_array())
+        .flatten()
+        .filter_map(|m| {
+            let version = u32::try_from(m["version"].as_u64()?).ok()?;
+            Some((m["secret"].as_str()?.to_string(), (version - 1, version)))
+        })
+        .collect()
+}
+
+/// In a dry run: the directions of the links of `code` whose secret mint would mint, with the
+/// versions ([`planned_mints`]).
+pub(crate) async fn planned_directions(
+    ctx: &PhaseContext,
+    code: &str,
+) -> Result<Vec<(Direction, (u32, u32))>, PhaseError> {
+    let mints = planned_mints(ctx);
+    Ok(directions(ctx, code)
+        .await?
+        .into_iter()
+        .filter_map(|d| {
+            let versions = *mints.get(&d.secret)?;
+            Some((d, versions))
+        })
+        .collect())
+}
+
+/// A planned password change: the value is never shown, the version is.
+pub(crate) fn password_change(
+    code: &str,
+    object: String,
+    (previous, version): (u32, u32),
+) -> Change {
+    Change::new(Some(code), object, Action::Update)
+        .field("password", SENSITIVE, SENSITIVE)
+        .field("secret version", previous, version)
 }
 
 /// A version minted by this run and the one it replaces.

@@ -15,11 +15,11 @@
 //! Idempotency: a new key that is already active, with no other key active, is left alone.
 //! Compensation: the previous keys are active again and the new one passive.
 
-use super::signing_publish::rotating;
+use super::signing_publish::{NEW_KEY, key_change, planned_rotating, rotating};
 use super::{default_only, signing_key_name};
 use crate::context::Services;
 use crate::federation::{admin, breaker, code, instance};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{Action, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -73,6 +73,27 @@ impl Phase for RotateSigningActivate {
             previous.len()
         ));
         Ok(json!({ "activated": true, "id": new.id, "previous": previous }))
+    }
+
+    /// The new key signs; each key that signs now turns passive.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let Some(rec) = planned_rotating(ctx, &self.code, &self.only).await? else {
+            return Ok(PhasePlan::unchanged(json!({ "activated": false })));
+        };
+        let realm = rec.realm();
+        let mut changes = vec![
+            key_change(&rec.code, NEW_KEY, &realm, Action::Update).field("active", false, true),
+        ];
+        for k in admin(ctx, &rec).await?.signing_keys(&realm).await? {
+            if k.active && k.enabled {
+                changes.push(
+                    key_change(&rec.code, &k.name, &realm, Action::Update)
+                        .field("active", true, false)
+                        .because("passive: tokens it signed still validate"),
+                );
+            }
+        }
+        Ok(PhasePlan::changes(changes, json!({ "activated": true })))
     }
 
     fn has_compensation(&self) -> bool {

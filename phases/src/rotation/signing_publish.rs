@@ -22,10 +22,15 @@
 //! one. `older_than` compares with the store's record of the current key (none yet: rotate).
 //! Compensation: the new key is deleted and its record removed.
 
-use super::{default_only, origin, partners, selected, signing_key_name, zero_duration};
+use super::{
+    default_only, origin, partners, planned_mints, selected, signing_key_name, zero_duration,
+};
 use crate::context::Services;
 use crate::federation::{admin, breaker, code, idp_alias, idp_path, instance};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{
+    Action, Change, KNOWN_AFTER_APPLY, Phase, PhaseContext, PhaseError, PhasePlan, async_trait,
+    typetag,
+};
 use dive_instances::InstanceRecord;
 use dive_keycloak::admin_password_secret;
 use dive_secrets::Secret;
@@ -60,6 +65,35 @@ pub(crate) async fn rotating(
         .map(Some)
         .map_err(PhaseError::fatal)
 }
+
+/// In a dry run: the instance `code` when the plan of `rotation.signing_publish` would publish
+/// a new key (it records it as a planned mint of [`record_name`]), else `None`.
+pub(crate) async fn planned_rotating(
+    ctx: &PhaseContext,
+    code_: &str,
+    only: &str,
+) -> Result<Option<InstanceRecord>, PhaseError> {
+    let code = code(code_)?;
+    if !selected(only, "signing-key")? || !planned_mints(ctx).contains_key(&record_name(&code)) {
+        return Ok(None);
+    }
+    instance(Services::of(ctx)?.instances(), &code)
+        .await
+        .map(Some)
+        .map_err(PhaseError::fatal)
+}
+
+/// A signing key of `realm` in a plan (`name`: the key a run creates is named after the run).
+pub(crate) fn key_change(code: &str, name: &str, realm: &str, action: Action) -> Change {
+    Change::new(
+        Some(code),
+        format!("signing key {name} in realm {realm}"),
+        action,
+    )
+}
+
+/// How a plan names the key a run would create (its name holds the run's id).
+pub(crate) const NEW_KEY: &str = "dive-signing-<run id>";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +157,60 @@ impl Phase for RotateSigningPublish {
         }
         ctx.note(format!("new signing key {name} published (passive)"));
         Ok(json!({ "published": true, "id": id, "name": name }))
+    }
+
+    /// A new passive key (unless the kind is not selected or the current key is younger than
+    /// `older_than`), and each partner's provider written back.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        if !selected(&self.only, "signing-key")? {
+            return Ok(PhasePlan::unchanged(json!({ "published": false })));
+        }
+        let code = code(&self.code)?;
+        let services = Services::of(ctx)?;
+        let store = services.secrets();
+        let record = record_name(&code);
+        if let Some(age) = super::too_young(store, &record, &origin(ctx), &self.older_than).await? {
+            return Ok(PhasePlan::unchanged(
+                json!({ "published": false, "skipped_age_s": age.as_secs() }),
+            ));
+        }
+        let rec = instance(services.instances(), &code)
+            .await
+            .map_err(PhaseError::fatal)?;
+        let latest = store.info(&record).await?.map_or(0, |i| i.latest);
+        let mut changes = vec![
+            key_change(&code, NEW_KEY, &rec.realm(), Action::Create)
+                .field("algorithm", serde_json::Value::Null, "RS256")
+                .field("active", serde_json::Value::Null, false)
+                .because("published passive: partners see it before it signs"),
+        ];
+        for p in partners(services.pool(), &code)
+            .await
+            .map_err(PhaseError::retryable)?
+        {
+            let p = instance(services.instances(), &p)
+                .await
+                .map_err(PhaseError::fatal)?;
+            changes.push(
+                Change::new(
+                    Some(&p.code),
+                    format!(
+                        "identity provider {} in realm {}",
+                        idp_alias(&code),
+                        p.realm()
+                    ),
+                    Action::Update,
+                )
+                .because("written back unchanged: Keycloak fetches the new key at the next login"),
+            );
+        }
+        Ok(PhasePlan::changes(
+            changes,
+            json!({
+                "published": true, "name": KNOWN_AFTER_APPLY,
+                "minted": [{ "secret": record, "version": latest + 1 }],
+            }),
+        ))
     }
 
     fn has_compensation(&self) -> bool {

@@ -18,10 +18,10 @@
 //! run waits the grace again (never less). Compensation: none; it runs after the rotation was
 //! verified and only removes keys nothing signs with.
 
-use super::signing_publish::rotating;
+use super::signing_publish::{key_change, planned_rotating, rotating};
 use super::{default_only, signing_key_name};
 use crate::federation::{admin, breaker};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{Action, Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use dive_keycloak::KeycloakAdmin;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -115,6 +115,42 @@ impl Phase for RotateSigningRetire {
             }
         }
         Ok(json!({ "retired": retired, "deleted": deleted, "grace_s": grace.as_secs() }))
+    }
+
+    /// After the grace period: the keys signing now (passive by then) are disabled, and those
+    /// an earlier rotation disabled are deleted.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let Some(rec) = planned_rotating(ctx, &self.code, &self.only).await? else {
+            return Ok(PhasePlan::unchanged(
+                json!({ "retired": [], "deleted": [] }),
+            ));
+        };
+        let realm = rec.realm();
+        let admin_api = admin(ctx, &rec).await?;
+        let grace = match self.grace()? {
+            Some(g) => g,
+            None => longest_token_lifetime(&admin_api, &realm).await?,
+        };
+        let after = format!(
+            "after the grace period ({})",
+            humantime::format_duration(grace)
+        );
+        let mut changes = Vec::new();
+        let (mut retired, mut deleted) = (Vec::new(), Vec::new());
+        for k in admin_api.signing_keys(&realm).await? {
+            let change = if k.enabled {
+                retired.push(k.id.clone());
+                key_change(&rec.code, &k.name, &realm, Action::Update).field("enabled", true, false)
+            } else {
+                deleted.push(k.id.clone());
+                key_change(&rec.code, &k.name, &realm, Action::Delete)
+            };
+            changes.push(change.because(after.clone()));
+        }
+        Ok(PhasePlan::changes(
+            changes,
+            json!({ "retired": retired, "deleted": deleted, "grace_s": grace.as_secs() }),
+        ))
     }
 
     async fn precheck(&self, _ctx: &PhaseContext) -> Result<(), String> {

@@ -15,10 +15,10 @@
 //! Compensation: each user whose previous password does not work gets it back — also after a
 //! failed attempt that changed some users only (`compensates_failure`).
 
-use super::{default_only, minted, origin, selected, set_password};
+use super::{default_only, minted, origin, password_change, planned_mints, selected, set_password};
 use crate::context::Services;
 use crate::federation::{admin, breaker, code, instance};
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use dive_keycloak::{test_users, user_password_secret};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -87,6 +87,28 @@ impl Phase for RotateUsers {
     async fn run(&self, ctx: &PhaseContext) -> Result<Value, PhaseError> {
         let users = self.apply(ctx, true).await?;
         Ok(json!({ "users": users }))
+    }
+
+    /// Each test user whose password mint would mint.
+    async fn plan(&self, ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        let code = code(&self.code)?;
+        let lower = code.to_ascii_lowercase();
+        let mints = planned_mints(ctx);
+        let mut changes = Vec::new();
+        let mut users = Vec::new();
+        for user in test_users(&lower) {
+            let Some(versions) = mints.get(&user_password_secret(&lower, &user.username)) else {
+                continue;
+            };
+            changes.push(password_change(
+                &code,
+                format!("user {} in realm dive-{lower}", user.username),
+                *versions,
+            ));
+            users
+                .push(json!({ "username": user.username, "version": versions.1, "changed": true }));
+        }
+        Ok(PhasePlan::changes(changes, json!({ "users": users })))
     }
 
     fn has_compensation(&self) -> bool {

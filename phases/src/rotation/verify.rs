@@ -13,7 +13,7 @@
 
 use super::directions;
 use crate::context::Services;
-use dive_engine::{Phase, PhaseContext, PhaseError, async_trait, typetag};
+use dive_engine::{Phase, PhaseContext, PhaseError, PhasePlan, async_trait, typetag};
 use dive_verify::{Endpoint, record, verify_direction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -31,6 +31,7 @@ impl Phase for RotationVerify {
         let services = Services::of(ctx)?;
         let mut out = Vec::new();
         let mut failures = Vec::new();
+        let mut state_db_unavailable = false;
         for d in directions(ctx, &self.code).await? {
             let report = verify_direction(
                 services.secrets(),
@@ -40,9 +41,8 @@ impl Phase for RotationVerify {
                 None,
             )
             .await;
-            record(services.pool(), Some(ctx.run_id), &report)
-                .await
-                .map_err(|e| PhaseError::retryable(e.to_string()))?;
+            record(services.pool(), Some(ctx.run_id), &report).await?;
+            state_db_unavailable |= report.state_db_unavailable;
             if let Some(why) = report.failure() {
                 failures.push(format!("{}→{}: {why}", d.x.code, d.p.code));
             }
@@ -51,11 +51,20 @@ impl Phase for RotationVerify {
             }));
         }
         if !failures.is_empty() {
-            return Err(PhaseError::retryable(format!(
+            let message = format!(
                 "federated logins failed after the rotation: {}",
                 failures.join("; ")
-            )));
+            );
+            return Err(crate::federation::login_failure(
+                message,
+                state_db_unavailable,
+            ));
         }
         Ok(json!({ "directions": out }))
+    }
+
+    /// Logins only: nothing changes.
+    async fn plan(&self, _ctx: &PhaseContext) -> Result<PhasePlan, PhaseError> {
+        Ok(PhasePlan::unchanged(json!({ "directions": [] })))
     }
 }
