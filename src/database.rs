@@ -75,7 +75,7 @@ pub async fn open_for(dry_run: bool) -> Result<Store> {
 }
 
 /// Ends a dry run's use of the state database: closes it and stops (or removes) the cluster
-/// [`open_for_plan`] started.
+/// [`open_for_plan`] started. `main` calls it when any command ends; nothing to do otherwise.
 pub async fn close_plan() {
     if let Some(store) = PLAN_DB.get() {
         store.pool().close().await;

@@ -138,7 +138,14 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::RUN_FAILED);
         }
     };
-    let result = config::init().and_then(|()| runtime.block_on(commands::dispatch(cli.command)));
+    let result = config::init().and_then(|()| {
+        runtime.block_on(async {
+            let result = commands::dispatch(cli.command).await;
+            // Whatever ended the command, a dry run's scratch or started cluster goes.
+            database::close_plan().await;
+            result
+        })
+    });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

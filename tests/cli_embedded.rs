@@ -58,6 +58,16 @@ fn the_embedded_cluster_starts_on_first_use_and_keeps_its_data() {
         "the scratch cluster is removed"
     );
     assert!(processes_under(tmp.path()).is_empty());
+    // Refused after the scratch database was read (no hub): still nothing left behind.
+    let (code, _, stderr) = dive(&home, &["spoke", "deploy", "FRA", "--dry-run"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("hub"), "{stderr}");
+    assert!(!home.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
+        0
+    );
+    assert!(processes_under(tmp.path()).is_empty());
 
     let (code, stdout, stderr) = dive(&home, &["run", "workflow", "demo", "--json"]);
     assert_eq!(code, 0, "{stderr}");

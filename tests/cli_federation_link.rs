@@ -314,8 +314,8 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
         "{builtin}  - id: injected-failure\n    type: exec\n    after: [record]\n    retry: {{ max_attempts: 1 }}\n    command: [\"sh\", \"-c\", \"echo injected >&2; exit 1\"]\n"
     );
     let injected_wf = env.workflow("federation-link-injected.yaml", &injected);
-    let out = env
-        .spawn(&[
+    let link_injected = |env: &TestEnv| {
+        env.spawn(&[
             "run",
             "workflow",
             &injected_wf,
@@ -325,7 +325,9 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
             "hub=usa",
             "--json",
         ])
-        .wait(LINK_TIMEOUT);
+        .wait(LINK_TIMEOUT)
+    };
+    let out = link_injected(&env);
     out.assert_code(1);
     let doc = out.json();
     assert_eq!(doc["state"], "rolled_back", "{doc}");
@@ -442,18 +444,7 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
             .await
             .unwrap();
     });
-    let out = env
-        .spawn(&[
-            "run",
-            "workflow",
-            &injected_wf,
-            "--param",
-            "code=fra",
-            "--param",
-            "hub=usa",
-            "--json",
-        ])
-        .wait(LINK_TIMEOUT);
+    let out = link_injected(&env);
     out.assert_code(1);
     assert_eq!(out.json()["state"], "rolled_back", "{}", out.stdout);
     let at_fra = side(&env, &fra, "FRA", "USA");

@@ -13,9 +13,9 @@ use std::io::IsTerminal;
 
 /// Plans `plan` on `kind` and prints it; returns the exit code.
 pub async fn dry_run(plan: &Plan, kind: dive_runtime::RuntimeKind, json: bool) -> Result<u8> {
-    let dry = plan_run(plan, kind).await;
-    database::close_plan().await;
-    let dry = dry?;
+    let store = database::open_for_plan().await?;
+    let engine = services::plan_engine(&store, kind).await?;
+    let dry = engine.dry_run(plan, &RunOptions::default()).await?;
     let summary = Summary::of(&dry);
     if json {
         print_json(&PlanJson {
@@ -32,12 +32,6 @@ pub async fn dry_run(plan: &Plan, kind: dive_runtime::RuntimeKind, json: bool) -
     } else {
         exit::OK
     })
-}
-
-async fn plan_run(plan: &Plan, kind: dive_runtime::RuntimeKind) -> Result<DryRun> {
-    let store = database::open_for_plan().await?;
-    let engine = services::plan_engine(&store, kind).await?;
-    Ok(engine.dry_run(plan, &RunOptions::default()).await?)
 }
 
 #[derive(Serialize)]

@@ -92,6 +92,26 @@ pub(crate) fn key_change(code: &str, name: &str, realm: &str, action: Action) ->
     )
 }
 
+/// The registrations of the instances linked with `code`.
+async fn partner_records(
+    ctx: &PhaseContext,
+    code: &str,
+) -> Result<Vec<InstanceRecord>, PhaseError> {
+    let services = Services::of(ctx)?;
+    let mut out = Vec::new();
+    for p in partners(services.pool(), code)
+        .await
+        .map_err(PhaseError::retryable)?
+    {
+        out.push(
+            instance(services.instances(), &p)
+                .await
+                .map_err(PhaseError::fatal)?,
+        );
+    }
+    Ok(out)
+}
+
 /// How a plan names the key a run would create (its name holds the run's id).
 pub(crate) const NEW_KEY: &str = "dive-signing-<run id>";
 
@@ -142,13 +162,7 @@ impl Phase for RotateSigningPublish {
             .record(&record, &origin, &Secret::new(id.clone()))
             .await?;
         // Partners forget their cached copy of this realm's keys.
-        for p in partners(services.pool(), &code)
-            .await
-            .map_err(PhaseError::retryable)?
-        {
-            let p = instance(services.instances(), &p)
-                .await
-                .map_err(PhaseError::fatal)?;
+        for p in partner_records(ctx, &code).await? {
             let partner = admin(ctx, &p).await?;
             let path = idp_path(&p.realm(), &idp_alias(&code));
             if let Some(idp) = partner.get_opt::<Value>(&path).await? {
@@ -184,13 +198,7 @@ impl Phase for RotateSigningPublish {
                 .field("active", serde_json::Value::Null, false)
                 .because("published passive: partners see it before it signs"),
         ];
-        for p in partners(services.pool(), &code)
-            .await
-            .map_err(PhaseError::retryable)?
-        {
-            let p = instance(services.instances(), &p)
-                .await
-                .map_err(PhaseError::fatal)?;
+        for p in partner_records(ctx, &code).await? {
             changes.push(
                 Change::new(
                     Some(&p.code),
