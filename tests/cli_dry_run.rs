@@ -253,3 +253,57 @@ fn a_dry_run_refuses_what_a_run_would_refuse_and_waits_for_no_lock() {
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(holder);
 }
+
+/// Names of the Docker containers and volumes whose names start with `prefix`.
+fn docker_objects(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for args in [
+        ["ps", "-a", "--format", "{{.Names}}"],
+        ["volume", "ls", "--format", "{{.Name}}"],
+    ] {
+        let listed = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("the docker CLI runs");
+        assert!(listed.status.success(), "docker {args:?}");
+        out.extend(
+            String::from_utf8_lossy(&listed.stdout)
+                .lines()
+                .filter(|n| n.starts_with(prefix))
+                .map(String::from),
+        );
+    }
+    out
+}
+
+/// On the Docker runtime too: a fresh hub is planned container by container, and no container
+/// or volume is made.
+#[test]
+fn a_docker_dry_run_plans_containers_and_creates_none() {
+    let mut env = TestEnv::new();
+    env.own_ports();
+    let out = env.dive(&[
+        "hub",
+        "deploy",
+        "--code",
+        "NLD",
+        "--runtime",
+        "docker",
+        "--dry-run",
+        "--json",
+    ]);
+    out.assert_code(4);
+    let plan = out.json();
+    let planned = changes(&plan);
+    for object in ["service postgres (docker)", "service keycloak (docker)"] {
+        assert_eq!(change(&planned, object)["action"], "create", "{object}");
+    }
+    assert!(
+        planned.iter().all(|c| c["action"] == "create"),
+        "{planned:#?}"
+    );
+    assert_eq!(docker_objects("dive-nld-"), Vec::<String>::new());
+    assert!(processes_under(env.home.path()).is_empty());
+    assert_eq!(env.runs_count().unwrap_or(0), 0);
+    assert_eq!(env.psql("SELECT count(*) FROM instances").trim(), "0");
+}
