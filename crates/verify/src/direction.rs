@@ -13,7 +13,8 @@ use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-/// Brokered logins tried per user when requests time out (each request waits 10 s at most).
+/// Brokered logins tried per user when a login fails in a way another may not
+/// ([`VerifyError::is_worth_another_login`]; each request waits 10 s at most).
 const LOGIN_ATTEMPTS: u32 = 3;
 
 /// One claim that differs from the user's attribute at home (values compared as sets).
@@ -257,10 +258,13 @@ async fn verify_user(
     };
     let mut outcome = brokered_login(trust, from, to, username, &password).await;
     u.attempts = 1;
-    // A request that timed out (a busy or just-started Keycloak) is worth a fresh login.
-    while u.attempts < LOGIN_ATTEMPTS && outcome.as_ref().is_err_and(VerifyError::is_timeout) {
+    while u.attempts < LOGIN_ATTEMPTS
+        && outcome
+            .as_ref()
+            .is_err_and(VerifyError::is_worth_another_login)
+    {
         if let Err(e) = &outcome {
-            tracing::warn!(user = %username, "brokered login timed out, trying again: {e}");
+            tracing::warn!(user = %username, "brokered login failed, trying again: {e}");
         }
         u.attempts += 1;
         outcome = brokered_login(trust, from, to, username, &password).await;

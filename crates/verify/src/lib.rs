@@ -188,6 +188,15 @@ impl VerifyError {
             }
         )
     }
+
+    /// Whether a fresh login may succeed where this one failed: a request timed out (a busy or
+    /// just-started Keycloak), or a side answered 5xx — a Keycloak reuses its pooled back-channel
+    /// connection to a partner that restarted, and does not resend the code's POST on another
+    /// one, so one login after a partner's restart fails with 502 and the next one passes. A
+    /// refused connection (a stopped Keycloak) or a refused login is not worth another.
+    pub fn is_worth_another_login(&self) -> bool {
+        self.is_timeout() || matches!(self, VerifyError::Status { status, .. } if *status >= 500)
+    }
 }
 
 impl dive_error::Classify for VerifyError {
@@ -210,6 +219,29 @@ impl dive_error::Classify for VerifyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_and_server_errors_are_worth_another_login() {
+        let status = |status| VerifyError::Status {
+            side: Side::Target,
+            code: "USA".into(),
+            status,
+            step: "broker endpoint".into(),
+            message: String::new(),
+        };
+        let unreachable = |timed_out| VerifyError::Unreachable {
+            side: Side::Home,
+            code: "FRA".into(),
+            url: "https://127.0.0.1:1".into(),
+            message: String::new(),
+            timed_out,
+        };
+        assert!(status(502).is_worth_another_login());
+        assert!(unreachable(true).is_worth_another_login());
+        assert!(!status(400).is_worth_another_login());
+        assert!(!unreachable(false).is_worth_another_login());
+        assert!(!VerifyError::Setup("no secret".into()).is_worth_another_login());
+    }
 
     #[test]
     fn errors_name_the_side() {
