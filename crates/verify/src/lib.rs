@@ -190,10 +190,11 @@ impl VerifyError {
     }
 
     /// Whether a fresh login may succeed where this one failed: a request timed out (a busy or
-    /// just-started Keycloak), or a side answered 5xx — a Keycloak reuses its pooled back-channel
-    /// connection to a partner that restarted, and does not resend the code's POST on another
-    /// one, so one login after a partner's restart fails with 502 and the next one passes. A
-    /// refused connection (a stopped Keycloak) or a refused login is not worth another.
+    /// just-started Keycloak), or a side answered 5xx — once, right after a partner's container
+    /// was cut off and reconnected, a target could not redeem one code at its partner (most
+    /// likely a pooled back-channel connection the partner no longer had: Keycloak does not
+    /// resend that POST) while the next login passed. A refused connection (a stopped
+    /// Keycloak) or a refused login is not worth another.
     pub fn is_worth_another_login(&self) -> bool {
         self.is_timeout() || matches!(self, VerifyError::Status { status, .. } if *status >= 500)
     }
