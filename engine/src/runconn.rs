@@ -151,10 +151,31 @@ impl RunConn {
         }
     }
 
-    /// Releases the locks (the connection closing would too).
+    /// Releases the locks (the connection closing would too) and removes our holder rows. When
+    /// the session died after the last write (a terminated backend, a restart), its advisory
+    /// locks are gone with it but its rows are not: a fresh session removes them, a few tries
+    /// over some seconds. A row still left shows as not held, and `dive locks clean` forgets it.
     pub async fn release(mut self) {
         if let Some(conn) = self.conn.as_mut() {
-            release_locks(conn, &self.lock_keys, self.run_id).await;
+            if release_locks(conn, &self.lock_keys, self.run_id)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.conn = None;
+        for delay in backoff().take(8) {
+            let forgotten = async {
+                let mut conn = PgConnection::connect_with(&connect_options(&self.url)?).await?;
+                forget_holder_rows(&mut conn, &self.lock_keys, self.run_id).await?;
+                Ok::<_, EngineError>(())
+            }
+            .await;
+            if forgotten.is_ok() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -319,11 +340,11 @@ async fn take_locks(
         match take_lock(conn, key, run_id).await {
             Ok(true) => {}
             Ok(false) => {
-                release_locks(conn, &keys[..i], run_id).await;
+                let _ = release_locks(conn, &keys[..i], run_id).await;
                 return Ok(Some(key.clone()));
             }
             Err(e) => {
-                release_locks(conn, &keys[..i], run_id).await;
+                let _ = release_locks(conn, &keys[..i], run_id).await;
                 return Err(e);
             }
         }
@@ -331,23 +352,38 @@ async fn take_locks(
     Ok(None)
 }
 
-/// Unlocks `keys` on this session and removes our holder rows (best effort: a closing session
-/// frees its advisory locks anyway, and a stale row is shown as not held).
-async fn release_locks(conn: &mut PgConnection, keys: &[String], run_id: Uuid) {
+/// Removes our holder rows and unlocks `keys` on this session. Fails only when the rows could
+/// not be removed: a closing session frees its advisory locks anyway.
+async fn release_locks(
+    conn: &mut PgConnection,
+    keys: &[String],
+    run_id: Uuid,
+) -> Result<(), sqlx::Error> {
     if keys.is_empty() {
-        return;
+        return Ok(());
     }
-    let _ = sqlx::query("DELETE FROM locks WHERE key = ANY($1) AND run_id = $2")
-        .bind(keys)
-        .bind(run_id)
-        .execute(&mut *conn)
-        .await;
+    forget_holder_rows(conn, keys, run_id).await?;
     for key in keys.iter().rev() {
         let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
             .bind(key)
             .execute(&mut *conn)
             .await;
     }
+    Ok(())
+}
+
+/// Deletes the rows that name this run as the holder of `keys` (never another run's).
+async fn forget_holder_rows(
+    conn: &mut PgConnection,
+    keys: &[String],
+    run_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM locks WHERE key = ANY($1) AND run_id = $2")
+        .bind(keys)
+        .bind(run_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Tries the advisory lock and, when it is ours, records us as its holder.
@@ -394,4 +430,57 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use dive_pgcluster::{Cluster, StopMode};
+
+    /// A session that dies between a run's last write and its release (a terminated backend)
+    /// takes its advisory lock with it; release must still remove the holder row, or the
+    /// database keeps a lock row that no session holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn release_after_a_lost_session_leaves_no_holder_row() {
+        let root = std::env::temp_dir().join(format!("dive-runconn-{}", Uuid::now_v7()));
+        let cluster = Cluster::new(&root);
+        cluster.ensure_running().expect("test cluster starts");
+        cluster.create_database("engine").expect("test database");
+        let url = cluster.url("engine").unwrap();
+        let store = Store::open(&url).await.unwrap();
+        let run_id = Uuid::now_v7();
+        let keys = vec!["release:a".to_string(), "release:b".to_string()];
+        let conn = RunConn::acquire(
+            &url,
+            "release",
+            &keys,
+            run_id,
+            EventSink::none(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let rows = || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM locks WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        };
+        assert_eq!(rows().await, 2, "the run records itself as the holder");
+        let terminated: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(terminated, 2, "one session holds both keys");
+        conn.release().await;
+        assert_eq!(rows().await, 0, "no row names a run that no session holds");
+        drop(store);
+        let _ = cluster.stop(StopMode::Immediate);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
