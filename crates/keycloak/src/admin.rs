@@ -420,6 +420,9 @@ impl KeycloakAdmin {
             logins: AtomicU32::new(0),
         };
         admin.token(false).await?;
+        // The server answers: let it apply any write an earlier client sent it without an
+        // answer before this one reads anything (see the settle module).
+        crate::settle::wait(&admin.base).await;
         Ok(admin)
     }
 
@@ -488,9 +491,12 @@ impl KeycloakAdmin {
             if let Some(b) = &body {
                 req = req.json(b);
             }
-            let resp = dive_tls::send(req)
-                .await
-                .map_err(|e| transport_error(&self.target, &method, path, &e))?;
+            let resp = dive_tls::send(req).await.map_err(|e| {
+                if method != Method::GET && !e.is_connect() {
+                    crate::settle::record(&self.base);
+                }
+                transport_error(&self.target, &method, path, &e)
+            })?;
             tracing::debug!(
                 keycloak = %self.target,
                 request_id,

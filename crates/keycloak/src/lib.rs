@@ -11,6 +11,7 @@ mod keys;
 mod login;
 mod names;
 mod rotation;
+mod settle;
 pub mod types;
 
 pub use admin::{KeycloakAdmin, KeycloakError, enc, realm_path, wait_for_admin_token};
