@@ -222,6 +222,35 @@ fn transport_error(target: &str, method: &Method, path: &str, e: &reqwest::Error
     }
 }
 
+/// A write on its way: unless the server answered it (or it never left, a refused connection),
+/// it is recorded as of unknown outcome when dropped — after a transport error, and also when
+/// the caller gave up on it (a phase timeout or cancel drops the request mid-flight).
+struct InFlight<'a> {
+    base: &'a str,
+    settled: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(base: &'a str) -> Self {
+        InFlight {
+            base,
+            settled: false,
+        }
+    }
+
+    fn settled(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            crate::settle::record(self.base);
+        }
+    }
+}
+
 /// Turns a non-2xx answer into an error carrying Keycloak's message.
 async fn status_error(target: &str, method: &Method, path: &str, resp: Response) -> KeycloakError {
     let status = resp.status();
@@ -491,12 +520,16 @@ impl KeycloakAdmin {
             if let Some(b) = &body {
                 req = req.json(b);
             }
-            let resp = dive_tls::send(req).await.map_err(|e| {
-                if method != Method::GET && !e.is_connect() {
-                    crate::settle::record(&self.base);
-                }
-                transport_error(&self.target, &method, path, &e)
-            })?;
+            let mut in_flight = (method != Method::GET).then(|| InFlight::new(&self.base));
+            let sent = dive_tls::send(req).await;
+            if let Some(w) = in_flight.as_mut()
+                && sent
+                    .as_ref()
+                    .map_or_else(reqwest::Error::is_connect, |_| true)
+            {
+                w.settled();
+            }
+            let resp = sent.map_err(|e| transport_error(&self.target, &method, path, &e))?;
             tracing::debug!(
                 keycloak = %self.target,
                 request_id,
