@@ -1,5 +1,6 @@
 //! Run and phase state machines. The same transitions are enforced by triggers in
-//! `migrations/engine/0001_engine.sql`, so a bug in either place is caught by the other.
+//! `migrations/engine/` (0001, 0011, 0012), so a bug in either place is caught by the other
+//! (`engine/tests/schema.rs` compares the two, pair by pair).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -2,6 +2,7 @@
 //! (or a hand-edited row) cannot record an impossible history.
 
 use dive_engine::Store;
+use sqlx::Connection;
 use uuid::Uuid;
 
 mod common;
@@ -161,4 +162,73 @@ async fn the_attempt_history_survives_retries_and_compensation() {
             .await
             .unwrap();
     assert_eq!(compensation, "compensated");
+}
+
+/// Every (old, new) pair of phase states: the database's check and the engine's state machine
+/// ([`PhaseState::can_become`]) allow exactly the same transitions.
+#[tokio::test]
+async fn the_database_and_the_engine_allow_the_same_phase_transitions() {
+    use dive_engine::PhaseState;
+    let store = Store::open(&common::db("schema").url).await.unwrap();
+    let run = Uuid::now_v7();
+    exec(
+        &store,
+        "INSERT INTO runs (id, workflow, lock_key, state, params, plan) \
+         VALUES ($1, 'w', 'k', 'running', '{}', '{}')",
+        run,
+    )
+    .await
+    .unwrap();
+    let states: Vec<PhaseState> = [
+        "pending",
+        "running",
+        "succeeded",
+        "failed",
+        "skipped",
+        "compensating",
+        "compensated",
+        "compensation_failed",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let mut disagreements = Vec::new();
+    for (i, from) in states.iter().enumerate() {
+        for to in &states {
+            let id = format!("{i}-{to}");
+            // The starting state is written with the check off (some states cannot be reached
+            // from `pending` in one step), in a transaction: its table lock keeps the other
+            // tests of this database from writing while the check is off.
+            let mut tx = conn.begin().await.unwrap();
+            for sql in [
+                "ALTER TABLE phases DISABLE TRIGGER USER",
+                "INSERT INTO phases (run_id, phase_id, state, attempt, output) \
+                 VALUES ($1, $2, $3, 1, '{}')",
+                "ALTER TABLE phases ENABLE TRIGGER USER",
+            ] {
+                sqlx::query(sql)
+                    .bind(run)
+                    .bind(&id)
+                    .bind(from.as_str())
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+            let database =
+                sqlx::query("UPDATE phases SET state = $3 WHERE run_id = $1 AND phase_id = $2")
+                    .bind(run)
+                    .bind(&id)
+                    .bind(to.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .is_ok();
+            if database != from.can_become(*to) {
+                disagreements.push(format!("{from} -> {to}: database allows it: {database}"));
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
