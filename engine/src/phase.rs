@@ -59,6 +59,13 @@ pub struct PhaseContext {
     pub planned_outputs: Arc<HashMap<String, Value>>,
 }
 
+/// The `planned_outputs` of a run's phases: none, shared (a phase starts without allocating it).
+pub(crate) fn no_planned_outputs() -> Arc<HashMap<String, Value>> {
+    static NONE: std::sync::LazyLock<Arc<HashMap<String, Value>>> =
+        std::sync::LazyLock::new(Arc::default);
+    NONE.clone()
+}
+
 impl PhaseContext {
     /// The services the engine was given ([`crate::Engine::with_services`]), as the type the
     /// caller built them as. A phase crate keeps one such type with typed accessors; this fails

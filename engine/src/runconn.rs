@@ -156,13 +156,15 @@ impl RunConn {
     /// locks are gone with it but its rows are not: a fresh session removes them, a few tries
     /// over some seconds. A row still left shows as not held, and `dive locks clean` forgets it.
     pub async fn release(mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            if release_locks(conn, &self.lock_keys, self.run_id)
+        if self.lock_keys.is_empty() {
+            return;
+        }
+        if let Some(conn) = self.conn.as_mut()
+            && release_locks(conn, &self.lock_keys, self.run_id)
                 .await
                 .is_ok()
-            {
-                return;
-            }
+        {
+            return;
         }
         self.conn = None;
         for delay in backoff().take(8) {

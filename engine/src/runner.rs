@@ -238,7 +238,7 @@ impl Engine {
                 lock_expander: self.lock_expander.clone(),
                 events: EventSink::none(),
                 held_lock_keys: opts.all_lock_keys(&plan.lock_keys),
-                planned_outputs: Arc::default(),
+                planned_outputs: crate::phase::no_planned_outputs(),
             };
             if let Err(e) = phase.precheck(&ctx).await {
                 problems.push(format!("{}: phase `{}`: {e}", plan.source, p.id));
@@ -568,7 +568,7 @@ impl<'a> Runner<'a> {
             lock_expander: self.lock_expander.clone(),
             events: self.opts.events.clone(),
             held_lock_keys: self.held_lock_keys.clone(),
-            planned_outputs: Arc::default(),
+            planned_outputs: crate::phase::no_planned_outputs(),
         }
     }
 
