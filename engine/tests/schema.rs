@@ -16,8 +16,8 @@ async fn exec(store: &Store, sql: &'static str, run: Uuid) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
-#[tokio::test]
-async fn illegal_transitions_are_rejected_by_the_database() {
+/// The test database, with a new `running` run in it.
+async fn running_run() -> (Store, Uuid) {
     let store = Store::open(&common::db("schema").url).await.unwrap();
     let run = Uuid::now_v7();
     exec(
@@ -28,6 +28,12 @@ async fn illegal_transitions_are_rejected_by_the_database() {
     )
     .await
     .unwrap();
+    (store, run)
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_rejected_by_the_database() {
+    let (store, run) = running_run().await;
     let err = exec(
         &store,
         "INSERT INTO phases (run_id, phase_id, state, attempt, output) VALUES ($1, 'a', 'succeeded', 1, '{}')",
@@ -169,16 +175,7 @@ async fn the_attempt_history_survives_retries_and_compensation() {
 #[tokio::test]
 async fn the_database_and_the_engine_allow_the_same_phase_transitions() {
     use dive_engine::PhaseState;
-    let store = Store::open(&common::db("schema").url).await.unwrap();
-    let run = Uuid::now_v7();
-    exec(
-        &store,
-        "INSERT INTO runs (id, workflow, lock_key, state, params, plan) \
-         VALUES ($1, 'w', 'k', 'running', '{}', '{}')",
-        run,
-    )
-    .await
-    .unwrap();
+    let (store, run) = running_run().await;
     let states: Vec<PhaseState> = [
         "pending",
         "running",
