@@ -385,6 +385,15 @@ fn link_rollback_relink_and_unlink_between_hub_and_spoke() {
         side(&env, &usa, "USA", "FRA").client.is_some(),
         "halfway: the hub's client exists"
     );
+    // The client phases' outputs as an attempt records them when an earlier attempt of the
+    // same run created the client and the secret but got no answer (its create timed out in a
+    // frozen Keycloak and was applied on thaw): `created: false`. The rollback must still remove
+    // them, by the run's marks on the client and the secret (found by chaos: a paused spoke
+    // container left `federation-usa` and its secret behind).
+    env.psql(&format!(
+        "UPDATE phases SET output = output || '{{\"created\": false, \"secret_created\": false}}' \
+         WHERE run_id = '{id}' AND phase_id LIKE 'client-%'"
+    ));
     env.touch("fail");
     let out = env.spawn(&["resume", &id, "--json"]).wait(LINK_TIMEOUT);
     out.assert_code(1);

@@ -178,3 +178,9 @@ impl Services {
         kind.connect(&self.runtimes).await
     }
 }
+
+/// `run:<id>`: what marks the secret versions a run minted or created (see
+/// `dive_secrets::SecretStore::minted_by`), so its compensation knows them as its own.
+pub(crate) fn origin(ctx: &PhaseContext) -> String {
+    format!("run:{}", ctx.run_id)
+}

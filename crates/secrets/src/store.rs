@@ -505,9 +505,22 @@ impl SecretStore {
         length: usize,
         alphabet: Alphabet,
     ) -> Result<(u32, bool), SecretError> {
+        self.ensure_for(name, length, alphabet, None).await
+    }
+
+    /// [`SecretStore::ensure`], recording `origin` (a run: `run:<id>`) on the version it
+    /// creates, so that the run's compensation can tell — with [`SecretStore::minted_by`] —
+    /// that it created the secret, even when a later attempt found it there.
+    pub async fn ensure_for(
+        &self,
+        name: &str,
+        length: usize,
+        alphabet: Alphabet,
+        origin: Option<&str>,
+    ) -> Result<(u32, bool), SecretError> {
         check_length(length)?;
         let (_, version, created) = self
-            .ensure_value(name, || alphabet.generate(length))
+            .ensure_with(name, origin, || alphabet.generate(length))
             .await?;
         Ok((version, created))
     }
@@ -518,6 +531,15 @@ impl SecretStore {
     pub async fn ensure_value(
         &self,
         name: &str,
+        value: impl FnOnce() -> Secret,
+    ) -> Result<(Secret, u32, bool), SecretError> {
+        self.ensure_with(name, None, value).await
+    }
+
+    async fn ensure_with(
+        &self,
+        name: &str,
+        origin: Option<&str>,
         value: impl FnOnce() -> Secret,
     ) -> Result<(Secret, u32, bool), SecretError> {
         validate_name(name)?;
@@ -539,11 +561,13 @@ impl SecretStore {
         let value = value();
         let (nonce, ciphertext) = self.seal(name, 1, &value);
         sqlx::query(
-            "INSERT INTO secrets (name, version, nonce, ciphertext) VALUES ($1, 1, $2, $3)",
+            "INSERT INTO secrets (name, version, nonce, ciphertext, origin) \
+             VALUES ($1, 1, $2, $3, $4)",
         )
         .bind(name)
         .bind(&nonce[..])
         .bind(ciphertext)
+        .bind(origin)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

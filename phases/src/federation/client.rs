@@ -26,15 +26,17 @@
 //! store's latest version); the default scope is added only when missing. A second run reports
 //! `changed: false`.
 //!
-//! Compensation: deletes the client only if this phase created it, and the secret only if this
-//! phase created it (no orphan secret, and never a secret an earlier link put into use); it
-//! tolerates that either is already gone.
+//! Compensation: deletes the client only if this run created it (its attribute
+//! `dive.created.run`), and the secret only if this run created it (its version 1 carries the
+//! origin `run:<id>`) — whichever attempt did, so a create that timed out but was applied still
+//! goes; never a client or secret an earlier link put into use; it tolerates that either is
+//! already gone.
 
 use super::{
     CREATED_BY_KEY, SECRET_VERSION_KEY, admin, breaker, client_id, client_secret_name, code_field,
     enc, flag, realm_path, resolve,
 };
-use crate::context::Services;
+use crate::context::{Services, origin};
 use crate::keycloak::SCOPE_NAME;
 use crate::keycloak::client::merge_client;
 use crate::keycloak::to_json;
@@ -278,7 +280,12 @@ impl Phase for FederationClient {
         let store = Services::of(ctx)?.secrets();
         let secret_name = client_secret_name(&x.code, &p.code);
         let (_, secret_created) = store
-            .ensure(&secret_name, SECRET_LENGTH, Alphabet::Alphanumeric)
+            .ensure_for(
+                &secret_name,
+                SECRET_LENGTH,
+                Alphabet::Alphanumeric,
+                Some(&origin(ctx)),
+            )
             .await?;
         let (secret, secret_version) = store
             .get(&secret_name)
@@ -428,39 +435,32 @@ impl Phase for FederationClient {
         true
     }
 
+    /// Undoes what this run created, read from the live state rather than from this attempt's
+    /// output: an earlier attempt whose create got no answer may have created the client and
+    /// the secret, and the attempt that succeeded then found both there (`created: false`).
     async fn compensate(&self, ctx: &PhaseContext, output: &Value) -> Result<(), PhaseError> {
         let from = super::code(&self.from)?;
         let to = super::code(&self.to)?;
-        if output.is_null() {
-            let Ok(x) = super::instance(Services::of(ctx)?.instances(), &from).await else {
-                return Ok(());
-            };
+        let services = Services::of(ctx)?;
+        // An instance reset since is already clean.
+        if let Ok(x) = super::instance(services.instances(), &from).await {
             let admin = admin(ctx, &x).await?;
-            let ours = admin.realm(&x.realm()).await?.is_some()
-                && admin
-                    .client_by_client_id(&x.realm(), &client_id(&to))
-                    .await?
-                    .and_then(|c| c.attributes)
-                    .is_some_and(|a| a.get(CREATED_BY_KEY) == Some(&ctx.run_id.to_string()));
+            let ours = flag(output, "created")
+                || (admin.realm(&x.realm()).await?.is_some()
+                    && admin
+                        .client_by_client_id(&x.realm(), &client_id(&to))
+                        .await?
+                        .and_then(|c| c.attributes)
+                        .is_some_and(|a| a.get(CREATED_BY_KEY) == Some(&ctx.run_id.to_string())));
             if ours && super::delete_client(&admin, &x, &to).await? {
-                tracing::info!(from = %from, to = %to, "deleted the client a failed attempt created (compensation)");
-            }
-            return Ok(());
-        }
-        if flag(output, "created") {
-            let reg = Services::of(ctx)?.instances();
-            // An instance reset since is already clean.
-            if let Ok(x) = super::instance(reg, &from).await {
-                let admin = admin(ctx, &x).await?;
-                if super::delete_client(&admin, &x, &to).await? {
-                    tracing::info!(from = %from, to = %to, "deleted federation client (compensation)");
-                }
+                tracing::info!(from = %from, to = %to, "deleted the federation client this run created (compensation)");
             }
         }
-        if flag(output, "secret_created") {
-            let name = client_secret_name(&from, &to);
-            Services::of(ctx)?.secrets().delete_prefix(&name).await?;
-            tracing::info!(secret = %name, "deleted federation secret (compensation)");
+        let name = client_secret_name(&from, &to);
+        let store = services.secrets();
+        if flag(output, "secret_created") || store.minted_by(&name, &origin(ctx)).await?.is_some() {
+            store.delete_prefix(&name).await?;
+            tracing::info!(secret = %name, "deleted the federation secret this run created (compensation)");
         }
         Ok(())
     }

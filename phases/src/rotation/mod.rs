@@ -173,10 +173,7 @@ pub(crate) fn signing_key_name(ctx: &PhaseContext) -> String {
     format!("dive-signing-{}", ctx.run_id.simple())
 }
 
-/// `run:<id>`: what marks the versions a run minted.
-pub(crate) fn origin(ctx: &PhaseContext) -> String {
-    format!("run:{}", ctx.run_id)
-}
+pub(crate) use crate::context::origin;
 
 /// One direction X→P of a link: X's client, P's provider, the secret between them.
 pub(crate) struct Direction {
