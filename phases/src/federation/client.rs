@@ -445,14 +445,20 @@ impl Phase for FederationClient {
         // An instance reset since is already clean.
         if let Ok(x) = super::instance(services.instances(), &from).await {
             let admin = admin(ctx, &x).await?;
-            let ours = flag(output, "created")
-                || (admin.realm(&x.realm()).await?.is_some()
-                    && admin
-                        .client_by_client_id(&x.realm(), &client_id(&to))
-                        .await?
-                        .and_then(|c| c.attributes)
-                        .is_some_and(|a| a.get(CREATED_BY_KEY) == Some(&ctx.run_id.to_string())));
-            if ours && super::delete_client(&admin, &x, &to).await? {
+            let realm = x.realm();
+            let client = match admin.realm(&realm).await? {
+                Some(_) => admin.client_by_client_id(&realm, &client_id(&to)).await?,
+                None => None,
+            };
+            if let Some(client) = client
+                && let Some(id) = &client.id
+                && (flag(output, "created")
+                    || client
+                        .attributes
+                        .as_ref()
+                        .is_some_and(|a| a.get(CREATED_BY_KEY) == Some(&ctx.run_id.to_string())))
+                && admin.delete_client(&realm, id).await?
+            {
                 tracing::info!(from = %from, to = %to, "deleted the federation client this run created (compensation)");
             }
         }
