@@ -612,6 +612,20 @@ fn serve_is_scraped_by_prometheus_and_the_heartbeat_sees_a_stopped_keycloak() {
     assert_eq!(usa_fra["last_verification"]["ok"], false, "{status}");
     assert!(usa_fra["last_success"].is_string(), "{status}");
 
+    // A heartbeat that finds FRA's Keycloak refusing connections opens its breaker. The
+    // heartbeat that first reported FRA failing may have passed `reach-spoke` before the kill,
+    // so this can take one more heartbeat.
+    wait_until(
+        "the heartbeat opens FRA's breaker",
+        Duration::from_secs(60),
+        || {
+            prom.value(
+                r#"dive_breaker_transitions_total{breaker="keycloak:FRA",transition="open"}"#,
+            )
+            .is_some_and(|n| n >= 1.0)
+        },
+    );
+
     // Every Grafana panel's expression returns data from this Prometheus.
     for path in dashboards() {
         for expr in dashboard_expressions(&path) {
