@@ -270,12 +270,21 @@ fn pair_registered(world: &World) -> bool {
 }
 
 /// With the pair not linked (a link rolled back, or an unlink), neither realm holds a
-/// federation client or identity provider for the other: checked through each Keycloak's admin
-/// API, so that a compensation that only forgot its own record is caught.
+/// federation client or identity provider for the other, checked through each Keycloak's admin
+/// API so that a compensation that only forgot its own record is caught, and the secret store
+/// holds no `federation/<a>/<b>/…` secret of the pair.
 fn no_federation_objects(world: &World) -> Result<(), String> {
     let trust = world.dive(&["ca", "show"])?.expect_code(0)?.stdout.clone();
     let trust = dive_tls::Trust::from_pem(&trust).map_err(|e| e.to_string())?;
-    let mut found = Vec::new();
+    let (hub, spoke) = (HUB.to_lowercase(), SPOKE.to_lowercase());
+    let mut found: Vec<String> = world
+        .rows(&format!(
+            "SELECT DISTINCT name FROM secrets WHERE name LIKE 'federation/{hub}/{spoke}/%' \
+             OR name LIKE 'federation/{spoke}/{hub}/%' ORDER BY 1"
+        ))?
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(|n| format!("secret {n}")))
+        .collect();
     for (code, partner, status) in [
         (HUB, SPOKE, vec!["hub", "status"]),
         (SPOKE, HUB, vec!["spoke", "status", SPOKE]),
