@@ -622,6 +622,62 @@ phases:
     );
 }
 
+/// `dive bench engine` runs its chain and fan against the real state database and prints
+/// figures that agree with each other (how fast they are is the benchmark's business, not a
+/// test's).
+#[test]
+fn bench_engine_prints_consistent_figures() {
+    let env = TestEnv::new();
+    let out = env.dive(&[
+        "bench",
+        "engine",
+        "--chain",
+        "20",
+        "--parallel",
+        "4",
+        "--concurrency",
+        "2",
+    ]);
+    out.assert_code(0);
+    let doc = out.json();
+    let chain = &doc["chain"];
+    assert_eq!(chain["phases"], 20, "{doc}");
+    let per_phase = chain["per_phase_ms"].as_f64().unwrap();
+    assert!(per_phase > 0.0, "{doc}");
+    let floor = &doc["floor"];
+    assert_eq!(floor["commits"], 20, "{doc}");
+    let per_commit = floor["per_commit_ms"].as_f64().unwrap();
+    assert!(per_commit > 0.0, "{doc}");
+    let ratio = floor["per_phase_to_floor"].as_f64().unwrap();
+    assert!(
+        (ratio - per_phase / per_commit).abs() <= 0.01 * ratio.max(1.0),
+        "ratio {ratio} is not per phase / floor: {doc}"
+    );
+    assert!(
+        floor["after_100ms_idle_ms"].as_f64().unwrap() > 0.0,
+        "{doc}"
+    );
+    let fan = &doc["parallel"];
+    // Four 100 ms sleeps two at a time: two waves.
+    assert_eq!(fan["ideal_ms"], 200.0, "{doc}");
+    assert!(fan["wall_ms"].as_f64().unwrap() >= 200.0, "{doc}");
+    assert!(doc["peak_rss_mb"].as_f64().unwrap() > 1.0, "{doc}");
+    // Both runs are recorded as succeeded, like any other.
+    let runs = env.dive(&["runs", "list", "--json"]).json();
+    let benches: Vec<&Value> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["workflow"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("bench-"))
+        })
+        .collect();
+    assert_eq!(benches.len(), 2, "{runs}");
+    assert!(benches.iter().all(|r| r["state"] == "succeeded"), "{runs}");
+}
+
 #[test]
 fn a_breaker_that_never_trips_records_no_transition() {
     let env = TestEnv::new();

@@ -531,15 +531,23 @@ impl Store {
     }
 
     /// The floor a checkpoint cannot go below: `n` durable single-row upserts, each its own
-    /// commit, on a connection of its own with the settings a run's connection uses. Returns
-    /// each commit's duration. Writes one row of the `locks` table (a key no run uses) and
-    /// removes it again.
-    pub async fn commit_floor(&self, n: usize) -> Result<Vec<std::time::Duration>, EngineError> {
+    /// commit, on a connection of its own with the settings a run's connection uses, each after
+    /// `idle` without a commit (zero: back to back; a wave of a parallel run starts after its
+    /// phases' idle time, and a machine may flush slower after one). Returns each commit's
+    /// duration. Writes one row of the `locks` table (a key no run uses) and removes it again.
+    pub async fn commit_floor(
+        &self,
+        n: usize,
+        idle: std::time::Duration,
+    ) -> Result<Vec<std::time::Duration>, EngineError> {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect_with(&connect_options(&self.url)?).await?;
         let key = format!("bench:floor:{}", Uuid::now_v7());
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
+            if !idle.is_zero() {
+                tokio::time::sleep(idle).await;
+            }
             let start = std::time::Instant::now();
             sqlx::query(
                 "INSERT INTO locks (key, run_id, pid, host) VALUES ($1, $2, 0, 'bench') \
