@@ -276,14 +276,16 @@ fn pair_registered(world: &World) -> bool {
 fn no_federation_objects(world: &World) -> Result<(), String> {
     let trust = world.dive(&["ca", "show"])?.expect_code(0)?.stdout.clone();
     let trust = dive_tls::Trust::from_pem(&trust).map_err(|e| e.to_string())?;
-    let (hub, spoke) = (HUB.to_lowercase(), SPOKE.to_lowercase());
+    let pair = [HUB.to_lowercase(), SPOKE.to_lowercase()];
     let mut found: Vec<String> = world
-        .rows(&format!(
-            "SELECT DISTINCT name FROM secrets WHERE name LIKE 'federation/{hub}/{spoke}/%' \
-             OR name LIKE 'federation/{spoke}/{hub}/%' ORDER BY 1"
-        ))?
+        .rows("SELECT DISTINCT name FROM secrets ORDER BY 1")?
         .iter()
-        .filter_map(|r| r["name"].as_str().map(|n| format!("secret {n}")))
+        .filter_map(|r| r["name"].as_str())
+        .filter(|n| {
+            let owners = secret_owners(n);
+            pair.iter().all(|code| owners.contains(code))
+        })
+        .map(|n| format!("secret {n}"))
         .collect();
     for (code, partner, status) in [
         (HUB, SPOKE, vec!["hub", "status"]),
@@ -335,4 +337,19 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, String
         .build()
         .map_err(|e| format!("a Tokio runtime: {e}"))?;
     Ok(runtime.block_on(future))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_owners;
+
+    #[test]
+    fn a_federation_secret_belongs_to_both_sides_of_its_pair() {
+        assert_eq!(
+            secret_owners("federation/fra/usa/client-secret"),
+            ["fra", "usa"]
+        );
+        assert_eq!(secret_owners("fra/keycloak/admin-password"), ["fra"]);
+        assert!(secret_owners("ca/authority").is_empty());
+    }
 }
