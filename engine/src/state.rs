@@ -1,5 +1,5 @@
 //! Run and phase state machines. The same transitions are enforced by triggers in
-//! `migrations/engine/` (0001, 0011, 0012), so a bug in either place is caught by the other
+//! `migrations/engine/` (runs: 0001; phases: 0013), so a bug in either place is caught by the other
 //! (`engine/tests/schema.rs` compares the two, pair by pair).
 
 use serde::{Deserialize, Serialize};

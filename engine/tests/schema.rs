@@ -75,6 +75,13 @@ async fn illegal_transitions_are_rejected_by_the_database() {
         err.contains("output"),
         "a succeeded phase needs its output: {err}"
     );
+    for sql in [
+        "UPDATE phases SET attempt = -1 WHERE run_id = $1",
+        "INSERT INTO phases (run_id, phase_id, state, attempt) VALUES ($1, 'b', 'pending', -1)",
+    ] {
+        let err = exec(&store, sql, run).await.unwrap_err();
+        assert!(err.contains("attempt -1 is negative"), "{sql}: {err}");
+    }
     exec(
         &store,
         "UPDATE phases SET state = 'succeeded', output = '{}' WHERE run_id = $1",
