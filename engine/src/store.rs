@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -179,6 +180,15 @@ pub enum CancelOutcome {
     MarkedCancelled,
 }
 
+/// `rows` grouped by their `phase_id` column, in order.
+fn by_phase(rows: &[PgRow]) -> HashMap<&str, Vec<&PgRow>> {
+    let mut map: HashMap<&str, Vec<&PgRow>> = HashMap::new();
+    for r in rows {
+        map.entry(r.get("phase_id")).or_default().push(r);
+    }
+    map
+}
+
 fn parse_state<T: FromStr<Err = String>>(run: Uuid, s: &str) -> Result<T, EngineError> {
     s.parse().map_err(|why| EngineError::Corrupt { run, why })
 }
@@ -333,14 +343,24 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
 
+        // Rows by phase, in one pass each: a plan may have thousands of phases. Phase ids are
+        // unique, so each phase takes its rows out.
+        let (mut phase_at, mut attempts_at, mut comp_at) = (
+            by_phase(&phase_rows),
+            by_phase(&attempt_rows),
+            by_phase(&comp_rows),
+        );
         let mut phases = Vec::with_capacity(plan.phases.len());
         for p in &plan.phases {
-            let row = phase_rows
-                .iter()
-                .find(|r| r.get::<&str, _>("phase_id") == p.id);
-            let history = attempt_rows
-                .iter()
-                .filter(|r| r.get::<&str, _>("phase_id") == p.id)
+            let row = phase_at
+                .remove(p.id.as_str())
+                .unwrap_or_default()
+                .first()
+                .copied();
+            let history = attempts_at
+                .remove(p.id.as_str())
+                .unwrap_or_default()
+                .into_iter()
                 .map(|r| {
                     Ok(AttemptRecord {
                         attempt: r.get::<i32, _>("attempt") as u32,
@@ -351,9 +371,10 @@ impl Store {
                     })
                 })
                 .collect::<Result<Vec<_>, EngineError>>()?;
-            let compensation = comp_rows
-                .iter()
-                .find(|r| r.get::<&str, _>("phase_id") == p.id)
+            let compensation = comp_at
+                .remove(p.id.as_str())
+                .unwrap_or_default()
+                .first()
                 .map(|r| {
                     Ok::<_, EngineError>(CompensationRecord {
                         state: parse_state(id, r.get("state"))?,
