@@ -332,10 +332,14 @@ impl Workflow {
                 Vec::new()
             }
         };
+        // `within`: the DAG and the phase whose spec `value` is (None: a value outside any
+        // phase, where outputs cannot be referenced). Ancestors are computed only for a phase
+        // that references an output: most do not, and a long chain has quadratically many.
         let check_refs = |problems: &mut Vec<Problem>,
                           phase: Option<&str>,
                           value: &Value,
-                          ancestors: Option<&[String]>| {
+                          within: Option<(&Dag, usize)>| {
+            let mut ancestors = None;
             let mut problem = |message: String| {
                 problems.push(Problem {
                     phase: phase.map(str::to_string),
@@ -351,14 +355,18 @@ impl Workflow {
                     Reference::Param(name) if !file.params.contains_key(&name) => problem(format!(
                         "`${{params.{name}}}` refers to an undeclared parameter"
                     )),
-                    Reference::Output { phase: dep, .. } => match ancestors {
+                    Reference::Output { phase: dep, .. } => match within {
                         None => {
                             problem(format!("`${{phases.{dep}.output...}}` cannot be used here"))
                         }
-                        Some(a) if !a.contains(&dep) => problem(format!(
-                            "`${{phases.{dep}.output...}}` refers to `{dep}`, which is not an ancestor of this phase (add it to `after`)"
-                        )),
-                        _ => {}
+                        Some((dag, i)) => {
+                            let ancestors = ancestors.get_or_insert_with(|| dag.ancestors(i));
+                            if !dag.index(&dep).is_some_and(|j| ancestors.contains(&j)) {
+                                problem(format!(
+                                    "`${{phases.{dep}.output...}}` refers to `{dep}`, which is not an ancestor of this phase (add it to `after`)"
+                                ))
+                            }
+                        }
                     },
                     _ => {}
                 }
@@ -370,12 +378,7 @@ impl Workflow {
         match Dag::new(phases.iter().map(|p| (p.id.as_str(), p.after.as_slice()))) {
             Ok(dag) => {
                 for (i, p) in phases.iter().enumerate() {
-                    let ancestors: Vec<String> = dag
-                        .ancestors(i)
-                        .into_iter()
-                        .map(|j| dag.ids[j].clone())
-                        .collect();
-                    check_refs(&mut problems, Some(&p.id), &p.spec, Some(&ancestors));
+                    check_refs(&mut problems, Some(&p.id), &p.spec, Some((&dag, i)));
                 }
             }
             Err(DagError::DuplicateId(id)) => {
@@ -823,6 +826,28 @@ mod tests {
             err.contains("parameter `code`: `fr4nce` is not a three-letter code"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn outputs_can_be_referenced_from_ancestors_only() {
+        let err = Workflow::parse(
+            "refs.yaml",
+            "name: refs\nlock: \"x:${phases.a.output.id}\"\nphases:\n  \
+             - { id: a, type: unknown-here }\n  \
+             - { id: b, type: unknown-here, after: [a], v: \"${phases.a.output.id}\" }\n  \
+             - { id: c, type: unknown-here, after: [b], v: \"${phases.a.output.id}\" }\n  \
+             - { id: d, type: unknown-here, v: \"${phases.a.output.id}\" }\n",
+        )
+        .unwrap_err();
+        let problems: Vec<(Option<&str>, &str)> = err
+            .problems
+            .iter()
+            .map(|p| (p.phase.as_deref(), p.message.as_str()))
+            .collect();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].0.is_none() && problems[0].1.contains("cannot be used here"));
+        assert_eq!(problems[1].0, Some("d"));
+        assert!(problems[1].1.contains("not an ancestor"), "{problems:#?}");
     }
 
     #[test]
