@@ -24,10 +24,11 @@ ALTER TABLE phases
     DROP CONSTRAINT phases_attempt_check,
     DROP CONSTRAINT succeeded_has_output;
 DROP FUNCTION dive_record_phase_history();
+DROP FUNCTION dive_check_phase_transition();
 
 -- Creation: only in a state a run starts a phase in, and with a count of attempts. Rows are
 -- created once per run (all of them in one statement), so the WHEN clause costs nothing here.
-CREATE OR REPLACE FUNCTION dive_check_phase_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION dive_check_phase_created() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.state NOT IN ('pending', 'running', 'skipped') THEN
         RAISE EXCEPTION 'phase %/% cannot be created in state %', NEW.run_id, NEW.phase_id, NEW.state
@@ -42,7 +43,7 @@ END $$;
 
 CREATE TRIGGER phases_created AFTER INSERT ON phases FOR EACH ROW
     WHEN (NEW.state NOT IN ('pending', 'running', 'skipped') OR NEW.attempt < 0)
-    EXECUTE FUNCTION dive_check_phase_transition();
+    EXECUTE FUNCTION dive_check_phase_created();
 
 -- Every update: the transition, the row's own rules, then the history the row will no longer
 -- show (a failed attempt; the succeeded attempt once it is compensated) and the compensation.
