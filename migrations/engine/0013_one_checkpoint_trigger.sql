@@ -26,30 +26,18 @@ ALTER TABLE phases
 DROP FUNCTION dive_record_phase_history();
 DROP FUNCTION dive_check_phase_transition();
 
--- Creation: only in a state a run starts a phase in, and with a count of attempts. Rows are
--- created once per run (all of them in one statement), so the WHEN clause costs nothing here.
-CREATE FUNCTION dive_check_phase_created() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for both triggers. Creation: only in a state a run starts a phase in. Update:
+-- an allowed transition. Both: the row's own rules; then, on update, the history the row will
+-- no longer show (a failed attempt; the succeeded attempt once it is compensated) and the
+-- compensation.
+CREATE FUNCTION dive_check_phase() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.state NOT IN ('pending', 'running', 'skipped') THEN
-        RAISE EXCEPTION 'phase %/% cannot be created in state %', NEW.run_id, NEW.phase_id, NEW.state
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF NEW.attempt < 0 THEN
-        RAISE EXCEPTION 'phase %/%: attempt % is negative', NEW.run_id, NEW.phase_id, NEW.attempt
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER phases_created AFTER INSERT ON phases FOR EACH ROW
-    WHEN (NEW.state NOT IN ('pending', 'running', 'skipped') OR NEW.attempt < 0)
-    EXECUTE FUNCTION dive_check_phase_created();
-
--- Every update: the transition, the row's own rules, then the history the row will no longer
--- show (a failed attempt; the succeeded attempt once it is compensated) and the compensation.
-CREATE FUNCTION dive_check_phase_update() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.state <> OLD.state AND NOT (OLD.state || '>' || NEW.state = ANY (ARRAY[
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.state NOT IN ('pending', 'running', 'skipped') THEN
+            RAISE EXCEPTION 'phase %/% cannot be created in state %',
+                NEW.run_id, NEW.phase_id, NEW.state USING ERRCODE = 'check_violation';
+        END IF;
+    ELSIF NEW.state <> OLD.state AND NOT (OLD.state || '>' || NEW.state = ANY (ARRAY[
             'pending>running', 'pending>skipped',
             'running>succeeded', 'running>failed',
             'failed>running', 'skipped>running',
@@ -66,6 +54,9 @@ BEGIN
     IF NEW.attempt < 0 THEN
         RAISE EXCEPTION 'phase %/%: attempt % is negative', NEW.run_id, NEW.phase_id, NEW.attempt
             USING ERRCODE = 'check_violation';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        RETURN NULL;
     END IF;
     IF NEW.state = 'failed' THEN
         INSERT INTO phase_attempt_history AS a
@@ -94,5 +85,9 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- Rows are created once per run, all in one statement: there the WHEN clause costs nothing.
+CREATE TRIGGER phases_created AFTER INSERT ON phases FOR EACH ROW
+    WHEN (NEW.state NOT IN ('pending', 'running', 'skipped') OR NEW.attempt < 0)
+    EXECUTE FUNCTION dive_check_phase();
 CREATE TRIGGER phases_checkpoint BEFORE UPDATE ON phases FOR EACH ROW
-    EXECUTE FUNCTION dive_check_phase_update();
+    EXECUTE FUNCTION dive_check_phase();
