@@ -83,6 +83,10 @@ pub struct Reset<'a>(pub &'a TestEnv, pub Vec<(&'static str, &'static str)>);
 
 impl Drop for Reset<'_> {
     fn drop(&mut self) {
+        // A reset removes the instances' logs: a failed test shows their ends first.
+        if std::thread::panicking() {
+            self.0.print_instance_logs();
+        }
         for (role, code) in self.1.iter().rev() {
             let args = match *role {
                 "spoke" => vec!["spoke", "reset", code, "--yes"],
@@ -254,6 +258,29 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// Prints the last lines of every service log of every instance in this test's DIVE_HOME
+    /// (`instances/<code>/logs/<service>.log`) to stderr, which cargo shows for a failed test.
+    pub fn print_instance_logs(&self) {
+        const LINES: usize = 60;
+        let Ok(instances) = std::fs::read_dir(self.home.path().join("instances")) else {
+            return;
+        };
+        for instance in instances.flatten() {
+            let Ok(logs) = std::fs::read_dir(instance.path().join("logs")) else {
+                continue;
+            };
+            for log in logs.flatten() {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- last {LINES} lines of {} ---\n{}",
+                    log.path().display(),
+                    lines[lines.len().saturating_sub(LINES)..].join("\n")
+                );
+            }
+        }
+    }
+
     /// A new database on the binary's shared cluster.
     pub fn new() -> Self {
         Self::on(shared_cluster())
