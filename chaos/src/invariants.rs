@@ -3,6 +3,7 @@
 use crate::scenarios::{DOCKER_CODES, HUB, SPOKE};
 use crate::world::World;
 use crate::{Check, Outcome};
+use dive_secrets::owners;
 use std::collections::BTreeSet;
 
 fn check(invariant: &'static str, result: Result<(), String>) -> Check {
@@ -96,23 +97,6 @@ fn db_validate(world: &World) -> Result<(), String> {
     }
 }
 
-/// The instances (codes, lower case) a secret belongs to: `fra/…` to FRA,
-/// `federation/usa/fra/…` to both; the home's own secrets (`ca/authority`) to none.
-pub(crate) fn secret_owners(name: &str) -> Vec<String> {
-    let is_code = |p: &&str| p.len() == 3 && p.bytes().all(|b| b.is_ascii_lowercase());
-    let parts: Vec<&str> = name.split('/').collect();
-    let owners = match parts.as_slice() {
-        ["federation", a, b, ..] => vec![*a, *b],
-        [code, _, ..] => vec![*code],
-        _ => vec![],
-    };
-    owners
-        .into_iter()
-        .filter(is_code)
-        .map(str::to_string)
-        .collect()
-}
-
 /// Everything on disk and every live process belongs to a registered instance, and every
 /// secret's owner is registered.
 fn nothing_orphaned(world: &World) -> Result<(), String> {
@@ -159,7 +143,7 @@ fn nothing_orphaned(world: &World) -> Result<(), String> {
     }
     for row in world.rows("SELECT DISTINCT name FROM secrets")? {
         let name = row["name"].as_str().unwrap_or_default();
-        if secret_owners(name).iter().any(|o| !registered.contains(o)) {
+        if owners(name).iter().any(|o| !registered.contains(*o)) {
             problems.push(format!("secret {name} of no instance"));
         }
     }
@@ -282,8 +266,8 @@ fn no_federation_objects(world: &World) -> Result<(), String> {
         .iter()
         .filter_map(|r| r["name"].as_str())
         .filter(|n| {
-            let owners = secret_owners(n);
-            pair.iter().all(|code| owners.contains(code))
+            let owners = owners(n);
+            pair.iter().all(|code| owners.contains(&code.as_str()))
         })
         .map(|n| format!("secret {n}"))
         .collect();
@@ -337,19 +321,4 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, String
         .build()
         .map_err(|e| format!("a Tokio runtime: {e}"))?;
     Ok(runtime.block_on(future))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::secret_owners;
-
-    #[test]
-    fn a_federation_secret_belongs_to_both_sides_of_its_pair() {
-        assert_eq!(
-            secret_owners("federation/fra/usa/client-secret"),
-            ["fra", "usa"]
-        );
-        assert_eq!(secret_owners("fra/keycloak/admin-password"), ["fra"]);
-        assert!(secret_owners("ca/authority").is_empty());
-    }
 }

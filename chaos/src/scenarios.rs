@@ -1416,7 +1416,7 @@ fn leftovers(world: &World) -> Result<Vec<(String, &'static str)>, String> {
             .iter()
             .filter_map(|r| r["name"].as_str())
             .filter(|name| !name.starts_with("federation/"))
-            .flat_map(crate::invariants::secret_owners)
+            .flat_map(dive_secrets::owners)
             .map(|c| c.to_uppercase()),
     );
     codes.sort();

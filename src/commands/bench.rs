@@ -76,12 +76,6 @@ async fn engine(chain: usize, parallel: usize, concurrency: usize) -> Result<u8>
         })
         .collect();
     steps.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        steps
-            .get(((steps.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
 
     let mut yaml = format!("name: bench-parallel\nlock: \"bench:{tag}:parallel\"\nphases:\n");
     for i in 0..parallel {
@@ -107,8 +101,8 @@ async fn engine(chain: usize, parallel: usize, concurrency: usize) -> Result<u8>
             "phases": chain,
             "wall_ms": round(chain_wall),
             "per_phase_ms": round(per_phase_ms),
-            "median_step_ms": round(pct(0.5)),
-            "p95_step_ms": round(pct(0.95)),
+            "median_step_ms": round(percentile(&steps, 0.5).unwrap_or(0.0)),
+            "p95_step_ms": round(percentile(&steps, 0.95).unwrap_or(0.0)),
         },
         "floor": {
             "what": "one durable single-row upsert commit, same database and connection settings",
@@ -165,11 +159,7 @@ async fn federation(code: &str, logins: usize) -> Result<u8> {
         ms.push(login.latency.as_secs_f64() * 1000.0);
     }
     ms.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        ms.get(((ms.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .map(round)
-    };
+    let pick = |q: f64| percentile(&ms, q).map(round);
     let verified = verify_latest(&store, &hub.code, &spoke.code).await?;
     print_json(&json!({
         "pair": format!("{}-{}", hub.code, spoke.code),
@@ -380,6 +370,12 @@ const SLEEP_PHASE: Duration = Duration::from_millis(100);
 
 /// Commits after [`SLEEP_PHASE`] of idle time that `bench engine` times.
 const IDLE_COMMITS: usize = 10;
+
+/// The value at quantile `q` (0 to 1, nearest rank) of `sorted`; `None` when it is empty.
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get((last as f64 * q).round() as usize).copied()
+}
 
 /// The mean of `times`, in milliseconds.
 fn mean_ms(times: &[Duration]) -> f64 {

@@ -1,7 +1,7 @@
 //! `dive bench metrics`: what `/metrics` costs on a large state database, and what `dive serve`
 //! costs at rest and per heartbeat.
 
-use crate::commands::bench::{peak_rss_mb, round};
+use crate::commands::bench::{peak_rss_mb, percentile, round};
 use crate::commands::print_json;
 use crate::{database, exit};
 use anyhow::{Context, Result, bail};
@@ -66,7 +66,8 @@ async fn measure(url: &str, runs: u32, scrapes: usize) -> Result<serde_json::Val
         bytes = text.len();
     }
     times.sort_by(f64::total_cmp);
-    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    // At least one scrape was timed.
+    let pick = |q: f64| percentile(&times, q).unwrap_or_default();
 
     // A real `dive serve` on the same database, scraped as often: its peak resident set.
     let port = free_port()?;

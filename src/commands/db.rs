@@ -96,7 +96,7 @@ async fn validate(json: bool) -> Result<u8> {
         }
     }
     for secret in secret_store(&store)?.list().await? {
-        for code in secret_codes(&secret.name) {
+        for code in dive_secrets::owners(&secret.name) {
             if unknown(code) {
                 problems.push(format!(
                     "secret `{}` belongs to {}, which is not registered",
@@ -121,32 +121,4 @@ async fn validate(json: bool) -> Result<u8> {
     } else {
         exit::RUN_FAILED
     })
-}
-
-/// The instance codes a secret name belongs to: `fra/...` to FRA, `federation/usa/fra/...` to
-/// both; names of another shape belong to none.
-fn secret_codes(name: &str) -> Vec<&str> {
-    let parts: Vec<&str> = name.split('/').collect();
-    let is_code = |p: &str| p.len() == 3 && p.bytes().all(|b| b.is_ascii_lowercase());
-    match parts.as_slice() {
-        ["federation", a, b, ..] => [*a, *b].into_iter().filter(|p| is_code(p)).collect(),
-        [first, _, ..] if is_code(first) => vec![*first],
-        _ => Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::secret_codes;
-
-    #[test]
-    fn secrets_belong_to_the_instances_their_names_start_with() {
-        assert_eq!(secret_codes("fra/keycloak/admin-password"), ["fra"]);
-        assert_eq!(
-            secret_codes("federation/usa/gbr/client-secret"),
-            ["usa", "gbr"]
-        );
-        assert!(secret_codes("dive/ca/key").is_empty());
-        assert!(secret_codes("fra").is_empty());
-    }
 }

@@ -36,7 +36,7 @@ mod store;
 
 pub use error::SecretError;
 pub use key::{KeySource, MASTER_KEY_ENV, MASTER_KEY_FILE, MasterKey};
-pub use secret::{Alphabet, Secret, validate_name};
+pub use secret::{Alphabet, Secret, owners, validate_name};
 pub use store::{MAX_LENGTH, MIN_LENGTH, SecretInfo, SecretStore};
 
 /// The migrations of tables `secrets` and `secret_keycheck` (`migrations/secrets/`).

@@ -53,6 +53,19 @@ impl fmt::Display for Secret {
 /// Longest secret name accepted.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The instance codes (lower case) a secret belongs to by its name: `fra/...` to FRA,
+/// `federation/usa/fra/...` to both sides of the pair; names of another shape to none.
+pub fn owners(name: &str) -> Vec<&str> {
+    let is_code = |p: &&str| p.len() == 3 && p.bytes().all(|b| b.is_ascii_lowercase());
+    let parts: Vec<&str> = name.split('/').collect();
+    let owners = match parts.as_slice() {
+        ["federation", a, b, ..] => vec![*a, *b],
+        [code, _, ..] => vec![*code],
+        _ => vec![],
+    };
+    owners.into_iter().filter(is_code).collect()
+}
+
 /// Checks a secret name: `/`-separated segments of `a-z`, `0-9`, `-`, `_`, `.`, each starting
 /// with a letter or digit (so no empty, `.` or `..` segments), at most 255 bytes.
 pub fn validate_name(name: &str) -> Result<(), SecretError> {
@@ -177,6 +190,21 @@ impl<'de> Deserialize<'de> for Alphabet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_belong_to_the_instances_their_names_start_with() {
+        assert_eq!(owners("fra/keycloak/admin-password"), ["fra"]);
+        assert_eq!(owners("federation/usa/gbr/client-secret"), ["usa", "gbr"]);
+        assert!(owners("dive/ca/key").is_empty());
+        assert!(owners("fra").is_empty());
+    }
+
+    #[test]
+    fn a_federation_secret_belongs_to_both_sides_of_its_pair() {
+        assert_eq!(owners("federation/fra/usa/client-secret"), ["fra", "usa"]);
+        assert_eq!(owners("fra/keycloak/admin-password"), ["fra"]);
+        assert!(owners("ca/authority").is_empty());
+    }
 
     #[test]
     fn names() {

@@ -32,8 +32,7 @@ pub struct FederationForget {
 
 /// Whether secret `name` belongs to a federation of `lower` (`federation/<a>/<b>/…`).
 fn names_instance(name: &str, lower: &str) -> bool {
-    let parts: Vec<&str> = name.split('/').collect();
-    matches!(parts.as_slice(), ["federation", a, b, ..] if *a == lower || *b == lower)
+    name.starts_with("federation/") && dive_secrets::owners(name).contains(&lower)
 }
 
 #[typetag::serde(name = "federation.forget")]
