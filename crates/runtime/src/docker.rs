@@ -21,9 +21,10 @@ use bollard::models::{
     VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use dive_tls::Trust;
 use futures::StreamExt;
@@ -354,19 +355,23 @@ impl DockerRuntime {
     /// Puts `spec.files` into the container under [`FILES_DIR`] (the directory 0700 and the
     /// files 0600, owned by the image's user): all of them into a created container before it
     /// first starts, or only the live ones (`live_only`) into one that runs or starts again —
-    /// each file replaced whole.
+    /// those whose content changed ([`ServiceFile::is_in`]), each replaced whole.
     async fn upload_files(
         &self,
         spec: &ServiceSpec,
         container: &str,
         live_only: bool,
     ) -> Result<(), RuntimeError> {
-        let files: std::collections::BTreeMap<String, ServiceFile> = spec
+        let mut files: std::collections::BTreeMap<String, ServiceFile> = spec
             .files
             .iter()
             .filter(|(_, f)| f.live || !live_only)
             .map(|(n, f)| (n.clone(), f.clone()))
             .collect();
+        if live_only && !files.is_empty() {
+            let present = self.files_in(container).await?;
+            files.retain(|n, f| !present.get(n).is_some_and(|old| f.is_in(old)));
+        }
         if files.is_empty() {
             return Ok(());
         }
@@ -381,6 +386,45 @@ impl DockerRuntime {
             )
             .await?;
         Ok(())
+    }
+
+    /// The files under [`FILES_DIR`] of `container` (running or not), by name: none when it
+    /// has no such directory.
+    async fn files_in(&self, container: &str) -> Result<HashMap<String, Vec<u8>>, RuntimeError> {
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(FILES_DIR)
+            .build();
+        let mut stream = self
+            .docker
+            .download_from_container(container, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => archive.extend_from_slice(&bytes),
+                Err(e) if not_found(&e) => return Ok(HashMap::new()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let io = |e| RuntimeError::io(format!("reading the files of {container}"), e);
+        let mut files = HashMap::new();
+        let mut tar = tar::Archive::new(archive.as_slice());
+        for entry in tar.entries().map_err(io)? {
+            let mut entry = entry.map_err(io)?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let name = entry
+                .path()
+                .map_err(io)?
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).map_err(io)?;
+            if let Some(name) = name {
+                files.insert(name, content);
+            }
+        }
+        Ok(files)
     }
 
     async fn exec_ok(&self, container: &str, command: Vec<String>) -> Result<(), String> {

@@ -298,6 +298,16 @@ impl ServiceSpec {
     }
 }
 
+/// What the first line of a [stamped](ServiceFile::live_stamped) file starts with.
+const STAMP: &str = "Written by dive at ";
+
+/// `text` without its stamp line, if it has one.
+fn unstamped(text: &str) -> &str {
+    text.strip_prefix(STAMP)
+        .and_then(|rest| rest.split_once('\n'))
+        .map_or(text, |(_, body)| body)
+}
+
 /// One file of [`ServiceSpec::files`]: what the service reads is `content` followed by
 /// `bootstrap`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -329,6 +339,27 @@ impl ServiceFile {
             live: true,
             ..ServiceFile::default()
         }
+    }
+
+    /// A live PEM file behind a first line saying when dive wrote it (RFC 7468 allows text
+    /// before a PEM block). Keycloak (Quarkus) rereads its certificate files every reload period
+    /// but takes them up only when they differ from what it *started* with, so a file put back
+    /// to that content — a renewal rolled back, a tampered file repaired — would never be taken
+    /// up; the stamp makes every write differ. Runtimes write a live file only when its content
+    /// changed ([`ServiceFile::is_in`] does not count the stamp): each take-up drops the TLS
+    /// handshakes under way at that instant, so rewriting an unchanged certificate on every
+    /// deploy would cost logins for nothing.
+    pub fn live_stamped(pem: &str) -> ServiceFile {
+        ServiceFile::live(format!(
+            "{STAMP}{}\n{pem}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ))
+    }
+
+    /// Whether `on_disk`, what the service reads now, already says what this file says: the
+    /// stamp line of [`ServiceFile::live_stamped`] not counted.
+    pub fn is_in(&self, on_disk: &[u8]) -> bool {
+        std::str::from_utf8(on_disk).is_ok_and(|old| unstamped(old) == unstamped(&self.text()))
     }
 
     /// A file read only on the first start.
@@ -586,6 +617,30 @@ pub fn check_name(what: &str, name: &str) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_file_is_the_same_whatever_its_stamp() {
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let written = ServiceFile::live_stamped(cert).text();
+        assert!(
+            written.starts_with(STAMP) && written.ends_with(cert),
+            "{written}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        let again = ServiceFile::live_stamped(cert);
+        assert_ne!(again.text(), written, "every write differs");
+        assert!(again.is_in(written.as_bytes()), "but says the same");
+        assert!(
+            again.is_in(cert.as_bytes()),
+            "an unstamped copy says the same too"
+        );
+        let renewed = ServiceFile::live_stamped(&cert.replace("AAAA", "BBBB"));
+        assert!(!renewed.is_in(written.as_bytes()));
+        let key = ServiceFile::live("-----BEGIN PRIVATE KEY-----\n");
+        assert!(key.is_in(b"-----BEGIN PRIVATE KEY-----\n"));
+        assert!(!key.is_in(b"-----BEGIN PRIVATE KEY-----\nX"));
+        assert!(!key.is_in(&[0xff, 0xfe]), "not text: not the same");
+    }
 
     #[test]
     fn secrets_change_the_digest_and_bootstrap_secrets_do_not() {

@@ -198,7 +198,7 @@ impl LocalRuntime {
         let io = |e| RuntimeError::io(dir.display().to_string(), e);
         for (name, file) in spec.files.iter().filter(|(_, f)| f.live) {
             let path = dir.join(name);
-            if std::fs::read(&path).is_ok_and(|old| old == file.text().as_bytes()) {
+            if std::fs::read(&path).is_ok_and(|old| file.is_in(&old)) {
                 continue;
             }
             let next = dir.join(format!(".{name}.next"));

@@ -58,18 +58,6 @@ pub async fn postgres_template(
     rt.builtin(spec, Builtin::Postgres { password }).await
 }
 
-/// `pem` behind a line saying when dive wrote it (RFC 7468 allows text before a PEM block).
-/// Keycloak (Quarkus) rereads its certificate files every reload period but takes them up only
-/// when they differ from what it *started* with, so a file put back to that content — a renewal
-/// rolled back, a tampered file repaired — would never be taken up; the stamp makes every write
-/// differ.
-fn stamped(pem: &str) -> String {
-    format!(
-        "Written by dive at {}\n{pem}",
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    )
-}
-
 /// What a Keycloak serves HTTPS with: its certificate and key, and the CA its outgoing calls
 /// (the broker back-channel to a partner) trust.
 pub struct KeycloakTls {
@@ -144,7 +132,7 @@ pub async fn keycloak_template(
         // new certificate needs no restart and costs no login.
         (
             "tls.crt".to_string(),
-            ServiceFile::live(stamped(&tls.cert_pem)),
+            ServiceFile::live_stamped(&tls.cert_pem),
         ),
         ("tls.key".to_string(), ServiceFile::live(tls.key_pem)),
         ("ca.pem".to_string(), ServiceFile::new(tls.ca_pem)),

@@ -4,7 +4,7 @@
 
 use dive_error::Classify;
 use dive_runtime::docker::{DockerRuntime, container_name};
-use dive_runtime::{Ensured, Health, PortSpec, Runtime, ServiceSpec, ServiceState};
+use dive_runtime::{Ensured, Health, PortSpec, Runtime, ServiceFile, ServiceSpec, ServiceState};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -94,6 +94,53 @@ async fn ensure_is_idempotent_and_follows_spec_changes() {
         .expect("the instance network is owned by the instance");
     assert_eq!(network.name, format!("dive-{code}"));
     rt.remove_resource(network).await.unwrap();
+}
+
+async fn file_in(container: &str, path: &str) -> String {
+    let out = tokio::process::Command::new("docker")
+        .args(["exec", container, "cat", path])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "docker exec {container} cat {path}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A live file is uploaded into the running container only when its content changed: a new
+/// stamp alone (every deploy makes one) is no reason, since each rewrite makes Keycloak take the
+/// certificate up again and drop the TLS handshakes under way.
+#[tokio::test]
+async fn a_live_file_is_uploaded_only_when_its_content_changes() {
+    let rt = DockerRuntime::connect()
+        .await
+        .expect("a running Docker engine");
+    let code = code();
+    let mut spec = sleeper(&code);
+    let name = container_name(&code, "sleeper");
+    let path = format!("{}/tls.crt", dive_runtime::docker::FILES_DIR);
+    let cert = |body: &str| ServiceFile::live_stamped(&format!("-----BEGIN X-----\n{body}\n"));
+    spec.files.insert("tls.crt".into(), cert("one"));
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Created);
+    let first = file_in(&name, &path).await;
+    assert!(first.ends_with("one\n"), "{first}");
+
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    spec.files.insert("tls.crt".into(), cert("one"));
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Unchanged);
+    assert_eq!(
+        file_in(&name, &path).await,
+        first,
+        "the same certificate under a new stamp is not uploaded again"
+    );
+
+    spec.files.insert("tls.crt".into(), cert("two"));
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Unchanged);
+    let second = file_in(&name, &path).await;
+    assert!(second.ends_with("two\n") && second != first, "{second}");
+    rt.remove(&code, "sleeper", &[]).await.unwrap();
+    for r in rt.owned_by(&code).await.unwrap() {
+        rt.remove_resource(&r).await.unwrap();
+    }
 }
 
 #[tokio::test]

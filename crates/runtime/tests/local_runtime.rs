@@ -141,6 +141,43 @@ async fn ensure_is_idempotent_and_a_changed_spec_recreates() {
     assert!(!dir.exists(), "the secret files go with the service");
 }
 
+/// A live file is written in place on the running service only when its content changed: a new
+/// stamp alone (every deploy makes one) is no reason, since each rewrite makes Keycloak take the
+/// certificate up again and drop the TLS handshakes under way.
+#[tokio::test]
+async fn a_live_file_is_rewritten_only_when_its_content_changes() {
+    let home = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(home.path());
+    let mut spec = web("t5", free_port());
+    let cert = |body: &str| ServiceFile::live_stamped(&format!("-----BEGIN X-----\n{body}\n"));
+    spec.files.insert("tls.crt".into(), cert("one"));
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Created);
+    let path = home.path().join("instances/t5/services/web.files/tls.crt");
+    let first = std::fs::read_to_string(&path).unwrap();
+    assert!(first.ends_with("one\n"), "{first}");
+    let pid = pid_of(home.path(), "t5");
+
+    std::thread::sleep(Duration::from_millis(2));
+    spec.files.insert("tls.crt".into(), cert("one"));
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Unchanged);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        first,
+        "the same certificate under a new stamp is not written again"
+    );
+
+    spec.files.insert("tls.crt".into(), cert("two"));
+    assert_eq!(rt.ensure_service(&spec).await.unwrap(), Ensured::Unchanged);
+    let second = std::fs::read_to_string(&path).unwrap();
+    assert!(second.ends_with("two\n") && second != first, "{second}");
+    assert_eq!(
+        pid_of(home.path(), "t5"),
+        pid,
+        "written in place, not restarted"
+    );
+    rt.remove("t5", "web", &["www".to_string()]).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_killed_service_is_seen_and_started_again() {
     let home = tempfile::tempdir().unwrap();
