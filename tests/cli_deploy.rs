@@ -176,9 +176,20 @@ fn hub_and_spokes_on_the_local_runtime() {
     profile_declares_the_attributes(&env, &url, "USA");
     users_log_in(&env, &url, "USA");
 
-    // Again, on a deployed hub: succeeds and changes nothing.
+    // Again, on a deployed hub: succeeds and changes nothing — not even the certificate file,
+    // which Keycloak would take up again, dropping the TLS handshakes under way.
+    let cert_file = env
+        .home
+        .path()
+        .join("instances/usa/services/keycloak.files/tls.crt");
+    let served = std::fs::read(&cert_file).unwrap();
     let again = deploy(&env, &["hub", "deploy", "--json"]);
     nothing_changed(&again.json());
+    assert!(
+        std::fs::read(&cert_file).unwrap() == served,
+        "a deploy that changes nothing leaves {} alone",
+        cert_file.display()
+    );
 
     // Its certificate: the names it is reached by, the lifetime the setting says. A longer
     // lifetime set later makes the next deploy renew it — in place, Keycloak not restarted.
