@@ -40,12 +40,17 @@ fn sleeper(instance: &str) -> ServiceSpec {
     }
 }
 
-async fn id_of(name: &str) -> String {
-    let out = tokio::process::Command::new("docker")
-        .args(["inspect", "-f", "{{.Id}}", name])
+/// `docker <args>`, run to its end.
+async fn docker(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new("docker")
+        .args(args)
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn id_of(name: &str) -> String {
+    let out = docker(&["inspect", "-f", "{{.Id}}", name]).await;
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -97,11 +102,7 @@ async fn ensure_is_idempotent_and_follows_spec_changes() {
 }
 
 async fn file_in(container: &str, path: &str) -> String {
-    let out = tokio::process::Command::new("docker")
-        .args(["exec", container, "cat", path])
-        .output()
-        .await
-        .unwrap();
+    let out = docker(&["exec", container, "cat", path]).await;
     assert!(out.status.success(), "docker exec {container} cat {path}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -172,18 +173,16 @@ async fn a_missing_image_is_a_clear_error() {
 
 /// IDs of the Docker networks named exactly `name`.
 async fn networks_named(name: &str) -> Vec<String> {
-    let out = tokio::process::Command::new("docker")
-        .args([
-            "network",
-            "ls",
-            "--quiet",
-            "--no-trunc",
-            "--filter",
-            &format!("name=^{name}$"),
-        ])
-        .output()
-        .await
-        .unwrap();
+    let filter = format!("name=^{name}$");
+    let out = docker(&[
+        "network",
+        "ls",
+        "--quiet",
+        "--no-trunc",
+        "--filter",
+        &filter,
+    ])
+    .await;
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()

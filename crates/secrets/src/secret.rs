@@ -194,16 +194,12 @@ mod tests {
     #[test]
     fn secrets_belong_to_the_instances_their_names_start_with() {
         assert_eq!(owners("fra/keycloak/admin-password"), ["fra"]);
+        // A federation secret belongs to both sides of its pair.
         assert_eq!(owners("federation/usa/gbr/client-secret"), ["usa", "gbr"]);
-        assert!(owners("dive/ca/key").is_empty());
-        assert!(owners("fra").is_empty());
-    }
-
-    #[test]
-    fn a_federation_secret_belongs_to_both_sides_of_its_pair() {
         assert_eq!(owners("federation/fra/usa/client-secret"), ["fra", "usa"]);
-        assert_eq!(owners("fra/keycloak/admin-password"), ["fra"]);
+        assert!(owners("dive/ca/key").is_empty());
         assert!(owners("ca/authority").is_empty());
+        assert!(owners("fra").is_empty());
     }
 
     #[test]

@@ -377,25 +377,31 @@ pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::
 /// handshake ended.
 fn dropped_in_handshake(e: &reqwest::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, UnexpectedEof};
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if matches!(
+    causes(e).any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
                 io.kind(),
                 UnexpectedEof | ConnectionReset | ConnectionAborted
-            ) {
-                return true;
-            }
-            // An I/O error wrapping another (the TLS connector's) does not list it as its
-            // source.
-            if let Some(inner) = io.get_ref() {
-                source = Some(inner);
-                continue;
-            }
+            )
+        })
+    })
+}
+
+/// `e` and its causes, outermost first. An I/O error wrapping another (as the TLS connector's
+/// do) does not list it as its source, so the walk steps into it.
+fn causes<'e>(
+    e: &'e reqwest::Error,
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    let first: &(dyn std::error::Error + 'static) = e;
+    std::iter::successors(Some(first), |s| {
+        match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
         }
-        source = s.source();
-    }
-    false
+    })
 }
 
 /// The certificate the server at `url` presents (DER), read by a client trusting `trust` only.
@@ -427,15 +433,11 @@ pub const CERTIFICATE_REFUSED: &str = "TLS certificate refused";
 /// not valid for the name, expired), what was wrong ("invalid peer certificate: UnknownIssuer");
 /// `None` for every other failure.
 pub fn certificate_problem(e: &reqwest::Error) -> Option<String> {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if let Some(at) = text.find("invalid peer certificate") {
-            return Some(text[at..].to_string());
-        }
-        source = s.source();
-    }
-    None
+    causes(e).find_map(|c| {
+        let text = c.to_string();
+        text.find("invalid peer certificate")
+            .map(|at| text[at..].to_string())
+    })
 }
 
 #[cfg(test)]
